@@ -1,0 +1,385 @@
+#include "engine.hpp"
+
+#include <algorithm>
+#include <exception>
+#include <filesystem>
+#include <map>
+#include <stdexcept>
+#include <thread>
+
+#include "errors.hpp"
+#include "ggml-backend.h"
+#include "ggml.h"
+#include "log_bridge.hpp"
+#include "whisper.h"
+
+#ifndef WHISPERD_CUDA_ARCHS
+#define WHISPERD_CUDA_ARCHS ""
+#endif
+
+namespace whisperd {
+
+namespace {
+
+constexpr int kSampleRate = 16000;
+constexpr int kMaxBeam = 16;
+
+int default_threads() {
+    const unsigned n = std::thread::hardware_concurrency();
+    return n == 0 ? 4 : static_cast<int>(n);
+}
+
+// What whisper.cpp's C callbacks need to reach back into the call.
+struct CallContext {
+    CancelToken *token;
+    const ProgressFn *on_progress;
+    const SegmentsFn *on_segments;
+    std::function<SegmentData(int)> read_segment;
+    std::exception_ptr error;  // a Python callback that raised: stop and rethrow later
+    int last_progress = -1;
+
+    bool should_stop() const {
+        return error != nullptr || (token != nullptr && token->cancelled());
+    }
+};
+
+void on_progress_cb(whisper_context *, whisper_state *, int progress, void *user) {
+    auto *cc = static_cast<CallContext *>(user);
+    if (cc->error || !*cc->on_progress || progress <= cc->last_progress) {
+        return;
+    }
+    cc->last_progress = progress;
+    try {
+        (*cc->on_progress)(progress);
+    } catch (...) {
+        cc->error = std::current_exception();
+    }
+}
+
+void on_new_segment_cb(whisper_context *, whisper_state *state, int n_new, void *user) {
+    auto *cc = static_cast<CallContext *>(user);
+    if (cc->error || !*cc->on_segments) {
+        return;
+    }
+    const int total = whisper_full_n_segments_from_state(state);
+    std::vector<SegmentData> fresh;
+    for (int i = std::max(0, total - n_new); i < total; ++i) {
+        fresh.push_back(cc->read_segment(i));
+    }
+    try {
+        (*cc->on_segments)(fresh);
+    } catch (...) {
+        cc->error = std::current_exception();
+    }
+}
+
+bool on_abort_cb(void *user) { return static_cast<CallContext *>(user)->should_stop(); }
+
+bool on_encoder_begin_cb(whisper_context *, whisper_state *, void *user) {
+    return !static_cast<CallContext *>(user)->should_stop();
+}
+
+const std::map<std::string, ggml_type> &quant_types() {
+    static const std::map<std::string, ggml_type> types = {
+        {"q4_0", GGML_TYPE_Q4_0}, {"q4_1", GGML_TYPE_Q4_1}, {"q5_0", GGML_TYPE_Q5_0},
+        {"q5_1", GGML_TYPE_Q5_1}, {"q8_0", GGML_TYPE_Q8_0},
+    };
+    return types;
+}
+
+}  // namespace
+
+ContextHandle::~ContextHandle() {
+    if (ctx != nullptr) {
+        whisper_free(ctx);
+    }
+}
+
+// ---------------------------------------------------------------- Model
+
+Model::Model(const std::string &path, bool use_gpu, bool flash_attn, int gpu_device)
+    : path_(path), use_gpu_(use_gpu) {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path, ec)) {
+        throw ModelLoadError("model file not found: " + path +
+                             " (convert or download one with `whisperd model ...`, or set "
+                             "WHISPER_MODEL_PATH)");
+    }
+    whisper_context_params cp = whisper_context_default_params();
+    cp.use_gpu = use_gpu;
+    cp.flash_attn = flash_attn;
+    cp.gpu_device = gpu_device;
+
+    LogCapture capture;
+    whisper_context *ctx = whisper_init_from_file_with_params_no_state(path.c_str(), cp);
+    if (ctx == nullptr) {
+        if (capture.mentions_out_of_memory()) {
+            throw OutOfMemoryError("out of memory while loading " + path + ": " +
+                                   capture.summary());
+        }
+        throw ModelLoadError("could not load model " + path +
+                             " (corrupt, truncated or not a whisper.cpp GGML file): " +
+                             capture.summary());
+    }
+    handle_ = std::make_shared<ContextHandle>(ctx);
+}
+
+const ContextHandle &Model::handle() const {
+    if (!handle_) {
+        throw std::runtime_error("the model has been closed");
+    }
+    return *handle_;
+}
+
+std::unique_ptr<State> Model::new_state() {
+    const ContextHandle &h = handle();
+    LogCapture capture;
+    whisper_state *st = whisper_init_state(h.ctx);
+    if (st == nullptr) {
+        if (capture.mentions_out_of_memory()) {
+            throw OutOfMemoryError("out of memory while creating a decoding state: " +
+                                   capture.summary());
+        }
+        throw WhisperError("could not create a decoding state: " + capture.summary());
+    }
+    return std::make_unique<State>(handle_, st);
+}
+
+void Model::close() { handle_.reset(); }
+
+bool Model::multilingual() const { return whisper_is_multilingual(handle().ctx) != 0; }
+std::string Model::type_name() const { return whisper_model_type_readable(handle().ctx); }
+int Model::n_vocab() const { return whisper_model_n_vocab(handle().ctx); }
+int Model::n_text_layer() const { return whisper_model_n_text_layer(handle().ctx); }
+int Model::token_eot() const { return whisper_token_eot(handle().ctx); }
+
+// ---------------------------------------------------------------- State
+
+State::State(std::shared_ptr<ContextHandle> handle, whisper_state *state)
+    : handle_(std::move(handle)), state_(state) {}
+
+State::~State() { close(); }
+
+void State::close() {
+    if (state_ != nullptr) {
+        whisper_free_state(state_);
+        state_ = nullptr;
+    }
+    handle_.reset();
+}
+
+SegmentData State::read_segment(int i, bool with_tokens) const {
+    SegmentData seg;
+    seg.index = i;
+    seg.t0 = whisper_full_get_segment_t0_from_state(state_, i);
+    seg.t1 = whisper_full_get_segment_t1_from_state(state_, i);
+    seg.text = whisper_full_get_segment_text_from_state(state_, i);
+    seg.no_speech_prob = whisper_full_get_segment_no_speech_prob_from_state(state_, i);
+    if (with_tokens) {
+        const int n = whisper_full_n_tokens_from_state(state_, i);
+        seg.tokens.reserve(n);
+        for (int j = 0; j < n; ++j) {
+            const whisper_token_data d = whisper_full_get_token_data_from_state(state_, i, j);
+            seg.tokens.push_back(Token{
+                d.id, whisper_full_get_token_text_from_state(handle_->ctx, state_, i, j), d.p,
+                d.t0, d.t1});
+        }
+    }
+    return seg;
+}
+
+Result State::transcribe(const float *samples, size_t n_samples, const Options &opts,
+                         CancelToken *token, const ProgressFn &on_progress,
+                         const SegmentsFn &on_segments) {
+    if (state_ == nullptr || !handle_) {
+        throw std::runtime_error("this decoding state has been closed");
+    }
+    whisper_context *ctx = handle_->ctx;
+    if (n_samples == 0) {
+        throw std::invalid_argument("empty audio: no samples to transcribe");
+    }
+    if (n_samples > static_cast<size_t>(INT32_MAX)) {
+        throw std::invalid_argument("audio too long for one call (more than 37 hours)");
+    }
+    if (opts.beam_size < 1 || opts.beam_size > kMaxBeam) {
+        throw std::invalid_argument("beam_size must be between 1 and " + std::to_string(kMaxBeam) +
+                                    ", got " + std::to_string(opts.beam_size));
+    }
+    if (opts.temperature < 0.0f || opts.temperature > 1.0f) {
+        throw std::invalid_argument("temperature must be between 0 and 1");
+    }
+    if (opts.temperature_increment < 0.0f || opts.temperature_increment > 1.0f) {
+        throw std::invalid_argument("temperature_increment must be between 0 and 1");
+    }
+    if (opts.vad && !std::filesystem::is_regular_file(opts.vad_model_path)) {
+        throw std::invalid_argument("VAD model not found: " + opts.vad_model_path);
+    }
+    const bool multilingual = whisper_is_multilingual(ctx) != 0;
+    if (!opts.language.empty() && opts.language != "auto") {
+        if (whisper_lang_id(opts.language.c_str()) < 0) {
+            throw std::invalid_argument("unknown language code '" + opts.language +
+                                        "' (use an ISO 639-1 code such as en, de, es, or leave "
+                                        "it empty to detect)");
+        }
+        if (!multilingual && opts.language != "en") {
+            throw std::invalid_argument("this model is English-only; language '" + opts.language +
+                                        "' needs a multilingual model");
+        }
+    }
+    if (opts.translate && !multilingual) {
+        throw std::invalid_argument("this model is English-only; translate needs a multilingual "
+                                    "model");
+    }
+
+    const int threads = opts.n_threads > 0 ? opts.n_threads : default_threads();
+    const whisper_sampling_strategy strategy =
+        opts.beam_size > 1 ? WHISPER_SAMPLING_BEAM_SEARCH : WHISPER_SAMPLING_GREEDY;
+    whisper_full_params p = whisper_full_default_params(strategy);
+    p.n_threads = threads;
+    p.translate = opts.translate;
+    p.no_context = opts.no_context;
+    p.print_special = false;
+    p.print_progress = false;
+    p.print_realtime = false;
+    p.print_timestamps = false;
+    p.token_timestamps = opts.token_timestamps;
+    p.initial_prompt = opts.initial_prompt.empty() ? nullptr : opts.initial_prompt.c_str();
+    p.temperature = opts.temperature;
+    p.temperature_inc = opts.temperature_increment;
+    p.no_speech_thold = opts.no_speech_threshold;
+    p.logprob_thold = opts.logprob_threshold;
+    p.entropy_thold = opts.entropy_threshold;
+    p.greedy.best_of = std::max(1, opts.best_of);
+    p.beam_search.beam_size = opts.beam_size;
+    p.vad = opts.vad;
+    p.vad_model_path = opts.vad ? opts.vad_model_path.c_str() : nullptr;
+    p.vad_params = whisper_vad_default_params();
+    p.vad_params.threshold = opts.vad_threshold;
+    p.vad_params.min_speech_duration_ms = opts.vad_min_speech_ms;
+    p.vad_params.min_silence_duration_ms = opts.vad_min_silence_ms;
+    p.vad_params.speech_pad_ms = opts.vad_speech_pad_ms;
+
+    LogCapture capture;
+    Result result;
+    std::string language = opts.language == "auto" ? "" : opts.language;
+    result.language_probability = 1.0f;
+    if (!multilingual) {
+        language = "en";
+    } else if (language.empty()) {
+        // whisper_full detects too, but keeps the probability to itself.
+        const int n_detect = static_cast<int>(std::min<size_t>(n_samples, 30 * kSampleRate));
+        if (whisper_pcm_to_mel_with_state(ctx, state_, samples, n_detect, threads) != 0) {
+            throw WhisperError("could not compute the spectrogram for language detection: " +
+                               capture.summary());
+        }
+        std::vector<float> probs(whisper_lang_max_id() + 1, 0.0f);
+        const int id = whisper_lang_auto_detect_with_state(ctx, state_, 0, threads, probs.data());
+        if (id < 0) {
+            if (capture.mentions_out_of_memory()) {
+                throw OutOfMemoryError("out of memory during language detection: " +
+                                       capture.summary());
+            }
+            throw WhisperError("language detection failed: " + capture.summary());
+        }
+        language = whisper_lang_str(id);
+        result.language_probability = probs[id];
+    }
+    result.language = language;
+    p.language = result.language.c_str();
+
+    CallContext cc{token, &on_progress, &on_segments,
+                   [this](int i) { return read_segment(i, true); }};
+    p.progress_callback = on_progress_cb;
+    p.progress_callback_user_data = &cc;
+    p.new_segment_callback = on_new_segment_cb;
+    p.new_segment_callback_user_data = &cc;
+    p.abort_callback = on_abort_cb;
+    p.abort_callback_user_data = &cc;
+    p.encoder_begin_callback = on_encoder_begin_cb;
+    p.encoder_begin_callback_user_data = &cc;
+
+    const int rc = whisper_full_with_state(ctx, state_, p, samples, static_cast<int>(n_samples));
+    if (cc.error) {
+        std::rethrow_exception(cc.error);
+    }
+    if (token != nullptr && token->cancelled()) {
+        throw TranscriptionAborted("transcription cancelled");
+    }
+    if (rc != 0) {
+        if (capture.mentions_out_of_memory()) {
+            throw OutOfMemoryError("out of memory during transcription: " + capture.summary());
+        }
+        throw WhisperError("transcription failed (whisper_full returned " + std::to_string(rc) +
+                           "): " + capture.summary());
+    }
+    const int n = whisper_full_n_segments_from_state(state_);
+    result.segments.reserve(n);
+    for (int i = 0; i < n; ++i) {
+        result.segments.push_back(read_segment(i, true));
+    }
+    if (on_progress && cc.last_progress < 100) {
+        on_progress(100);
+    }
+    return result;
+}
+
+// ---------------------------------------------------------------- info
+
+std::string system_info() { return whisper_print_system_info(); }
+std::string whisper_version() { return ::whisper_version(); }
+
+bool built_with_cuda() {
+#ifdef WHISPERD_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+}
+
+std::string cuda_architectures() { return WHISPERD_CUDA_ARCHS; }
+
+std::vector<Device> devices() {
+    std::vector<Device> out;
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        size_t free = 0, total = 0;
+        ggml_backend_dev_memory(dev, &free, &total);
+        const char *type = "cpu";
+        switch (ggml_backend_dev_type(dev)) {
+            case GGML_BACKEND_DEVICE_TYPE_CPU: type = "cpu"; break;
+            case GGML_BACKEND_DEVICE_TYPE_GPU: type = "gpu"; break;
+            case GGML_BACKEND_DEVICE_TYPE_IGPU: type = "igpu"; break;
+            default: type = "accel"; break;
+        }
+        out.push_back(Device{ggml_backend_dev_name(dev), ggml_backend_dev_description(dev), type,
+                             free, total});
+    }
+    return out;
+}
+
+std::string quantize_rows(const std::string &qtype, const float *data, int64_t n_rows,
+                          int64_t n_per_row) {
+    const auto &types = quant_types();
+    const auto it = types.find(qtype);
+    if (it == types.end()) {
+        std::string names;
+        for (const auto &kv : types) {
+            names += (names.empty() ? "" : ", ") + kv.first;
+        }
+        throw std::invalid_argument("unknown quantisation type '" + qtype + "' (use one of " +
+                                    names + ")");
+    }
+    const ggml_type type = it->second;
+    if (n_per_row % ggml_blck_size(type) != 0) {
+        throw std::invalid_argument("row length " + std::to_string(n_per_row) +
+                                    " is not a multiple of the block size " +
+                                    std::to_string(ggml_blck_size(type)) + " of " + qtype);
+    }
+    std::string out(ggml_row_size(type, n_per_row) * n_rows, '\0');
+    const size_t written =
+        ggml_quantize_chunk(type, data, out.data(), 0, n_rows, n_per_row, nullptr);
+    out.resize(written);
+    return out;
+}
+
+}  // namespace whisperd

@@ -1,0 +1,148 @@
+// The thin native core: a loaded model, decoding states over it, and one transcription
+// call with callbacks and cancellation. Queues, lifecycle and formats live in Python.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+struct whisper_context;
+struct whisper_state;
+
+namespace whisperd {
+
+// Set from any thread (no GIL needed); checked by ggml between graph computations.
+class CancelToken {
+public:
+    void cancel() { cancelled_.store(true, std::memory_order_relaxed); }
+    bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+
+private:
+    std::atomic<bool> cancelled_{false};
+};
+
+struct Options {
+    std::string language;           // ISO 639-1; empty = detect
+    bool translate = false;         // translate to English instead of transcribing
+    int beam_size = 5;              // 1 = greedy
+    int best_of = 5;                // candidates when sampling at temperature > 0
+    float temperature = 0.0f;
+    float temperature_increment = 0.2f;  // fallback step; 0 disables the fallback
+    float no_speech_threshold = 0.6f;
+    float logprob_threshold = -1.0f;
+    float entropy_threshold = 2.4f;
+    std::string initial_prompt;
+    bool token_timestamps = false;  // per-token times, grouped into words by Python
+    bool vad = false;
+    std::string vad_model_path;
+    float vad_threshold = 0.5f;
+    int vad_min_speech_ms = 250;
+    int vad_min_silence_ms = 100;
+    int vad_speech_pad_ms = 30;
+    int n_threads = 0;              // 0 = every CPU
+    bool no_context = false;        // do not condition on the previous window's text
+};
+
+struct Token {
+    int32_t id;
+    std::string text;
+    float p;
+    int64_t t0;  // centiseconds
+    int64_t t1;
+};
+
+struct SegmentData {
+    int index;
+    int64_t t0;  // centiseconds
+    int64_t t1;
+    std::string text;
+    float no_speech_prob;
+    std::vector<Token> tokens;
+};
+
+struct Result {
+    std::vector<SegmentData> segments;
+    std::string language;
+    float language_probability;
+};
+
+// Owns the whisper context (the weights); freed when the model and all its states let go.
+struct ContextHandle {
+    explicit ContextHandle(whisper_context *c) : ctx(c) {}
+    ~ContextHandle();
+    ContextHandle(const ContextHandle &) = delete;
+    ContextHandle &operator=(const ContextHandle &) = delete;
+    whisper_context *ctx;
+};
+
+class State;
+
+class Model {
+public:
+    Model(const std::string &path, bool use_gpu, bool flash_attn, int gpu_device);
+
+    std::unique_ptr<State> new_state();
+    // Drop the model's own hold on the weights; memory is freed once every state is closed.
+    void close();
+    bool closed() const { return handle_ == nullptr; }
+
+    const std::string &path() const { return path_; }
+    bool multilingual() const;
+    std::string type_name() const;
+    int n_vocab() const;
+    int n_text_layer() const;
+    int token_eot() const;
+    bool use_gpu() const { return use_gpu_; }
+
+private:
+    const ContextHandle &handle() const;
+    std::shared_ptr<ContextHandle> handle_;
+    std::string path_;
+    bool use_gpu_;
+};
+
+using ProgressFn = std::function<void(int)>;
+using SegmentsFn = std::function<void(const std::vector<SegmentData> &)>;
+
+class State {
+public:
+    State(std::shared_ptr<ContextHandle> handle, whisper_state *state);
+    ~State();
+    State(const State &) = delete;
+    State &operator=(const State &) = delete;
+
+    // Runs with the GIL released; the callbacks re-acquire it themselves.
+    Result transcribe(const float *samples, size_t n_samples, const Options &opts,
+                      CancelToken *token, const ProgressFn &on_progress,
+                      const SegmentsFn &on_segments);
+    void close();
+    bool closed() const { return state_ == nullptr; }
+
+private:
+    SegmentData read_segment(int i, bool with_tokens) const;
+    std::shared_ptr<ContextHandle> handle_;
+    whisper_state *state_;
+};
+
+std::string system_info();
+std::string whisper_version();
+bool built_with_cuda();
+std::string cuda_architectures();
+
+struct Device {
+    std::string name;
+    std::string description;
+    std::string type;  // cpu, gpu, igpu, accel
+    size_t memory_free;
+    size_t memory_total;
+};
+std::vector<Device> devices();
+
+// Quantise rows of float32 into a ggml block type (q8_0, q5_1, q5_0, q4_1, q4_0).
+std::string quantize_rows(const std::string &qtype, const float *data, int64_t n_rows,
+                          int64_t n_per_row);
+
+}  // namespace whisperd

