@@ -14,9 +14,12 @@ file (samples/jfk.wav concatenated 11 times), for beam 1 and beam 5:
                   generator read to the end inside the timing
 
 Each engine runs in its own process (as whisper-cli does), so two OpenMP runtimes never
-share the two cores. Every measurement is one warm-up on jfk.wav (11 s) with the same
-options, then --repeat timed runs of which the fastest is reported. The table goes to
-stdout as Markdown; the same figures go to bench/results/cpu_bench.json.
+share the two cores. Per beam, every engine is warmed up once on jfk.wav (11 s) with the
+same options, then --repeat rounds follow in which each engine runs once (alternating, so
+drift of a shared machine spreads over all of them); the fastest run of each is reported.
+Before each timed run the script waits for the CPUs to go quiet and records how much CPU
+other processes took during it. The table goes to stdout as Markdown; the same figures go
+to bench/results/cpu_bench.json.
 
   .venv/bin/python bench/cpu_bench.py [--repeat N] [--beams 1,5] [--flash-attn both]
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import json
 import os
 import platform
@@ -144,116 +148,112 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
     return prev[-1] / max(1, len(ref))
 
 
-# ------------------------------------------------------------------ workers (child processes)
+# ------------------------------------------------------------------ engines in child processes
 
-def _best(runs: list[dict], key: str = "wall_s") -> dict:
-    return min(runs, key=lambda r: r[key])
+class _WhisperdEngine:
+    """whisperd's native path; a fresh decoding state per call, created outside the timing."""
 
+    def __init__(self, args: argparse.Namespace) -> None:
+        from whisperd import _native
+        from whisperd.inference import TranscribeOptions, WhisperModel
 
-def worker_whisperd(args: argparse.Namespace) -> list[dict]:
-    from whisperd import _native
-    from whisperd.audio import decode_audio
-    from whisperd.inference import TranscribeOptions, WhisperModel
+        self._options = TranscribeOptions
+        self._threads = args.threads
+        t = time.perf_counter()
+        self._model = WhisperModel(args.model, use_gpu=False, flash_attn=args.flash_attn == "on")
+        self.load_s = time.perf_counter() - t
+        self.info = {"system_info": _native.system_info(),
+                     "whisper_version": _native.whisper_version()}
 
-    audio = decode_audio(args.audio)
-    warm = decode_audio(args.warmup)
-    flash = args.flash_attn == "on"
-    t = time.perf_counter()
-    model = WhisperModel(args.model, use_gpu=False, flash_attn=flash)
-    load_s = time.perf_counter() - t
-    out = []
-    for beam in args.beams:
-        opts = TranscribeOptions(beam_size=beam, threads=args.threads)
-        progress(f"whisperd fa={args.flash_attn} beam {beam}: warm-up on {len(warm) / SAMPLE_RATE:.0f} s")
-        with model.new_state() as st:
-            st.transcribe(warm, opts)
-        runs = []
-        for i in range(args.repeat):
-            # A fresh state per run, as whisper-cli starts fresh: a reused state would prompt
-            # the first window with the previous call's text (whisper.cpp keeps it in the
-            # state unless no_context is set).
-            t = time.perf_counter()
-            st = model.new_state()
-            state_s = time.perf_counter() - t
-            wait_for_quiet(args.quiet_wait)
-            with CpuMeter(_own_cpu) as meter:
-                t = time.perf_counter()
-                tr = st.transcribe(audio, opts)
-                wall = time.perf_counter() - t
-            st.close()
-            progress(f"whisperd fa={args.flash_attn} beam {beam}: run {i + 1}/{args.repeat} "
-                     f"{wall:.2f} s (others used {100 * meter.background:.0f}% CPU)")
-            runs.append({"wall_s": wall, "state_s": state_s, "text": tr.text,
-                         "segments": len(tr.segments), "background": meter.background})
-        best = _best(runs)
-        out.append({
-            "engine": "whisperd", "compute_type": args.compute_type, "beam": beam,
-            "flash_attn": flash, "timed": "transcribe()", "wall_s": best["wall_s"],
-            "load_s": load_s, "state_s": best["state_s"], "runs_s": [r["wall_s"] for r in runs],
-            "background_cpu": best["background"],
-            "best_of": opts.best_of, "threads": args.threads, "text": best["text"],
-            "segments": best["segments"], "system_info": _native.system_info(),
-        })
-    model.close()
-    return out
-
-
-def worker_faster_whisper(args: argparse.Namespace) -> list[dict]:
-    from faster_whisper import WhisperModel as FWModel
-    from faster_whisper import __version__ as fw_version
-
-    from whisperd.audio import decode_audio
-
-    audio = decode_audio(args.audio)
-    warm = decode_audio(args.warmup)
-    t = time.perf_counter()
-    model = FWModel(str(args.model), device="cpu", compute_type=args.compute_type,
-                    cpu_threads=args.threads, num_workers=1)
-    load_s = time.perf_counter() - t
-
-    def run(samples, beam: int) -> tuple[float, str, int, float]:
+    def run(self, samples, beam: int) -> dict:
+        opts = self._options(beam_size=beam, threads=self._threads)
+        # A fresh state per run, as whisper-cli starts fresh: a reused state would prompt the
+        # first window with the previous call's text (whisper.cpp keeps it in the state
+        # unless no_context is set).
+        t = time.perf_counter()
+        st = self._model.new_state()
+        state_s = time.perf_counter() - t
         with CpuMeter(_own_cpu) as meter:
             t = time.perf_counter()
-            segments, _info = model.transcribe(samples, beam_size=beam, temperature=0.0)
+            tr = st.transcribe(samples, opts)
+            wall = time.perf_counter() - t
+        st.close()
+        return {"wall_s": wall, "state_s": state_s, "text": tr.text, "segments": len(tr.segments),
+                "background": meter.background, "best_of": opts.best_of}
+
+
+class _FasterWhisperEngine:
+    """faster-whisper: temperature 0 only, the lazy segment generator read inside the timing."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from faster_whisper import WhisperModel as FWModel
+        from faster_whisper import __version__ as fw_version
+
+        t = time.perf_counter()
+        self._model = FWModel(str(args.model), device="cpu", compute_type=args.compute_type,
+                              cpu_threads=args.threads, num_workers=1)
+        self.load_s = time.perf_counter() - t
+        self.info = {"faster_whisper_version": fw_version}
+
+    def run(self, samples, beam: int) -> dict:
+        with CpuMeter(_own_cpu) as meter:
+            t = time.perf_counter()
+            segments, _info = self._model.transcribe(samples, beam_size=beam, temperature=0.0)
             segs = list(segments)  # the generator does the work: read it to the end
             wall = time.perf_counter() - t
         text = " ".join(s.text.strip() for s in segs if s.text.strip())
-        return wall, text, len(segs), meter.background
-
-    out = []
-    for beam in args.beams:
-        progress(f"faster-whisper {args.compute_type} beam {beam}: warm-up on {len(warm) / SAMPLE_RATE:.0f} s")
-        run(warm, beam)
-        runs = []
-        for i in range(args.repeat):
-            wait_for_quiet(args.quiet_wait)
-            wall, text, n, bg = run(audio, beam)
-            progress(f"faster-whisper {args.compute_type} beam {beam}: run {i + 1}/{args.repeat} "
-                     f"{wall:.2f} s (others used {100 * bg:.0f}% CPU)")
-            runs.append({"wall_s": wall, "text": text, "segments": n, "background": bg})
-        best = _best(runs)
-        out.append({
-            "engine": "faster-whisper", "compute_type": args.compute_type, "beam": beam,
-            "flash_attn": None, "timed": "transcribe()+segments", "wall_s": best["wall_s"],
-            "load_s": load_s, "runs_s": [r["wall_s"] for r in runs], "threads": args.threads,
-            "background_cpu": best["background"],
-            "text": best["text"], "segments": best["segments"], "version": fw_version,
-        })
-    return out
+        return {"wall_s": wall, "text": text, "segments": len(segs),
+                "background": meter.background}
 
 
-def run_worker(kind: str, model: Path, compute_type: str, args: argparse.Namespace,
-               flash_attn: str = "on") -> list[dict]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind,
-           "--model", str(model), "--compute-type", compute_type,
-           "--audio", str(args.audio), "--warmup", str(args.warmup),
-           "--beams", ",".join(map(str, args.beams)), "--repeat", str(args.repeat),
-           "--threads", str(args.threads), "--flash-attn", flash_attn,
-           "--quiet-wait", str(args.quiet_wait)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{kind} worker failed with exit status {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def serve_worker(args: argparse.Namespace) -> int:
+    """Child side: load once, then one JSON request per stdin line, one JSON answer per line."""
+    from whisperd.audio import decode_audio
+
+    audio = {"long": decode_audio(args.audio), "warmup": decode_audio(args.warmup)}
+    engine = (_WhisperdEngine if args.worker == "whisperd" else _FasterWhisperEngine)(args)
+    print(json.dumps({"load_s": engine.load_s, **engine.info}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        if req.get("quiet_wait", 0) > 0:
+            wait_for_quiet(req["quiet_wait"])
+        print(json.dumps(engine.run(audio[req["audio"]], req["beam"])), flush=True)
+    return 0
+
+
+class Worker:
+    """Parent side of one engine in a child process (its own OpenMP runtime and heap)."""
+
+    def __init__(self, kind: str, model: Path, compute_type: str, flash_attn: str,
+                 args: argparse.Namespace) -> None:
+        self.kind = kind
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind,
+               "--model", str(model), "--compute-type", compute_type,
+               "--audio", str(args.audio), "--warmup", str(args.warmup),
+               "--threads", str(args.threads), "--flash-attn", flash_attn]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True, cwd=ROOT)
+        self.hello = self._read()
+
+    def _read(self) -> dict:
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.kind} worker died (exit status {self._proc.wait()})")
+        return json.loads(line)
+
+    def run(self, beam: int, warmup: bool, quiet_wait: float) -> dict:
+        assert self._proc.stdin is not None
+        req = {"beam": beam, "audio": "warmup" if warmup else "long",
+               "quiet_wait": 0 if warmup else quiet_wait}
+        self._proc.stdin.write(json.dumps(req) + "\n")
+        self._proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        self._proc.wait(timeout=60)
 
 
 # ------------------------------------------------------------------ whisper-cli
@@ -293,45 +293,107 @@ def run_cli_once(cli: Path, model: Path, wav: Path, beam: int, best_of: int, thr
             "fallbacks": [int(fb.group(1)), int(fb.group(2))] if fb else None}
 
 
-def measure_cli(cli: Path, model: Path, compute_type: str, args: argparse.Namespace,
-                flash_attn: bool, best_of: int) -> list[dict]:
-    out = []
-    fa = "on" if flash_attn else "off"
-    for beam in args.beams:
-        progress(f"whisper-cli fa={fa} beam {beam}: warm-up on jfk.wav")
-        run_cli_once(cli, model, args.warmup, beam, best_of, args.threads, flash_attn,
-                     args.cli_no_prints)
-        runs = []
-        for i in range(args.repeat):
-            r = run_cli_once(cli, model, args.audio, beam, best_of, args.threads, flash_attn,
-                             args.cli_no_prints, args.quiet_wait)
-            total = r["timings_s"].get("total")
-            progress(f"whisper-cli fa={fa} beam {beam}: run {i + 1}/{args.repeat} "
-                     f"{r['wall_s']:.2f} s wall"
-                     + (f", {total:.2f} s own total" if total is not None else "")
-                     + f" (others used {100 * r['background']:.0f}% CPU)")
-            runs.append(r)
-        best = _best(runs)
-        base = {"engine": "whisper-cli", "compute_type": compute_type, "beam": beam,
-                "flash_attn": flash_attn, "best_of": best_of, "threads": args.threads,
-                "text": best["text"], "segments": best["segments"], "cmd": best["cmd"],
-                "fallbacks": best["fallbacks"], "system_info": best["system_info"],
-                "background_cpu": best["background"]}
-        # Each figure is the best of its own over the repeats.
-        totals = [r["timings_s"]["total"] for r in runs if "total" in r["timings_s"]]
-        loads = [r["timings_s"]["load"] for r in runs if "load" in r["timings_s"]]
-        out.append({**base, "timed": "process wall", "wall_s": best["wall_s"],
-                    "load_s": None, "runs_s": [r["wall_s"] for r in runs],
-                    "timings_s": best["timings_s"], "timing_runs": best["runs"]})
-        if totals:
+# ------------------------------------------------------------------ measurement
+
+class Engine:
+    """One line-up entry: how to run it once, and how its runs become table rows."""
+
+    def __init__(self, name: str, compute_type: str, flash_attn: bool | None,
+                 run: Callable[[int, bool], dict], load_s: float | None = None,
+                 info: dict | None = None, close: Callable[[], None] | None = None) -> None:
+        self.name, self.compute_type, self.flash_attn = name, compute_type, flash_attn
+        self.run, self.load_s, self.info = run, load_s, info or {}
+        self.close = close or (lambda: None)
+
+    @property
+    def label(self) -> str:
+        fa = "" if self.flash_attn is None else f" fa={'on' if self.flash_attn else 'off'}"
+        return f"{self.name} {self.compute_type}{fa}"
+
+    def rows(self, beam: int, runs: list[dict], threads: int) -> list[dict]:
+        best = min(runs, key=lambda r: r["wall_s"])
+        base = {"engine": self.name, "compute_type": self.compute_type, "beam": beam,
+                "flash_attn": self.flash_attn, "threads": threads, "text": best["text"],
+                "segments": best["segments"], "background_cpu": best["background"], **self.info}
+        if self.name != "whisper-cli":
+            extra = {k: best[k] for k in ("state_s", "best_of") if k in best}
+            timed = "transcribe()" if self.name == "whisperd" else "transcribe()+segments"
+            return [{**base, **extra, "timed": timed, "wall_s": best["wall_s"],
+                     "load_s": self.load_s, "runs_s": [r["wall_s"] for r in runs]}]
+        # whisper-cli: the process, and its own figures; each the best of its own.
+        base.update(cmd=best["cmd"], fallbacks=best["fallbacks"],
+                    system_info=best["system_info"])
+        out = [{**base, "timed": "process wall", "wall_s": best["wall_s"], "load_s": None,
+                "runs_s": [r["wall_s"] for r in runs], "timings_s": best["timings_s"],
+                "timing_runs": best["runs"]}]
+        timed = [r for r in runs if "total" in r["timings_s"] and "load" in r["timings_s"]]
+        if timed:
+            totals = [r["timings_s"]["total"] for r in timed]
+            loads = [r["timings_s"]["load"] for r in timed]
+            minus = [t - ld for t, ld in zip(totals, loads)]
             out.append({**base, "timed": "own total time", "wall_s": min(totals),
-                        "load_s": min(loads) if loads else None, "runs_s": totals})
-        if totals and loads:
-            minus = [r["timings_s"]["total"] - r["timings_s"]["load"] for r in runs
-                     if "total" in r["timings_s"] and "load" in r["timings_s"]]
+                        "load_s": min(loads), "runs_s": totals})
             out.append({**base, "timed": "own total - load", "wall_s": min(minus),
                         "load_s": min(loads), "runs_s": minus})
-    return out
+        return out
+
+
+def line_up(args: argparse.Namespace, ggml: Path, gtype: str, ct2: Path, cli: Path | None,
+            fa_modes: list[str], best_of: int) -> list[Engine]:
+    engines: list[Engine] = []
+    for fa in fa_modes:
+        if "whisperd" not in args.skip:
+            progress(f"whisperd fa={fa}: loading the model in a worker process")
+            w = Worker("whisperd", ggml, gtype, fa, args)
+            engines.append(Engine("whisperd", gtype, fa == "on",
+                                  lambda beam, warm, w=w: w.run(beam, warm, args.quiet_wait),
+                                  w.hello["load_s"], {"system_info": w.hello["system_info"]},
+                                  w.close))
+        if cli is not None:
+            def cli_run(beam: int, warm: bool, fa_on: bool = fa == "on") -> dict:
+                return run_cli_once(cli, ggml, args.warmup if warm else args.audio, beam, best_of,
+                                    args.threads, fa_on, args.cli_no_prints,
+                                    0 if warm else args.quiet_wait)
+            engines.append(Engine("whisper-cli", gtype, fa == "on", cli_run,
+                                  info={"best_of": best_of}))
+    if "faster-whisper" not in args.skip:
+        if importlib.util.find_spec("faster_whisper") is None:
+            progress("faster-whisper is not installed: pip install faster-whisper==1.2.1 "
+                     "(make bench-cpu does); skipping it")
+        else:
+            for ct in ("int8", "float32"):
+                progress(f"faster-whisper {ct}: loading the model in a worker process")
+                w = Worker("faster-whisper", ct2, ct, "on", args)
+                engines.append(Engine("faster-whisper", ct, None,
+                                      lambda beam, warm, w=w: w.run(beam, warm, args.quiet_wait),
+                                      w.hello["load_s"],
+                                      {"version": w.hello["faster_whisper_version"]}, w.close))
+    return engines
+
+
+def measure(engines: list[Engine], args: argparse.Namespace) -> list[dict]:
+    """Per beam: warm every engine up, then rounds in which each engine runs once.
+
+    Alternating the engines spreads any drift of the machine (another job, the clock)
+    over all of them instead of landing on whichever happened to run then.
+    """
+    rows: list[dict] = []
+    for beam in args.beams:
+        runs: dict[int, list[dict]] = {i: [] for i in range(len(engines))}
+        for e in engines:
+            progress(f"beam {beam}: {e.label}: warm-up on jfk.wav (11 s)")
+            e.run(beam, True)
+        for k in range(args.repeat):
+            for i, e in enumerate(engines):
+                r = e.run(beam, False)
+                own = r.get("timings_s", {}).get("total")
+                progress(f"beam {beam}: {e.label}: run {k + 1}/{args.repeat} {r['wall_s']:.2f} s"
+                         + (f" (own total {own:.2f} s)" if own is not None else "")
+                         + f", others used {100 * r['background']:.0f}% CPU")
+                runs[i].append(r)
+        for i, e in enumerate(engines):
+            rows += e.rows(beam, runs[i], args.threads)
+    return rows
 
 
 # ------------------------------------------------------------------ preparation
@@ -486,9 +548,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        fn = worker_whisperd if args.worker == "whisperd" else worker_faster_whisper
-        print(json.dumps(fn(args)), flush=True)
-        return 0
+        return serve_worker(args)
 
     os.chdir(ROOT)  # whisperd.paths resolves models/ and .cache/ from here
     sys.path.insert(0, str(ROOT))
@@ -508,21 +568,12 @@ def main(argv: list[str] | None = None) -> int:
 
     fa_modes = ["on", "off"] if args.flash_attn == "both" else [args.flash_attn]
     best_of = 5  # TranscribeOptions' default; passed to whisper-cli as -bo to match
-    rows: list[dict] = []
-    for fa in fa_modes:
-        if "whisperd" not in args.skip:
-            rows += run_worker("whisperd", ggml, gtype, args, flash_attn=fa)
-        if cli is not None:
-            rows += measure_cli(cli, ggml, gtype, args, fa == "on", best_of)
-    if "faster-whisper" not in args.skip:
-        try:
-            import faster_whisper  # noqa: F401  (only to fail early with a clear message)
-        except ImportError:
-            progress("faster-whisper is not installed: pip install faster-whisper==1.2.1 "
-                     "(make bench-cpu does); skipping it")
-        else:
-            for ct in ("int8", "float32"):
-                rows += run_worker("faster-whisper", ct2, ct, args)
+    engines = line_up(args, ggml, gtype, ct2, cli, fa_modes, best_of)
+    try:
+        rows = measure(engines, args)
+    finally:
+        for e in engines:
+            e.close()
 
     order = {"whisperd": 0, "whisper-cli": 1, "faster-whisper": 2}
     rows.sort(key=lambda r: (r["beam"], r["flash_attn"] is False, order[r["engine"]]))

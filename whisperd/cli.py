@@ -100,6 +100,51 @@ def transcribe(
 
 
 @app.command()
+def serve(
+    port: Optional[int] = typer.Option(None, "--port", help="gRPC port (PORT, default 50051; 0 = any free port)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Address to listen on (HOST, default 0.0.0.0)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Job store and uploads (DATA_DIR, default ./data)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name in the models folder (WHISPER_MODEL, default tiny.en)."),
+    model_path: Optional[Path] = typer.Option(None, "--model-path", help="GGML model file (WHISPER_MODEL_PATH)."),
+    parallel_jobs: Optional[int] = typer.Option(None, "--parallel-jobs", help="Jobs decoded at once (PARALLEL_JOBS, default 1)."),
+    idle_timeout: Optional[int] = typer.Option(None, "--idle-timeout", help="Unload after this many idle seconds (IDLE_TIMEOUT_SECS, 300; 0 = never)."),
+    gpu_poll_interval: Optional[int] = typer.Option(None, "--gpu-poll-interval", help="Seconds between load retries when the GPU is full (GPU_POLL_INTERVAL_SECS, 30)."),
+    max_upload_bytes: Optional[int] = typer.Option(None, "--max-upload-bytes", help="Largest upload (MAX_UPLOAD_BYTES, 0 = unlimited)."),
+    job_retention: Optional[int] = typer.Option(None, "--job-retention", help="Seconds finished jobs are kept (JOB_RETENTION_SECS, 7 days)."),
+    cpu: bool = typer.Option(False, "--cpu", help="Do not use the GPU (USE_GPU=0)."),
+) -> None:
+    """Run the gRPC service (settings from the environment; flags override them)."""
+    import asyncio
+
+    from whisperd.model_resolver import ModelNotFound
+    from whisperd.server.app import serve as run_server
+    from whisperd.server.config import ConfigError, from_env
+
+    try:
+        settings = from_env().with_overrides(
+            port=port, host=host, data_dir=data_dir, whisper_model=model,
+            whisper_model_path=model_path, parallel_jobs=parallel_jobs,
+            idle_timeout_secs=idle_timeout, gpu_poll_interval_secs=gpu_poll_interval,
+            max_upload_bytes=max_upload_bytes, job_retention_secs=job_retention,
+            use_gpu=False if cpu else None,
+        )
+    except ConfigError as exc:
+        _fail(f"bad configuration: {exc}", 2)
+    logging.getLogger().setLevel(settings.log_level)
+
+    def listening(bound: int) -> None:
+        # One line on stdout that scripts (and the tests) can wait for.
+        print(f"whisperd serving on {settings.host}:{bound}", flush=True)
+
+    try:
+        asyncio.run(run_server(settings, on_listening=listening))
+    except ModelNotFound as exc:
+        _fail(str(exc), 2)
+    except OSError as exc:
+        _fail(str(exc), 1)
+
+
+@app.command()
 def info() -> None:
     """What the native core was built with, and the devices it sees."""
     from whisperd import _native

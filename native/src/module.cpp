@@ -8,6 +8,7 @@
 #include "engine.hpp"
 #include "errors.hpp"
 #include "log_bridge.hpp"
+#include "whisper.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -136,7 +137,9 @@ NB_MODULE(_native, m) {
         .def_ro("memory_total", &Device::memory_total);
 
     m.def("system_info", &system_info, "whisper.cpp's report of the CPU features in use.");
-    m.def("whisper_version", &whisper_version);
+    m.def("whisper_version", &whisperd::whisper_version);
+    m.def("language_id", [](const std::string &code) { return whisper_lang_id(code.c_str()); },
+          "code"_a, "whisper's id of an ISO 639-1 language code, -1 when unknown.");
     m.def("built_with_cuda", &built_with_cuda);
     m.def("cuda_architectures", &cuda_architectures);
     m.def("devices", &devices, "ggml's compute devices with their memory.");

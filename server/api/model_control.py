@@ -1,0 +1,132 @@
+"""The ModelControl service: Status, Load, Unload and the lifecycle event stream."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from whisperd.server.api.errors import streaming, unary
+from whisperd.server.engine import gpu_info
+from whisperd.server.engine.lifecycle import ModelHost, ModelState, Transition
+from whisperd.server.engine.workers import WorkerPool
+from whisperd.server.jobs.store import JobStore
+from whisperd.v1 import model_control_pb2 as mpb
+from whisperd.v1 import model_control_pb2_grpc as mpb_grpc
+
+log = logging.getLogger(__name__)
+
+STATE_TO_PB = {
+    ModelState.UNLOADED: mpb.MODEL_STATE_UNLOADED,
+    ModelState.LOADING: mpb.MODEL_STATE_LOADING,
+    ModelState.READY: mpb.MODEL_STATE_READY,
+    ModelState.WAITING_FOR_GPU: mpb.MODEL_STATE_WAITING_FOR_GPU,
+    ModelState.UNLOADING: mpb.MODEL_STATE_UNLOADING,
+}
+
+
+def _ts(epoch: float | None) -> Timestamp | None:
+    if epoch is None:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(epoch * 1e9))
+    return ts
+
+
+class ModelEvents:
+    """Lifecycle transitions fanned out to WatchEvents streams on the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queues: set[asyncio.Queue[Transition]] = set()
+
+    def on_transition(self, event: Transition) -> None:
+        """A ModelHost listener: runs on whichever thread made the transition."""
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._publish, event)
+
+    def _publish(self, event: Transition) -> None:
+        for queue in tuple(self._queues):
+            queue.put_nowait(event)
+
+    def subscribe(self) -> asyncio.Queue[Transition]:
+        queue: asyncio.Queue[Transition] = asyncio.Queue()
+        self._queues.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[Transition]) -> None:
+        self._queues.discard(queue)
+
+
+class ModelControlService(mpb_grpc.ModelControlServicer):
+    def __init__(
+        self, *, host: ModelHost, pool: WorkerPool, store: JobStore, events: ModelEvents, gpu: bool
+    ) -> None:
+        self._host = host
+        self._pool = pool
+        self._store = store
+        self._events = events
+        self._gpu = gpu
+
+    async def status(self) -> mpb.ModelStatus:
+        gpus, depth = await asyncio.gather(
+            asyncio.to_thread(gpu_info.gpus), asyncio.to_thread(self._store.queue_depth)
+        )
+        host = self._host
+        return mpb.ModelStatus(
+            state=STATE_TO_PB[host.state],
+            model=host.model_path.name,
+            model_path=str(host.model_path),
+            loaded_at=_ts(host.loaded_at),
+            last_error=host.last_error,
+            idle_timeout_secs=int(host.idle_timeout),
+            gpus=[
+                mpb.GpuInfo(
+                    index=g.index, name=g.name, memory_total_bytes=g.total,
+                    memory_used_bytes=g.used, memory_free_bytes=g.free,
+                )
+                for g in gpus
+            ],
+            queue_depth=depth,
+            running_jobs=self._pool.running_count(),
+            gpu=self._gpu,
+        )
+
+    @unary
+    async def Status(self, request: mpb.ModelStatusRequest, context: grpc.aio.ServicerContext) -> mpb.ModelStatus:
+        return await self.status()
+
+    @unary
+    async def Load(self, request: mpb.LoadModelRequest, context: grpc.aio.ServicerContext) -> mpb.ModelStatus:
+        self._host.request_load("load requested")
+        self._pool.wake()
+        return await self.status()
+
+    @unary
+    async def Unload(self, request: mpb.UnloadModelRequest, context: grpc.aio.ServicerContext) -> mpb.ModelStatus:
+        await asyncio.to_thread(self._host.unload, "unload requested")
+        return await self.status()
+
+    @streaming
+    async def WatchEvents(
+        self, request: mpb.WatchModelEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[mpb.ModelEvent]:
+        queue = self._events.subscribe()
+        try:
+            current = self._host.current_event()
+            yield await self._event(current)
+            while True:
+                yield await self._event(await queue.get())
+        finally:
+            self._events.unsubscribe(queue)
+
+    async def _event(self, t: Transition) -> mpb.ModelEvent:
+        return mpb.ModelEvent(
+            state=STATE_TO_PB[t.state],
+            previous=STATE_TO_PB[t.previous] if t.previous else mpb.MODEL_STATE_UNSPECIFIED,
+            time=_ts(t.at),
+            reason=t.reason,
+            status=await self.status(),
+        )

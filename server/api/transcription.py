@@ -1,0 +1,207 @@
+"""The Transcription service: Submit, Get, List, Cancel, StreamProgress, GetTranscript."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+import grpc
+
+from whisperd.server.api import convert
+from whisperd.server.api.errors import InvalidArgument, ServiceUnavailable, streaming, unary
+from whisperd.server.api.options import options_from_pb
+from whisperd.server.engine.lifecycle import ModelHost, ModelState
+from whisperd.server.engine.workers import WorkerPool
+from whisperd.server.jobs.errors import JobNotFound, JobStateError
+from whisperd.server.jobs.events import EventHub, FinishedEvent, ProgressEvent, RequeuedEvent, SegmentEvent
+from whisperd.server.jobs.model import JobRecord, JobStatus
+from whisperd.server.jobs.spool import Spool
+from whisperd.server.jobs.store import JobStore
+from whisperd import formats
+from whisperd.audio import probe_audio
+from whisperd.v1 import transcription_pb2 as pb
+from whisperd.v1 import transcription_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+_MAX_PAGE = 500
+
+
+@dataclass
+class Admission:
+    """Whether Submit accepts jobs now. `strict` answers UNAVAILABLE while the model is not
+    ready (the earlier service's behaviour); the default queues the job meanwhile."""
+
+    strict: bool
+    retry_after: float
+    draining: Callable[[], bool]
+
+
+class TranscriptionService(pb_grpc.TranscriptionServicer):
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        spool: Spool,
+        hub: EventHub,
+        pool: WorkerPool,
+        host: ModelHost,
+        admission: Admission,
+        multilingual: bool,
+    ) -> None:
+        self._store = store
+        self._spool = spool
+        self._hub = hub
+        self._pool = pool
+        self._host = host
+        self._admission = admission
+        self._multilingual = multilingual
+
+    # ------------------------------------------------------------------ Submit
+
+    @unary
+    async def Submit(
+        self, request_iterator: AsyncIterator[pb.SubmitRequest], context: grpc.aio.ServicerContext
+    ) -> pb.Job:
+        if self._admission.draining():
+            raise ServiceUnavailable("the server is shutting down; submit to another one or retry", 5)
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("payload") != "options":
+            raise InvalidArgument(
+                "the first Submit message must carry 'options'; audio 'chunk' messages follow it"
+            )
+        options = options_from_pb(first.options, multilingual=self._multilingual)
+        if self._admission.strict and self._host.state != ModelState.READY:
+            self._host.request_load("job submitted (strict admission)")
+            raise ServiceUnavailable(
+                f"the model is {self._host.state.value}; it is loading now, retry shortly",
+                self._admission.retry_after,
+            )
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for message in request_iterator:
+                if message.WhichOneof("payload") != "chunk":
+                    raise InvalidArgument("after the first message, every Submit message must carry an audio 'chunk'")
+                yield message.chunk
+
+        suffix = Path(options.filename).suffix if options.filename else ""
+        path, size = await self._spool.receive(chunks(), suffix)
+        try:
+            if size == 0:
+                raise InvalidArgument("no audio: the upload had no 'chunk' bytes")
+            info = await asyncio.to_thread(probe_audio, path)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        job = await asyncio.to_thread(self._store.create, options, str(path), info.duration_secs)
+        log.info(
+            "job %s: queued (%s, %d bytes, %.1f s of %s audio)",
+            job.id, options.filename or "unnamed upload", size, info.duration_secs, info.codec,
+        )
+        self._host.request_load("job submitted")
+        self._pool.wake()
+        return convert.job_to_pb(job)
+
+    # ------------------------------------------------------------------ reading
+
+    async def _job(self, job_id: str) -> JobRecord:
+        if not job_id:
+            raise InvalidArgument("'id' is required: the job id that Submit returned")
+        job = await asyncio.to_thread(self._store.get, job_id)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return job
+
+    @unary
+    async def Get(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        return convert.job_to_pb(await self._job(request.id))
+
+    @unary
+    async def List(self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> pb.ListJobsResponse:
+        if request.page_size > _MAX_PAGE:
+            raise InvalidArgument(f"'page_size' must be at most {_MAX_PAGE}, got {request.page_size}")
+        try:
+            statuses = [convert.STATUS_FROM_PB[s] for s in request.statuses]
+        except KeyError:
+            raise InvalidArgument("'statuses' holds an unknown or unspecified status") from None
+        try:
+            jobs, cursor = await asyncio.to_thread(
+                self._store.list,
+                statuses,
+                request.page_size or 50,
+                request.page_token or None,
+                not request.without_segments,
+            )
+        except ValueError as exc:
+            raise InvalidArgument(f"'page_token' is not one this server gave out: {exc}") from None
+        return pb.ListJobsResponse(
+            jobs=[convert.job_to_pb(j, with_segments=not request.without_segments) for j in jobs],
+            next_page_token=cursor or "",
+        )
+
+    @unary
+    async def GetTranscript(
+        self, request: pb.GetTranscriptRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Transcript:
+        job = await self._job(request.id)
+        if job.status != JobStatus.DONE:
+            raise JobStateError(f"job {job.id} is {job.status.value}; a transcript exists once it is done")
+        fmt = convert.FORMAT_FROM_PB.get(request.format)
+        if fmt is None:
+            raise InvalidArgument(f"'format' {request.format} is not a known transcript format")
+        content = formats.render(convert.transcript_of(job), fmt)
+        return pb.Transcript(
+            format=request.format or pb.TRANSCRIPT_FORMAT_JSON,
+            content_type=convert.CONTENT_TYPES[fmt],
+            content=content,
+        )
+
+    # ------------------------------------------------------------------ Cancel
+
+    @unary
+    async def Cancel(self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        await self._job(request.id)
+        job = await asyncio.to_thread(self._store.cancel, request.id)
+        if not self._pool.cancel(job.id):
+            # It was queued: nothing runs it, so clean up here.
+            if job.audio_path:
+                Path(job.audio_path).unlink(missing_ok=True)
+            self._hub.publish(FinishedEvent(job.id))
+        log.info("job %s: cancelled by a client", job.id)
+        return convert.job_to_pb(job)
+
+    # ------------------------------------------------------------------ StreamProgress
+
+    @streaming
+    async def StreamProgress(
+        self, request: pb.StreamProgressRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.JobEvent]:
+        if not request.id:
+            raise InvalidArgument("'id' is required: the job id that Submit returned")
+        # Subscribe before reading the snapshot, so nothing falls between the two.
+        queue = self._hub.subscribe(request.id)
+        try:
+            job = await self._job(request.id)
+            yield pb.JobEvent(snapshot=convert.job_to_pb(job))
+            if job.status.terminal:
+                yield pb.JobEvent(done=convert.job_to_pb(job))
+                return
+            next_index = len(job.segments)
+            while True:
+                event = await queue.get()
+                if isinstance(event, ProgressEvent):
+                    yield pb.JobEvent(progress=pb.Progress(percent=event.percent))
+                elif isinstance(event, SegmentEvent):
+                    if event.segment.index >= next_index:  # already in the snapshot otherwise
+                        next_index = event.segment.index + 1
+                        yield pb.JobEvent(segment=convert.segment_to_pb(event.segment))
+                elif isinstance(event, RequeuedEvent):
+                    next_index = 0
+                    yield pb.JobEvent(requeued=convert.job_to_pb(await self._job(request.id)))
+                elif isinstance(event, FinishedEvent):
+                    yield pb.JobEvent(done=convert.job_to_pb(await self._job(request.id)))
+                    return
+        finally:
+            self._hub.unsubscribe(request.id, queue)

@@ -1,0 +1,156 @@
+"""Wires the service together and runs it until SIGTERM/SIGINT.
+
+Start-up: open the job store and put back jobs a dead process left running; clean
+half-written uploads; start the gRPC server (Transcription, ModelControl, health,
+reflection) and the workers. Shutdown: stop taking jobs (health NOT_SERVING, Submit
+UNAVAILABLE), let running jobs finish for SHUTDOWN_GRACE_SECS, put the rest back in the
+queue, free the model, stop.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from whisperd.server.api.model_control import ModelControlService, ModelEvents
+from whisperd.server.api.transcription import Admission, TranscriptionService
+from whisperd.server.config import Settings
+from whisperd.server.engine.lifecycle import ModelHost
+from whisperd.server.engine.workers import WorkerPool
+from whisperd.server.jobs.events import EventHub
+from whisperd.server.jobs.spool import Spool
+from whisperd.server.jobs.store import JobStore
+from whisperd import _native
+from whisperd.model_resolver import resolve_model
+from whisperd.models.ggml_file import read_header
+from whisperd.v1 import model_control_pb2, model_control_pb2_grpc, transcription_pb2, transcription_pb2_grpc
+
+log = logging.getLogger("whisperd.server")
+
+_PURGE_EVERY_SECS = 600.0
+_MAX_MESSAGE_BYTES = 16 << 20
+
+
+def gpu_available(settings: Settings) -> bool:
+    return (
+        settings.use_gpu
+        and _native.built_with_cuda()
+        and any(d.type == "gpu" for d in _native.devices())
+    )
+
+
+def model_file(settings: Settings) -> Path:
+    if settings.whisper_model_path is not None:
+        return settings.whisper_model_path.resolve()
+    return resolve_model(settings.whisper_model)
+
+
+async def _purge_loop(store: JobStore, retention: int, spool: Spool) -> None:
+    while True:
+        cutoff = time.time() - retention
+        purged = await asyncio.to_thread(store.purge_finished, cutoff)
+        for job in purged:
+            if job.audio_path:
+                Path(job.audio_path).unlink(missing_ok=True)
+        if purged:
+            log.info("purged %d finished jobs older than %d s", len(purged), retention)
+        await asyncio.sleep(min(_PURGE_EVERY_SECS, max(1.0, retention / 2)))
+
+
+async def serve(settings: Settings, *, on_listening: Callable[[int], None] | None = None) -> None:
+    loop = asyncio.get_running_loop()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = model_file(settings)
+    multilingual = read_header(path).hparams.is_multilingual
+    store = JobStore(settings.db_path)
+    requeued, failed = store.recover_interrupted(settings.max_attempts)
+    if requeued or failed:
+        log.info("start-up: %d interrupted jobs back in the queue, %d failed after %d attempts",
+                 len(requeued), len(failed), settings.max_attempts)
+    spool = Spool(settings.uploads_dir, settings.max_upload_bytes)
+    if (removed := spool.clean_partials()):
+        log.info("start-up: removed %d half-written uploads", removed)
+
+    gpu = gpu_available(settings)
+    hub = EventHub(loop)
+    events = ModelEvents(loop)
+    host = ModelHost(
+        path,
+        use_gpu=gpu,
+        gpu_poll_interval=settings.gpu_poll_interval_secs,
+        idle_timeout=settings.idle_timeout_secs,
+        fault_oom_loads=int(os.environ.get("WHISPERD_FAULT_OOM_LOADS", "0") or 0),
+    )
+    host.add_listener(events.on_transition)
+    pool = WorkerPool(
+        store=store, host=host, hub=hub,
+        workers=settings.parallel_jobs, threads_per_job=settings.threads_per_job,
+    )
+    draining = False
+    admission = Admission(strict=False, retry_after=5.0, draining=lambda: draining)
+
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+        ]
+    )
+    transcription_pb2_grpc.add_TranscriptionServicer_to_server(
+        TranscriptionService(
+            store=store, spool=spool, hub=hub, pool=pool, host=host,
+            admission=admission, multilingual=multilingual,
+        ),
+        server,
+    )
+    model_control_pb2_grpc.add_ModelControlServicer_to_server(
+        ModelControlService(host=host, pool=pool, store=store, events=events, gpu=gpu), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    services = (
+        transcription_pb2.DESCRIPTOR.services_by_name["Transcription"].full_name,
+        model_control_pb2.DESCRIPTOR.services_by_name["ModelControl"].full_name,
+    )
+    reflection.enable_server_reflection(services + (health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise OSError(f"could not listen on {settings.host}:{settings.port} (port in use?)")
+    await server.start()
+    pool.start()
+    for name in ("",) + services:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if store.queue_depth() > 0:
+        host.request_load("queued jobs at start-up")
+        pool.wake()
+    log.info(
+        "whisperd listening on %s:%d (model %s, %s, %d parallel jobs, data in %s)",
+        settings.host, port, path.name, "GPU" if gpu else "CPU", settings.parallel_jobs, settings.data_dir,
+    )
+    if on_listening is not None:
+        on_listening(port)
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    purge = asyncio.create_task(_purge_loop(store, settings.job_retention_secs, spool))
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: no new jobs; running jobs get %d s to finish", settings.shutdown_grace_secs)
+        draining = True
+        for name in ("",) + services:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        purge.cancel()
+        await asyncio.to_thread(pool.stop, settings.shutdown_grace_secs)
+        await asyncio.to_thread(host.stop)
+        await server.stop(grace=2)
+        store.close()
+        log.info("stopped")

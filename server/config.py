@@ -1,0 +1,130 @@
+"""Server settings: one object, read from the environment at start, flags override.
+
+Names follow the earlier service (FEATURES.md A11) so its deployments keep working.
+A bad value stops the start with one line that names the variable and what it wants.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A setting has a value the server cannot use; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "0.0.0.0"
+    port: int = 50051  # PORT
+    log_level: str = "INFO"  # LOG_LEVEL
+    data_dir: Path = Path("data")  # DATA_DIR: SQLite store and spooled uploads
+    whisper_model: str = "tiny.en"  # WHISPER_MODEL: a name in the models folder
+    whisper_model_path: Path | None = None  # WHISPER_MODEL_PATH: overrides WHISPER_MODEL
+    idle_timeout_secs: int = 300  # IDLE_TIMEOUT_SECS; 0 = never unload
+    gpu_poll_interval_secs: int = 30  # GPU_POLL_INTERVAL_SECS
+    parallel_jobs: int = 1  # PARALLEL_JOBS: decoding states over the one model
+    max_upload_bytes: int = 0  # MAX_UPLOAD_BYTES; 0 = unlimited
+    job_retention_secs: int = 7 * 24 * 3600  # JOB_RETENTION_SECS
+    use_gpu: bool = True  # USE_GPU; ignored on a CPU build
+    threads: int = 0  # THREADS per job; 0 = every CPU / PARALLEL_JOBS
+    shutdown_grace_secs: int = 30  # SHUTDOWN_GRACE_SECS: how long SIGTERM lets jobs finish
+    max_attempts: int = 3  # a job interrupted this many times fails
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "whisperd.db"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def threads_per_job(self) -> int:
+        if self.threads:
+            return self.threads
+        return max(1, (os.cpu_count() or 1) // self.parallel_jobs)
+
+    def with_overrides(self, **values: Any) -> Settings:
+        """Flags win over the environment; None means "flag not given"."""
+        given = {k: v for k, v in values.items() if v is not None}
+        return validate(replace(self, **given))
+
+
+_ENV: dict[str, str] = {
+    "port": "PORT",
+    "host": "HOST",
+    "log_level": "LOG_LEVEL",
+    "data_dir": "DATA_DIR",
+    "whisper_model": "WHISPER_MODEL",
+    "whisper_model_path": "WHISPER_MODEL_PATH",
+    "idle_timeout_secs": "IDLE_TIMEOUT_SECS",
+    "gpu_poll_interval_secs": "GPU_POLL_INTERVAL_SECS",
+    "parallel_jobs": "PARALLEL_JOBS",
+    "max_upload_bytes": "MAX_UPLOAD_BYTES",
+    "job_retention_secs": "JOB_RETENTION_SECS",
+    "use_gpu": "USE_GPU",
+    "threads": "THREADS",
+    "shutdown_grace_secs": "SHUTDOWN_GRACE_SECS",
+}
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _parse(name: str, env_name: str, raw: str) -> Any:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    text = raw.strip()
+    if kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{env_name} must be a whole number, got {raw!r}") from None
+    if kind == "bool":
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{env_name} must be true or false, got {raw!r}")
+    if kind == "Path":
+        return Path(text)
+    if kind == "Path | None":
+        return Path(text) if text else None
+    return text
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from environment variables (the names of FEATURES.md A11 and more)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for name, env_name in _ENV.items():
+        if env.get(env_name, "") != "":
+            values[name] = _parse(name, env_name, env[env_name])
+    return validate(Settings(**values))
+
+
+def validate(s: Settings) -> Settings:
+    """Raise ConfigError on the first unusable value; return the settings otherwise."""
+    if not 0 <= s.port <= 65535:
+        raise ConfigError(f"PORT must be between 0 and 65535, got {s.port}")
+    if s.log_level.upper() not in _LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(_LEVELS)}, got {s.log_level!r}")
+    if s.idle_timeout_secs < 0:
+        raise ConfigError(f"IDLE_TIMEOUT_SECS must be 0 (never) or more, got {s.idle_timeout_secs}")
+    if s.gpu_poll_interval_secs < 1:
+        raise ConfigError(f"GPU_POLL_INTERVAL_SECS must be at least 1, got {s.gpu_poll_interval_secs}")
+    if not 1 <= s.parallel_jobs <= 64:
+        raise ConfigError(f"PARALLEL_JOBS must be between 1 and 64, got {s.parallel_jobs}")
+    if s.max_upload_bytes < 0:
+        raise ConfigError(f"MAX_UPLOAD_BYTES must be 0 (unlimited) or more, got {s.max_upload_bytes}")
+    if s.job_retention_secs < 0:
+        raise ConfigError(f"JOB_RETENTION_SECS must be 0 or more, got {s.job_retention_secs}")
+    if s.threads < 0:
+        raise ConfigError(f"THREADS must be 0 (automatic) or more, got {s.threads}")
+    if s.shutdown_grace_secs < 0:
+        raise ConfigError(f"SHUTDOWN_GRACE_SECS must be 0 or more, got {s.shutdown_grace_secs}")
+    if s.whisper_model_path is not None and not s.whisper_model_path.is_file():
+        raise ConfigError(f"WHISPER_MODEL_PATH points at {s.whisper_model_path}, which is not a file")
+    return replace(s, log_level=s.log_level.upper())

@@ -1,0 +1,311 @@
+"""Worker threads: each claims queued jobs and runs them on its own decoding state over
+the one loaded model. The native call releases the GIL, so the event loop stays free.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from whisperd.server.engine.lifecycle import ModelHost, ModelState, Transition
+from whisperd.server.jobs.errors import JobStateError
+from whisperd.server.jobs.events import EventHub, FinishedEvent, ProgressEvent, RequeuedEvent, SegmentEvent
+from whisperd.server.jobs.model import JobRecord, JobStatus
+from whisperd.server.jobs.store import JobStore
+from whisperd.audio import AudioDecodeError, decode_audio
+from whisperd.inference import (
+    CancelToken,
+    DecodingState,
+    OutOfMemoryError,
+    TranscribeOptions,
+    TranscriptionAborted,
+    WhisperError,
+    WhisperModel,
+)
+from whisperd.transcript import Segment
+
+log = logging.getLogger(__name__)
+
+# Progress is written to the store at most this often (events go out on every change).
+_PROGRESS_WRITE_SECS = 1.0
+
+
+@dataclass
+class _Running:
+    job_id: str
+    token: CancelToken = field(default_factory=CancelToken)
+    # Why it was stopped: "cancel" (client), or a reason to put it back in the queue.
+    stop_reason: str | None = None
+
+
+class WorkerPool:
+    """PARALLEL_JOBS worker threads sharing one model host."""
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        host: ModelHost,
+        hub: EventHub,
+        workers: int,
+        threads_per_job: int,
+        on_finished: Callable[[JobRecord], None] = lambda job: None,
+    ) -> None:
+        self._store = store
+        self._host = host
+        self._hub = hub
+        self._threads_per_job = threads_per_job
+        self._on_finished = on_finished
+        self._stop = threading.Event()
+        self._no_new_jobs = threading.Event()
+        self._wake = threading.Condition()
+        self._running: dict[str, _Running] = {}
+        self._running_lock = threading.Lock()
+        self._claim_lock = threading.Lock()
+        self._states: dict[int, tuple[int, DecodingState]] = {}  # worker -> (generation, state)
+        self._threads = [
+            threading.Thread(target=self._loop, args=(i,), name=f"worker-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        host.set_before_unload(self._release_for_unload)
+        host.set_busy_probe(self.busy)
+        host.add_listener(self._on_model_event)
+
+    # ------------------------------------------------------------------ control
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def wake(self) -> None:
+        """A job was queued."""
+        with self._wake:
+            self._wake.notify_all()
+
+    def running_count(self) -> int:
+        with self._running_lock:
+            return len(self._running)
+
+    def busy(self) -> bool:
+        return self.running_count() > 0 or self._store.queue_depth() > 0
+
+    def cancel(self, job_id: str) -> bool:
+        """Stop a job running here; True if it was. The store already says cancelled.
+        Under the claim lock, so a job is either registered here or not claimed at all."""
+        with self._claim_lock:
+            return self._interrupt(job_id, "cancel")
+
+    def _interrupt(self, job_id: str, reason: str) -> bool:
+        with self._running_lock:
+            running = self._running.get(job_id)
+            if running is None:
+                return False
+            running.stop_reason = reason
+            running.token.cancel()
+            return True
+
+    def _interrupt_all(self, reason: str) -> None:
+        with self._running_lock:
+            for running in self._running.values():
+                running.stop_reason = reason
+                running.token.cancel()
+
+    def _wait_idle(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.running_count() > 0:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def _release_for_unload(self, reason: str) -> None:
+        """Before the weights go: running jobs back to the head of the queue, states freed."""
+        self._no_new_jobs.set()
+        with self._claim_lock:
+            pass  # a worker between claim and registration finishes registering
+        try:
+            self._interrupt_all(f"model unloading: {reason}")
+            self._wait_idle()
+            self._close_states()
+        finally:
+            self._no_new_jobs.clear()
+
+    def _close_states(self) -> None:
+        for _, state in list(self._states.values()):
+            state.close()
+        self._states.clear()
+
+    def _on_model_event(self, event: Transition) -> None:
+        # A load that failed for good (not for lack of VRAM) fails the waiting jobs:
+        # accepted jobs must end with a reason, not wait forever.
+        if event.state == ModelState.UNLOADED and event.reason.startswith("load failed"):
+            threading.Thread(target=self._fail_queued, args=(event.reason,), daemon=True).start()
+
+    def _fail_queued(self, reason: str) -> None:
+        while (job := self._store.claim_next(self._host.model_path.name)) is not None:
+            self._finish(job, JobStatus.FAILED, error=f"model could not be loaded: {reason}")
+
+    def stop(self, grace: float) -> None:
+        """Shutdown: take no new jobs, let running ones finish for `grace` seconds, then
+        put them back in the queue for the next start."""
+        self._no_new_jobs.set()
+        if not self._wait_idle(grace):
+            self._interrupt_all("server shutting down")
+            self._wait_idle(30)
+        self._stop.set()
+        self.wake()
+        for t in self._threads:
+            t.join(timeout=10)
+        self._close_states()
+
+    # ------------------------------------------------------------------ the loop
+
+    def _loop(self, index: int) -> None:
+        while not self._stop.is_set():
+            if self._no_new_jobs.is_set() or self._store.queue_depth() == 0:
+                with self._wake:
+                    self._wake.wait(timeout=0.5)
+                continue
+            ready = self._host.wait_ready(self._stop, timeout=0.5)
+            if ready is None:
+                continue
+            model, generation = ready
+            # Claiming and registering happen under one lock, so an unload that takes
+            # the lock after raising _no_new_jobs sees every job that got past it.
+            with self._claim_lock:
+                if self._no_new_jobs.is_set():
+                    continue
+                job = self._store.claim_next(self._host.model_path.name)
+                if job is None:
+                    continue
+                running = _Running(job.id)
+                with self._running_lock:
+                    self._running[job.id] = running
+            try:
+                state = self._state_for(index, model, generation)
+                self._transcribe(job, state, running)
+            except OutOfMemoryError as exc:
+                self._requeue_after_oom(job, exc)
+            except Exception:  # never let a worker die; the job ends with a reason
+                log.exception("job %s: unexpected error", job.id)
+                self._finish(job, JobStatus.FAILED, error="internal error (see the server log)")
+            finally:
+                with self._running_lock:
+                    self._running.pop(job.id, None)
+                self._host.touch()
+
+    def _state_for(self, index: int, model: WhisperModel, generation: int) -> DecodingState:
+        cached = self._states.get(index)
+        if cached is not None and cached[0] == generation and not cached[1].closed:
+            return cached[1]
+        if cached is not None:
+            cached[1].close()
+        state = model.new_state()
+        self._states[index] = (generation, state)
+        return state
+
+    def _requeue_after_oom(self, job: JobRecord, exc: Exception) -> None:
+        self._store.requeue(job.id, at_head=True, reason=str(exc))
+        self._hub.publish_threadsafe(RequeuedEvent(job.id))
+        log.warning("job %s: out of memory, requeued; reloading the model: %s", job.id, exc)
+
+        def reload() -> None:
+            self._host.unload("out of memory during a job")
+            self._host.request_load("reload after running out of memory")
+
+        threading.Thread(target=reload, name="oom-reload", daemon=True).start()
+
+    def _transcribe(self, job: JobRecord, state: DecodingState, running: _Running) -> None:
+        log.info("job %s: started (attempt %d, %.1f s of audio)", job.id, job.attempts, job.duration_secs)
+        self._hub.publish_threadsafe(ProgressEvent(job.id, 0.0))
+        try:
+            samples = decode_audio(Path(job.audio_path or ""))
+        except (AudioDecodeError, FileNotFoundError) as exc:
+            self._finish(job, JobStatus.FAILED, error=f"audio could not be decoded: {exc}")
+            return
+        opts = job.options
+        options = TranscribeOptions(
+            language=opts.language,
+            task=opts.task,  # type: ignore[arg-type]
+            beam_size=opts.beam_size,
+            temperature=opts.temperature,
+            temperature_increment=opts.temperature_increment,
+            initial_prompt=opts.initial_prompt,
+            word_timestamps=opts.word_timestamps,
+            vad=opts.vad,
+            threads=self._threads_per_job,
+        )
+        last_write = 0.0
+
+        def on_progress(percent: int) -> None:
+            nonlocal last_write
+            self._hub.publish_threadsafe(ProgressEvent(job.id, float(percent)))
+            now = time.monotonic()
+            if now - last_write >= _PROGRESS_WRITE_SECS or percent >= 100:
+                last_write = now
+                self._store.update_progress(job.id, float(percent))
+
+        def on_segment(segment: Segment) -> None:
+            self._store.add_segments(job.id, [segment])
+            self._hub.publish_threadsafe(SegmentEvent(job.id, segment))
+
+        started = time.monotonic()
+        try:
+            result = state.transcribe(
+                samples, options, cancel=running.token, on_progress=on_progress, on_segment=on_segment
+            )
+        except TranscriptionAborted:
+            if running.stop_reason == "cancel":
+                log.info("job %s: cancelled while running", job.id)
+                self._ended(job.id)
+            else:
+                reason = running.stop_reason or "interrupted"
+                try:
+                    self._store.requeue(job.id, at_head=True, reason=reason)
+                except JobStateError:  # a client cancelled it meanwhile: that wins
+                    self._ended(job.id)
+                    return
+                log.info("job %s: back to the head of the queue (%s)", job.id, reason)
+                self._hub.publish_threadsafe(RequeuedEvent(job.id))
+            return
+        except (ValueError, WhisperError) as exc:
+            self._finish(job, JobStatus.FAILED, error=str(exc))
+            return
+        elapsed = time.monotonic() - started
+        log.info(
+            "job %s: done in %.2f s (%.1fx real time), %d segments, language %s",
+            job.id, elapsed, job.duration_secs / max(elapsed, 1e-6), len(result.segments), result.language,
+        )
+        self._finish(
+            job,
+            JobStatus.DONE,
+            segments=list(result.segments),
+            language=result.language,
+            language_probability=result.language_probability,
+        )
+
+    def _finish(self, job: JobRecord, status: JobStatus, **fields: object) -> None:
+        try:
+            final = self._store.finish(job.id, status, **fields)  # type: ignore[arg-type]
+        except JobStateError:
+            # It ended meanwhile (a client cancelled it): the first ending wins.
+            self._ended(job.id)
+            return
+        if status == JobStatus.FAILED:
+            log.warning("job %s: failed: %s", job.id, fields.get("error"))
+        self._ended(job.id, final)
+
+    def _ended(self, job_id: str, final: JobRecord | None = None) -> None:
+        """A job reached a terminal state: drop its audio, tell subscribers and hooks."""
+        record = final or self._store.get(job_id)
+        if record is not None and record.audio_path:
+            Path(record.audio_path).unlink(missing_ok=True)
+        self._hub.publish_threadsafe(FinishedEvent(job_id))
+        if record is not None:
+            try:
+                self._on_finished(record)
+            except Exception:
+                log.exception("job %s: finish hook failed", job_id)

@@ -1,0 +1,1 @@
+"""Jobs: their plain data (model), their durable store (store) and their errors."""
