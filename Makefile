@@ -17,9 +17,9 @@ STAMP_DEPS  := $(VENV)/.stamp-deps
 STAMP_BUILD := $(VENV)/.stamp-build-$(WHISPERD_CUDA)-$(CMAKE_CUDA_ARCHITECTURES)
 MODEL       := models/ggml-tiny.en.bin
 
-.PHONY: setup run test test-fast bench bench-cpu gpu clean native model info
+.PHONY: setup run test test-fast bench bench-cpu gpu clean native model info gen lint
 
-setup: $(STAMP_BUILD) $(MODEL)
+setup: $(STAMP_BUILD) $(MODEL) $(GO_TOOLS)
 
 # System packages the tests need (espeak-ng speaks the German and Spanish test clips).
 $(STAMP_SYS):
@@ -35,8 +35,16 @@ $(STAMP_DEPS): $(STAMP_SYS) pyproject.toml
 	$(PIP) install --upgrade pip
 	$(PIP) install "scikit-build-core==1.1.2" "nanobind==3.1.0" \
 	  "numpy>=1.26" "av>=14" "rich>=13" "typer>=0.12" \
+	  "grpcio==1.85.1" "grpcio-status==1.85.1" "grpcio-health-checking==1.85.1" \
+	  "grpcio-reflection==1.85.1" "grpcio-tools==1.85.1" "protobuf>=7.35.1,<8" \
+	  "googleapis-common-protos>=1.76" "nvidia-ml-py>=13" \
 	  "pytest>=8" "pytest-timeout>=2.3" "srt>=3.5" "webvtt-py>=0.5"
 	@touch $@
+
+# buf (proto lint) and grpcurl, pinned, built with the Go toolchain into .cache/gobin.
+GO_TOOLS := .cache/gobin/buf .cache/gobin/grpcurl
+$(GO_TOOLS) &: tools/go_tools.sh
+	bash tools/go_tools.sh
 
 # The extension: fetches the pinned whisper.cpp source itself, builds it and our module.
 $(STAMP_BUILD): $(STAMP_DEPS) $(NATIVE_SRC)
@@ -55,8 +63,17 @@ model: $(MODEL)
 info: $(STAMP_BUILD)
 	$(VENV)/bin/whisperd info
 
+# The service on its embedded defaults: SQLite in ./data, tiny.en, the GPU if there is one.
 run: setup
-	$(VENV)/bin/whisperd transcribe third_party/whisper.cpp/samples/jfk.wav
+	$(VENV)/bin/whisperd serve
+
+# Python stubs from proto/ (committed; CI fails when they drift from the proto).
+gen: $(STAMP_DEPS)
+	$(PY) tools/gen_proto.py
+
+lint: $(GO_TOOLS) $(STAMP_DEPS)
+	.cache/gobin/buf lint
+	$(PY) tools/gen_proto.py --check
 
 test: setup
 	$(PY) -m pytest -q

@@ -227,6 +227,10 @@ class DecodingState:
     def close(self) -> None:
         self._state.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._state.closed
+
     def __enter__(self) -> DecodingState:
         return self
 

@@ -161,6 +161,10 @@ State::State(std::shared_ptr<ContextHandle> handle, whisper_state *state)
 State::~State() { close(); }
 
 void State::close() {
+    if (vad_ != nullptr) {
+        whisper_vad_free(vad_);
+        vad_ = nullptr;
+    }
     if (state_ != nullptr) {
         whisper_free_state(state_);
         state_ = nullptr;
@@ -168,11 +172,72 @@ void State::close() {
     handle_.reset();
 }
 
+int64_t State::to_original_cs(int64_t filtered_cs) const {
+    if (spans_.empty()) {
+        return filtered_cs;
+    }
+    const int64_t sample = filtered_cs * kSampleRate / 100;
+    const SpeechSpan *span = &spans_.front();
+    for (const auto &s : spans_) {
+        if (s.filtered_start > sample) {
+            break;
+        }
+        span = &s;
+    }
+    const int64_t within = std::clamp<int64_t>(sample - span->filtered_start, 0, span->length);
+    return (span->original_start + within) * 100 / kSampleRate;
+}
+
+std::vector<float> State::keep_speech(const float *samples, size_t n_samples, const Options &opts,
+                                      int threads) {
+    if (vad_ == nullptr) {
+        whisper_vad_context_params vp = whisper_vad_default_context_params();
+        vp.n_threads = threads;
+        vp.use_gpu = false;  // Silero is tiny: the CPU avoids a second CUDA context
+        vad_ = whisper_vad_init_from_file_with_params(opts.vad_model_path.c_str(), vp);
+        if (vad_ == nullptr) {
+            throw WhisperError("could not load the VAD model " + opts.vad_model_path);
+        }
+    }
+    whisper_vad_params params = whisper_vad_default_params();
+    params.threshold = opts.vad_threshold;
+    params.min_speech_duration_ms = opts.vad_min_speech_ms;
+    params.min_silence_duration_ms = opts.vad_min_silence_ms;
+    params.speech_pad_ms = opts.vad_speech_pad_ms;
+    whisper_vad_segments *segments =
+        whisper_vad_segments_from_samples(vad_, params, samples, static_cast<int>(n_samples));
+    if (segments == nullptr) {
+        throw WhisperError("voice activity detection failed");
+    }
+    std::vector<float> speech;
+    const int64_t gap = kSampleRate / 10;  // 0.1 s of silence between kept stretches
+    const int n = whisper_vad_segments_n_segments(segments);
+    for (int i = 0; i < n; ++i) {
+        // Segment times are centiseconds.
+        const int64_t start = std::clamp<int64_t>(
+            static_cast<int64_t>(whisper_vad_segments_get_segment_t0(segments, i) * kSampleRate / 100), 0,
+            static_cast<int64_t>(n_samples));
+        const int64_t end = std::clamp<int64_t>(
+            static_cast<int64_t>(whisper_vad_segments_get_segment_t1(segments, i) * kSampleRate / 100), 0,
+            static_cast<int64_t>(n_samples));
+        if (end <= start) {
+            continue;
+        }
+        if (!speech.empty()) {
+            speech.insert(speech.end(), gap, 0.0f);
+        }
+        spans_.push_back(SpeechSpan{start, static_cast<int64_t>(speech.size()), end - start});
+        speech.insert(speech.end(), samples + start, samples + end);
+    }
+    whisper_vad_free_segments(segments);
+    return speech;
+}
+
 SegmentData State::read_segment(int i, bool with_tokens) const {
     SegmentData seg;
     seg.index = i;
-    seg.t0 = whisper_full_get_segment_t0_from_state(state_, i);
-    seg.t1 = whisper_full_get_segment_t1_from_state(state_, i);
+    seg.t0 = to_original_cs(whisper_full_get_segment_t0_from_state(state_, i));
+    seg.t1 = to_original_cs(whisper_full_get_segment_t1_from_state(state_, i));
     seg.text = whisper_full_get_segment_text_from_state(state_, i);
     seg.no_speech_prob = whisper_full_get_segment_no_speech_prob_from_state(state_, i);
     if (with_tokens) {
@@ -182,7 +247,7 @@ SegmentData State::read_segment(int i, bool with_tokens) const {
             const whisper_token_data d = whisper_full_get_token_data_from_state(state_, i, j);
             seg.tokens.push_back(Token{
                 d.id, whisper_full_get_token_text_from_state(handle_->ctx, state_, i, j), d.p,
-                d.t0, d.t1});
+                to_original_cs(d.t0), to_original_cs(d.t1)});
         }
     }
     return seg;
@@ -251,16 +316,25 @@ Result State::transcribe(const float *samples, size_t n_samples, const Options &
     p.entropy_thold = opts.entropy_threshold;
     p.greedy.best_of = std::max(1, opts.best_of);
     p.beam_search.beam_size = opts.beam_size;
-    p.vad = opts.vad;
-    p.vad_model_path = opts.vad ? opts.vad_model_path.c_str() : nullptr;
-    p.vad_params = whisper_vad_default_params();
-    p.vad_params.threshold = opts.vad_threshold;
-    p.vad_params.min_speech_duration_ms = opts.vad_min_speech_ms;
-    p.vad_params.min_silence_duration_ms = opts.vad_min_silence_ms;
-    p.vad_params.speech_pad_ms = opts.vad_speech_pad_ms;
+    p.vad = false;  // done here: see keep_speech
 
     LogCapture capture;
     Result result;
+    spans_.clear();
+    std::vector<float> speech;
+    if (opts.vad) {
+        speech = keep_speech(samples, n_samples, opts, threads);
+        if (speech.empty()) {  // nothing but silence: nothing to transcribe
+            result.language = multilingual ? opts.language : "en";
+            result.language_probability = multilingual && opts.language.empty() ? 0.0f : 1.0f;
+            if (on_progress) {
+                on_progress(100);
+            }
+            return result;
+        }
+        samples = speech.data();
+        n_samples = speech.size();
+    }
     std::string language = opts.language == "auto" ? "" : opts.language;
     result.language_probability = 1.0f;
     if (!multilingual) {

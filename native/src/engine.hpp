@@ -11,6 +11,7 @@
 
 struct whisper_context;
 struct whisper_state;
+struct whisper_vad_context;
 
 namespace whisperd {
 
@@ -122,9 +123,24 @@ public:
     bool closed() const { return state_ == nullptr; }
 
 private:
+    // Where a stretch of speech kept by VAD sits in the original audio (samples).
+    struct SpeechSpan {
+        int64_t original_start;
+        int64_t filtered_start;
+        int64_t length;
+    };
+
     SegmentData read_segment(int i, bool with_tokens) const;
+    int64_t to_original_cs(int64_t filtered_cs) const;
+    // whisper_full_with_state ignores params.vad (only whisper_full applies it, on the
+    // context's default state), so VAD is done here, per state.
+    std::vector<float> keep_speech(const float *samples, size_t n_samples, const Options &opts,
+                                   int threads);
+
     std::shared_ptr<ContextHandle> handle_;
     whisper_state *state_;
+    whisper_vad_context *vad_ = nullptr;
+    std::vector<SpeechSpan> spans_;  // of the call in progress; empty without VAD
 };
 
 std::string system_info();

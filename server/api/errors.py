@@ -15,7 +15,7 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from whisperd.server.jobs.errors import JobNotFound, JobStateError
+from whisperd.server.jobs.errors import InvalidOptions, JobNotFound, JobStateError
 from whisperd.server.jobs.spool import UploadTooLarge
 from whisperd.audio import AudioDecodeError
 
@@ -40,6 +40,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (JobStateError, grpc.StatusCode.FAILED_PRECONDITION),
     (AudioDecodeError, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidOptions, grpc.StatusCode.INVALID_ARGUMENT),
     (UploadTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ServiceUnavailable, grpc.StatusCode.UNAVAILABLE),
 )
@@ -55,8 +56,6 @@ def status_for(exc: BaseException) -> grpc.StatusCode | None:
 
 
 def _message(exc: BaseException) -> str:
-    if isinstance(exc, KeyError) and exc.args:
-        return str(exc.args[0])
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return "the server's disk is full: no room to store the upload"
     return str(exc)

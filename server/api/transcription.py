@@ -14,7 +14,7 @@ from whisperd.server.api.errors import InvalidArgument, ServiceUnavailable, stre
 from whisperd.server.api.options import options_from_pb
 from whisperd.server.engine.lifecycle import ModelHost, ModelState
 from whisperd.server.engine.workers import WorkerPool
-from whisperd.server.jobs.errors import JobNotFound, JobStateError
+from whisperd.server.jobs.errors import InvalidCursor, JobNotFound, JobStateError
 from whisperd.server.jobs.events import EventHub, FinishedEvent, ProgressEvent, RequeuedEvent, SegmentEvent
 from whisperd.server.jobs.model import JobRecord, JobStatus
 from whisperd.server.jobs.spool import Spool
@@ -111,7 +111,7 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
             raise InvalidArgument("'id' is required: the job id that Submit returned")
         job = await asyncio.to_thread(self._store.get, job_id)
         if job is None:
-            raise JobNotFound(f"no job with id {job_id!r}")
+            raise JobNotFound(job_id)
         return job
 
     @unary
@@ -134,8 +134,8 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
                 request.page_token or None,
                 not request.without_segments,
             )
-        except ValueError as exc:
-            raise InvalidArgument(f"'page_token' is not one this server gave out: {exc}") from None
+        except InvalidCursor as exc:
+            raise InvalidArgument(f"'page_token': {exc}") from None
         return pb.ListJobsResponse(
             jobs=[convert.job_to_pb(j, with_segments=not request.without_segments) for j in jobs],
             next_page_token=cursor or "",
@@ -147,7 +147,7 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
     ) -> pb.Transcript:
         job = await self._job(request.id)
         if job.status != JobStatus.DONE:
-            raise JobStateError(f"job {job.id} is {job.status.value}; a transcript exists once it is done")
+            raise JobStateError(job.id, job.status.value, "render the transcript of", "done")
         fmt = convert.FORMAT_FROM_PB.get(request.format)
         if fmt is None:
             raise InvalidArgument(f"'format' {request.format} is not a known transcript format")
