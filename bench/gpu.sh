@@ -42,15 +42,24 @@ if [[ $BUILD_ONLY == 1 ]]; then
   exit 0
 fi
 
+# Python packages the host lacks travel as wheels in .gpu/wheels.
+if compgen -G ".gpu/wheels/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-deps --no-index --target .gpu/pylib .gpu/wheels/*.whl
+  export PYTHONPATH="$PWD/.gpu/pylib${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
 # Put the CUDA module where `import whisperd._native` finds it (source tree on PYTHONPATH).
 cp "$BUILD"/_native*.so whisperd/
+# The wheel maps server/ and client/ to whisperd.server and whisperd.client; so do links here.
+ln -sfn ../server whisperd/server
+ln -sfn ../client whisperd/client
 cp third_party/whisper.cpp/models/for-tests-silero-v6.2.0-ggml.bin whisperd/silero-v6.2.0-ggml.bin
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c "from whisperd import _native as n; print('whisper.cpp', n.whisper_version(), 'CUDA', n.built_with_cuda(), n.cuda_architectures()); [print(' ', d.name, d.description, round(d.memory_total/2**30, 1), 'GiB') for d in n.devices()]"
 
 set +e
 WHISPERD_TEST_GPU=1 WHISPERD_TEST_MODEL="$MODEL" "$PY" -m pytest -p no:cacheprovider -q \
-  -rfE --tb=short tests/test_native.py tests/test_gpu.py --junitxml="$RESULTS/gpu-tests.xml" \
+  -rfE --tb=short tests/test_native.py tests/test_gpu.py tests/test_gpu_lifecycle.py --junitxml="$RESULTS/gpu-tests.xml" \
   2>&1 | tee "$RESULTS/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
 # When the out-of-memory probe crashes, show where, natively.

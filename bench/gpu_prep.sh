@@ -17,4 +17,9 @@ if [[ ! -f .gpu/ggml-tiny.en-q8_0.bin ]]; then
   tiny=$("$PY" -c "from whisperd import paths; from whisperd.models.bundled import ensure_tiny_en; print(ensure_tiny_en(paths.models_dir()))")
   .venv/bin/whisperd model quantize "$tiny" .gpu/ggml-tiny.en-q8_0.bin q8_0
 fi
+# The GPU host's Python lacks these (and has an older grpcio than our generated stubs).
+"$PY" -m pip download -q --no-deps --only-binary :all: --python-version 3.12 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/wheels \
+  grpcio==1.85.1 grpcio-status==1.85.1 grpcio-health-checking==1.85.1 \
+  grpcio-reflection==1.85.1 googleapis-common-protos==1.76.0
 du -sh .gpu/*

@@ -22,6 +22,7 @@ SDIST_VERSION = "1.5.1"
 SDIST_SHA256 = "5df897e5dd9d9f16804fc937bd85b9f5880a0b29a55f8843585e0e03d76195e5"
 WHISPER_CPP_VERSION = "1.8.5"
 STAMP = ".whisperd-fetched"
+PATCHES = Path(__file__).resolve().parent / "patches"
 
 
 def _sha256(path: Path) -> str:
@@ -54,11 +55,36 @@ def _download(workdir: Path) -> Path:
     return files[0]
 
 
+def _patches() -> list[Path]:
+    return sorted(PATCHES.glob("*.patch"))
+
+
+def _fingerprint() -> str:
+    """The sdist and our patches: a change in either means a fresh tree."""
+    h = hashlib.sha256(SDIST_SHA256.encode())
+    for patch in _patches():
+        h.update(patch.name.encode())
+        h.update(patch.read_bytes())
+    return h.hexdigest()
+
+
+def _apply_patches(tree: Path) -> None:
+    # Small fixes to upstream bugs that crash the process (see each patch's header);
+    # applied to our own copy only, never to a user's WHISPER_CPP_DIR.
+    for patch in _patches():
+        try:
+            subprocess.run(["git", "apply", "-p1", str(patch)], cwd=tree, check=True,
+                           capture_output=True, text=True)
+        except subprocess.CalledProcessError as exc:
+            raise SystemExit(f"could not apply {patch.name} to whisper.cpp: {exc.stderr.strip()}") from exc
+
+
 def fetch(dest: Path, sdist: Path | None = None) -> Path:
-    """Make `dest` hold whisper.cpp's source tree; return it. Idempotent."""
+    """Make `dest` hold whisper.cpp's (patched) source tree; return it. Idempotent."""
     dest = dest.resolve()
     stamp = dest / STAMP
-    if stamp.exists() and stamp.read_text().strip() == SDIST_SHA256:
+    fingerprint = _fingerprint()
+    if stamp.exists() and stamp.read_text().strip() == fingerprint:
         return dest
     with tempfile.TemporaryDirectory(prefix="whisperd-fetch-") as tmp:
         tmpdir = Path(tmp)
@@ -75,11 +101,12 @@ def fetch(dest: Path, sdist: Path | None = None) -> Path:
             for m in members:
                 m.name = m.name[len(f"{SDIST_NAME}-{SDIST_VERSION}/"):]
             tar.extractall(tmpdir, members=members, filter="data")
+        _apply_patches(staging)
         if dest.exists():
             shutil.rmtree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staging), str(dest))
-    stamp.write_text(SDIST_SHA256 + "\n")
+    stamp.write_text(fingerprint + "\n")
     return dest
 
 

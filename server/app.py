@@ -95,7 +95,11 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         workers=settings.parallel_jobs, threads_per_job=settings.threads_per_job,
     )
     draining = False
-    admission = Admission(strict=False, retry_after=5.0, draining=lambda: draining)
+    admission = Admission(
+        strict=settings.admission == "strict",
+        retry_after=float(settings.retry_after_secs),
+        draining=lambda: draining,
+    )
 
     server = grpc.aio.server(
         options=[

@@ -32,6 +32,10 @@ class Settings:
     threads: int = 0  # THREADS per job; 0 = every CPU / PARALLEL_JOBS
     shutdown_grace_secs: int = 30  # SHUTDOWN_GRACE_SECS: how long SIGTERM lets jobs finish
     max_attempts: int = 3  # a job interrupted this many times fails
+    # ADMISSION: "queue" accepts jobs while the model loads; "strict" answers UNAVAILABLE
+    # with RetryInfo until it is ready, as the earlier service did (503 + Retry-After).
+    admission: str = "queue"
+    retry_after_secs: int = 5  # RETRY_AFTER_SECS: the hint sent with UNAVAILABLE
 
     @property
     def db_path(self) -> Path:
@@ -68,6 +72,8 @@ _ENV: dict[str, str] = {
     "use_gpu": "USE_GPU",
     "threads": "THREADS",
     "shutdown_grace_secs": "SHUTDOWN_GRACE_SECS",
+    "admission": "ADMISSION",
+    "retry_after_secs": "RETRY_AFTER_SECS",
 }
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -125,6 +131,10 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(f"THREADS must be 0 (automatic) or more, got {s.threads}")
     if s.shutdown_grace_secs < 0:
         raise ConfigError(f"SHUTDOWN_GRACE_SECS must be 0 or more, got {s.shutdown_grace_secs}")
+    if s.admission.lower() not in ("queue", "strict"):
+        raise ConfigError(f"ADMISSION must be 'queue' or 'strict', got {s.admission!r}")
+    if s.retry_after_secs < 1:
+        raise ConfigError(f"RETRY_AFTER_SECS must be at least 1, got {s.retry_after_secs}")
     if s.whisper_model_path is not None and not s.whisper_model_path.is_file():
         raise ConfigError(f"WHISPER_MODEL_PATH points at {s.whisper_model_path}, which is not a file")
-    return replace(s, log_level=s.log_level.upper())
+    return replace(s, log_level=s.log_level.upper(), admission=s.admission.lower())

@@ -25,6 +25,7 @@ class ServerProcess:
     model_path: Path
     env: dict[str, str] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)
+    use_gpu: bool = False
     proc: subprocess.Popen[str] | None = None
     port: int = 0
     log_lines: list[str] = field(default_factory=list)
@@ -36,8 +37,8 @@ class ServerProcess:
         env.update(self.env)
         cmd = [
             sys.executable, "-m", "whisperd.cli", "serve", "--port", "0", "--host", "127.0.0.1",
-            "--data-dir", str(self.data_dir), "--model-path", str(self.model_path), "--cpu",
-            *self.args,
+            "--data-dir", str(self.data_dir), "--model-path", str(self.model_path),
+            *([] if self.use_gpu else ["--cpu"]), *self.args,
         ]
         self.log_lines = []
         self.proc = subprocess.Popen(

@@ -95,6 +95,10 @@ def probe_audio(path: str | Path) -> AudioInfo:
     finds the audio stream and decodes its first second. Only when the container does not
     record a duration is the whole stream decoded, to count its samples.
     """
+    if av is None:
+        samples = _read_plain_wav(path, WHISPER_SAMPLE_RATE)
+        if samples is not None:
+            return AudioInfo(len(samples) / WHISPER_SAMPLE_RATE, "pcm_s16le", WHISPER_SAMPLE_RATE, 1, "wav")
     with _open(path) as container:
         stream = _audio_stream(container)
         ctx = stream.codec_context

@@ -111,6 +111,7 @@ def serve(
     gpu_poll_interval: Optional[int] = typer.Option(None, "--gpu-poll-interval", help="Seconds between load retries when the GPU is full (GPU_POLL_INTERVAL_SECS, 30)."),
     max_upload_bytes: Optional[int] = typer.Option(None, "--max-upload-bytes", help="Largest upload (MAX_UPLOAD_BYTES, 0 = unlimited)."),
     job_retention: Optional[int] = typer.Option(None, "--job-retention", help="Seconds finished jobs are kept (JOB_RETENTION_SECS, 7 days)."),
+    admission: Optional[str] = typer.Option(None, "--admission", help="queue (default) or strict: UNAVAILABLE + RetryInfo while the model is not ready (ADMISSION)."),
     cpu: bool = typer.Option(False, "--cpu", help="Do not use the GPU (USE_GPU=0)."),
 ) -> None:
     """Run the gRPC service (settings from the environment; flags override them)."""
@@ -126,7 +127,7 @@ def serve(
             whisper_model_path=model_path, parallel_jobs=parallel_jobs,
             idle_timeout_secs=idle_timeout, gpu_poll_interval_secs=gpu_poll_interval,
             max_upload_bytes=max_upload_bytes, job_retention_secs=job_retention,
-            use_gpu=False if cpu else None,
+            use_gpu=False if cpu else None, admission=admission,
         )
     except ConfigError as exc:
         _fail(f"bad configuration: {exc}", 2)
