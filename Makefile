@@ -37,7 +37,7 @@ $(STAMP_DEPS): $(STAMP_SYS) pyproject.toml
 	  "numpy>=1.26" "av>=14" "rich>=13" "typer>=0.12" \
 	  "grpcio==1.85.1" "grpcio-status==1.85.1" "grpcio-health-checking==1.85.1" \
 	  "grpcio-reflection==1.85.1" "grpcio-tools==1.85.1" "protobuf>=7.35.1,<8" \
-	  "googleapis-common-protos>=1.76" "nvidia-ml-py>=13" \
+	  "googleapis-common-protos>=1.76" "nvidia-ml-py>=13" "httpx>=0.28,<1" \
 	  "pytest>=8" "pytest-timeout>=2.3" "srt>=3.5" "webvtt-py>=0.5"
 	@touch $@
 

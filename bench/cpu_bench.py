@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import struct
 import subprocess
 import sys
@@ -67,6 +68,7 @@ def progress(msg: str) -> None:
 # ggml's OpenMP threads, whose barriers then wait on a descheduled thread (a 3x slowdown
 # was seen). Each timed run waits for a quiet machine and records what else ran.
 QUIET_BUSY = 0.10  # fraction of all CPUs busy that still counts as quiet
+NOISY_BACKGROUND = 0.05  # a reported run during which others took more is flagged
 _HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -495,6 +497,12 @@ def footnotes(rows: list[dict]) -> list[str]:
                and (c["beam"], c["flash_attn"]) == key}
         total = cli.get("own total time")
         wall = cli.get("process wall")
+        minus = cli.get("own total - load")
+        if minus and len(r["runs_s"]) > 1:
+            mo, mc = statistics.median(r["runs_s"]), statistics.median(minus["runs_s"])
+            notes.append(f"whisperd beam {r['beam']} fa={'on' if r['flash_attn'] else 'off'}: "
+                         f"median of {len(r['runs_s'])} runs {mo:.3f} s vs whisper-cli own "
+                         f"total - load {mc:.3f} s ({100 * (mo / mc - 1):+.1f}%)")
         ours = r["load_s"] + r["state_s"] + r["wall_s"]
         parts = [f"whisperd beam {r['beam']} fa={'on' if r['flash_attn'] else 'off'}: "
                  f"load {r['load_s']:.3f} s + new_state {r['state_s']:.3f} s + "
@@ -511,6 +519,12 @@ def footnotes(rows: list[dict]) -> list[str]:
             p, h = r["fallbacks"]
             notes.append(f"whisper-cli beam {r['beam']} fa={'on' if r['flash_attn'] else 'off'}: "
                          f"temperature fallbacks {p} p / {h} h")
+    busy = sorted({f"{r['engine']} {r['compute_type']} beam {r['beam']}" for r in rows
+                   if (r.get("background_cpu") or 0) > NOISY_BACKGROUND})
+    if busy:
+        notes.append(f"WARNING: other processes took over {100 * NOISY_BACKGROUND:.0f}% of the "
+                     f"CPUs during the reported run of {', '.join(busy)}: those figures are "
+                     "slower than this machine can do; re-run when it is idle")
     return notes
 
 

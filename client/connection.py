@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -252,6 +253,8 @@ def _short_reason(details: str) -> str:
     if "last error:" in text:
         text = text.split("last error:", 1)[1].strip()
         text = text.removeprefix("UNKNOWN:").removeprefix("UNAVAILABLE:").strip()
+    # "ipv4:127.0.0.1:1: Failed to connect..." - the address is in the message already.
+    text = re.sub(r"^(ipv4|ipv6|unix|dns):\S+?: ", "", text)
     return text or "no answer"
 
 
@@ -304,15 +307,18 @@ class RetryEvent:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """When to try a call again: only on UNAVAILABLE, at most `max_attempts` times in all.
+    """When to try a call again: only on UNAVAILABLE, and a bounded number of times.
 
-    A server that sends google.rpc.RetryInfo is waited for exactly as long as it asks (an
-    answer asking for more than `max_delay` is not retried: the error goes to the caller
-    with `retry_after` set). Without RetryInfo (no connection) the waits grow from
-    `initial_backoff` by `multiplier` up to `max_backoff`, with a little jitter.
+    A server that answers UNAVAILABLE with google.rpc.RetryInfo ("the model is loading,
+    come back in 5 s") is waited for exactly as long as it asks, up to `max_attempts`
+    attempts in all; an answer asking for more than `max_delay` seconds is not retried
+    (the error reaches the caller with `retry_after` set). A server that does not answer
+    at all (ServerUnreachable) is tried `connect_attempts` times in all, the waits growing
+    from `initial_backoff` by `multiplier` up to `max_backoff`, with a little jitter.
     """
 
-    max_attempts: int = 5
+    max_attempts: int = 8
+    connect_attempts: int = 3
     initial_backoff: float = 0.25
     multiplier: float = 2.0
     max_backoff: float = 4.0
@@ -321,20 +327,29 @@ class RetryPolicy:
 
     def delay(self, attempt: int, error: WhisperdError) -> float | None:
         """Seconds to wait before attempt `attempt + 1`, or None to give up."""
-        if not isinstance(error, Unavailable) or attempt >= self.max_attempts:
+        if not isinstance(error, Unavailable):
             return None
         if error.retry_after is not None:
-            return error.retry_after if error.retry_after <= self.max_delay else None
+            if attempt >= self.max_attempts or error.retry_after > self.max_delay:
+                return None
+            return error.retry_after
+        if attempt >= min(self.connect_attempts, self.max_attempts):
+            return None
         backoff = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
         return backoff * random.uniform(0.8, 1.0)
 
+    def limit(self, error: WhisperdError) -> int:
+        """How many attempts in all this kind of error gets."""
+        return self.max_attempts if error.retry_after is not None else min(self.connect_attempts, self.max_attempts)
+
     def _announce(self, attempt: int, delay: float, error: WhisperdError) -> None:
-        log.info("%s; retrying in %.1f s (attempt %d of %d)", error, delay, attempt + 1, self.max_attempts)
+        limit = self.limit(error)
+        log.info("%s; retrying in %.1f s (attempt %d of %d)", error, delay, attempt + 1, limit)
         if self.on_retry is not None:
-            self.on_retry(RetryEvent(attempt, self.max_attempts, delay, error))
+            self.on_retry(RetryEvent(attempt, limit, delay, error))
 
 
-NO_RETRY = RetryPolicy(max_attempts=1)
+NO_RETRY = RetryPolicy(max_attempts=1, connect_attempts=1)
 
 T = TypeVar("T")
 

@@ -9,6 +9,7 @@ queue, free the model, stop.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -20,17 +21,20 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from whisperd.server.api.model_control import ModelControlService, ModelEvents
-from whisperd.server.api.transcription import Admission, TranscriptionService
-from whisperd.server.config import Settings
-from whisperd.server.engine.lifecycle import ModelHost
-from whisperd.server.engine.workers import WorkerPool
-from whisperd.server.jobs.events import EventHub
-from whisperd.server.jobs.spool import Spool
-from whisperd.server.jobs.store import JobStore
 from whisperd import _native
 from whisperd.model_resolver import resolve_model
 from whisperd.models.ggml_file import read_header
+from whisperd.server.api import convert
+from whisperd.server.api.model_control import ModelControlService, ModelEvents
+from whisperd.server.api.transcription import Admission, TranscriptionService
+from whisperd.server.config import Settings
+from whisperd.server.engine.lifecycle import ModelHost, ModelState, Transition
+from whisperd.server.engine.workers import WorkerPool
+from whisperd.server.jobs.events import EventHub
+from whisperd.server.jobs.model import JobRecord
+from whisperd.server.jobs.spool import Spool
+from whisperd.server.jobs.store import JobStore
+from whisperd.server.webhooks import Outbox, WebhookDispatcher
 from whisperd.v1 import model_control_pb2, model_control_pb2_grpc, transcription_pb2, transcription_pb2_grpc
 
 log = logging.getLogger("whisperd.server")
@@ -79,6 +83,22 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
     if (removed := spool.clean_partials()):
         log.info("start-up: removed %d half-written uploads", removed)
 
+    outbox = Outbox(settings.data_dir / "webhooks.db")
+    webhooks = WebhookDispatcher(
+        outbox, secret=settings.webhook_secret or None, allow_private=settings.webhook_allow_private
+    )
+    await webhooks.start()
+
+    def job_finished(job: JobRecord) -> None:  # on a worker thread
+        if job.options.webhook_url:
+            webhooks.job_finished_threadsafe(
+                job.id, job.options.webhook_url, convert.job_json(job), job.status.value
+            )
+
+    for job_id in failed:  # never reach a worker: tell their webhooks here
+        if (record := store.get(job_id)) is not None:
+            job_finished(record)
+
     gpu = gpu_available(settings)
     hub = EventHub(loop)
     events = ModelEvents(loop)
@@ -90,9 +110,25 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         fault_oom_loads=int(os.environ.get("WHISPERD_FAULT_OOM_LOADS", "0") or 0),
     )
     host.add_listener(events.on_transition)
+
+    def model_webhook(t: Transition) -> None:  # on whichever thread made the transition
+        if t.state == ModelState.READY:
+            name = "model_ready"
+        elif t.state == ModelState.UNLOADED and t.previous == ModelState.UNLOADING:
+            name = "model_unloaded"
+        else:
+            return
+        body = json.dumps({
+            "event": name, "model": path.name, "state": t.state.value,
+            "reason": t.reason, "time": t.at,
+        })
+        webhooks.model_event_threadsafe(name, body)
+
+    host.add_listener(model_webhook)
     pool = WorkerPool(
         store=store, host=host, hub=hub,
         workers=settings.parallel_jobs, threads_per_job=settings.threads_per_job,
+        on_finished=job_finished,
     )
     draining = False
     admission = Admission(
@@ -110,7 +146,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
     transcription_pb2_grpc.add_TranscriptionServicer_to_server(
         TranscriptionService(
             store=store, spool=spool, hub=hub, pool=pool, host=host,
-            admission=admission, multilingual=multilingual,
+            admission=admission, multilingual=multilingual, webhooks=webhooks,
         ),
         server,
     )
@@ -156,5 +192,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         await asyncio.to_thread(pool.stop, settings.shutdown_grace_secs)
         await asyncio.to_thread(host.stop)
         await server.stop(grace=2)
+        await webhooks.stop()
+        outbox.close()
         store.close()
         log.info("stopped")

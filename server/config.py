@@ -36,6 +36,8 @@ class Settings:
     # with RetryInfo until it is ready, as the earlier service did (503 + Retry-After).
     admission: str = "queue"
     retry_after_secs: int = 5  # RETRY_AFTER_SECS: the hint sent with UNAVAILABLE
+    webhook_secret: str = ""  # WEBHOOK_SECRET: signs deliveries (HMAC-SHA256); never logged
+    webhook_allow_private: bool = False  # WEBHOOK_ALLOW_PRIVATE: allow loopback/private targets
 
     @property
     def db_path(self) -> Path:
@@ -74,6 +76,8 @@ _ENV: dict[str, str] = {
     "shutdown_grace_secs": "SHUTDOWN_GRACE_SECS",
     "admission": "ADMISSION",
     "retry_after_secs": "RETRY_AFTER_SECS",
+    "webhook_secret": "WEBHOOK_SECRET",
+    "webhook_allow_private": "WEBHOOK_ALLOW_PRIVATE",
 }
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

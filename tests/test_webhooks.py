@@ -475,3 +475,21 @@ def test_outbox_refuses_a_newer_schema(db: Path) -> None:
         conn.execute("PRAGMA user_version = 99")
     with pytest.raises(RuntimeError, match="newer than this whisperd knows"):
         Outbox(db)
+
+
+def test_a_delivery_stored_before_start_is_sent_at_start(db: Path, receiver: WebhookReceiver) -> None:
+    """A worker may finish a job while the loop is not running yet (or any more)."""
+    with Outbox(db) as outbox:
+        early = WebhookDispatcher(outbox, secret=None, allow_private=True)
+        early.job_finished_threadsafe("job-9", receiver.url(), JOB_BODY, "done")
+        assert len(outbox.pending()) == 1
+
+        async def main():
+            await early.start()
+            try:
+                return await arrivals(receiver, 1, 5)
+            finally:
+                await early.stop()
+
+        [got] = run(main())
+    assert got.headers["x-whisperd-event"] == "job.done"

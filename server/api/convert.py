@@ -1,6 +1,7 @@
 """Between the job store's records and the proto messages (the contract)."""
 from __future__ import annotations
 
+from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from whisperd.server.jobs.model import JobOptions, JobRecord, JobStatus
@@ -94,3 +95,9 @@ def transcript_of(job: JobRecord) -> Transcript:
         language_probability=job.language_probability or 0.0,
         duration_secs=job.duration_secs,
     )
+
+
+def job_json(job: JobRecord) -> str:
+    """The job as webhooks post it: protobuf's JSON mapping with the proto field names
+    (duration_secs, created_at), as the earlier service's JSON had them."""
+    return json_format.MessageToJson(job_to_pb(job), preserving_proto_field_name=True, indent=None)

@@ -17,6 +17,7 @@ from grpc_status import rpc_status
 
 from whisperd.server.jobs.errors import InvalidOptions, JobNotFound, JobStateError
 from whisperd.server.jobs.spool import UploadTooLarge
+from whisperd.server.webhooks import WebhookUrlRefused
 from whisperd.audio import AudioDecodeError
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (AudioDecodeError, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidOptions, grpc.StatusCode.INVALID_ARGUMENT),
+    (WebhookUrlRefused, grpc.StatusCode.INVALID_ARGUMENT),
     (UploadTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ServiceUnavailable, grpc.StatusCode.UNAVAILABLE),
 )

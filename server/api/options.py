@@ -1,8 +1,6 @@
 """Submit's options, checked field by field; a bad one is INVALID_ARGUMENT naming it."""
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from whisperd.server.api.errors import InvalidArgument
 from whisperd.server.jobs.model import JobOptions
 from whisperd import _native
@@ -30,11 +28,7 @@ def options_from_pb(o: pb.JobOptions, *, multilingual: bool) -> JobOptions:
         raise InvalidArgument(f"options.task {o.task} is not transcribe (1) or translate (2)")
     if task == "translate" and not multilingual:
         raise InvalidArgument("options.task translate needs a multilingual model; this server's model is English-only")
-    webhook = o.webhook_url.strip() or None
-    if webhook is not None:
-        parts = urlsplit(webhook)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidArgument(f"options.webhook_url {webhook!r} must be an http:// or https:// URL")
+    webhook = o.webhook_url.strip() or None  # checked (scheme, address) by the dispatcher
     if len(o.filename) > _MAX_FILENAME:
         raise InvalidArgument(f"options.filename is longer than {_MAX_FILENAME} characters")
     increment = o.temperature_increment if o.HasField("temperature_increment") else 0.2

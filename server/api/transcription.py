@@ -19,6 +19,7 @@ from whisperd.server.jobs.events import EventHub, FinishedEvent, ProgressEvent, 
 from whisperd.server.jobs.model import JobRecord, JobStatus
 from whisperd.server.jobs.spool import Spool
 from whisperd.server.jobs.store import JobStore
+from whisperd.server.webhooks import WebhookDispatcher, WebhookUrlRefused
 from whisperd import formats
 from whisperd.audio import probe_audio
 from whisperd.v1 import transcription_pb2 as pb
@@ -50,6 +51,7 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
         host: ModelHost,
         admission: Admission,
         multilingual: bool,
+        webhooks: WebhookDispatcher,
     ) -> None:
         self._store = store
         self._spool = spool
@@ -58,6 +60,7 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
         self._host = host
         self._admission = admission
         self._multilingual = multilingual
+        self._webhooks = webhooks
 
     # ------------------------------------------------------------------ Submit
 
@@ -73,6 +76,11 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
                 "the first Submit message must carry 'options'; audio 'chunk' messages follow it"
             )
         options = options_from_pb(first.options, multilingual=self._multilingual)
+        if options.webhook_url:
+            try:
+                await self._webhooks.check_url(options.webhook_url)
+            except WebhookUrlRefused as exc:
+                raise InvalidArgument(f"options.webhook_url: {exc}") from None
         if self._admission.strict and self._host.state != ModelState.READY:
             self._host.request_load("job submitted (strict admission)")
             raise ServiceUnavailable(
@@ -96,6 +104,9 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
             path.unlink(missing_ok=True)
             raise
         job = await asyncio.to_thread(self._store.create, options, str(path), info.duration_secs)
+        if options.webhook_url:
+            # Registered before the load starts, so the model_ready it causes reaches it.
+            await self._webhooks.register_url(options.webhook_url)
         log.info(
             "job %s: queued (%s, %d bytes, %.1f s of %s audio)",
             job.id, options.filename or "unnamed upload", size, info.duration_secs, info.codec,
@@ -169,6 +180,10 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
             if job.audio_path:
                 Path(job.audio_path).unlink(missing_ok=True)
             self._hub.publish(FinishedEvent(job.id))
+            if job.options.webhook_url:
+                await self._webhooks.job_finished(
+                    job.id, job.options.webhook_url, convert.job_json(job), job.status.value
+                )
         log.info("job %s: cancelled by a client", job.id)
         return convert.job_to_pb(job)
 

@@ -160,9 +160,10 @@ class WebhookDispatcher:
             if d.id not in self._tasks:
                 task = asyncio.get_running_loop().create_task(self._deliver(d), name=f"webhook-{d.id}")
                 self._tasks[d.id] = task
-                task.add_done_callback(lambda t, key=d.id: self._forget(key, t))
+                task.add_done_callback(self._forget)
 
-    def _forget(self, key: str, task: asyncio.Task[None]) -> None:
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        key = task.get_name().removeprefix("webhook-")
         if self._tasks.get(key) is task:
             del self._tasks[key]
 
@@ -201,9 +202,7 @@ class WebhookDispatcher:
                     _describe(d), attempt, self.max_attempts, result.error, retry_in,
                 )
                 d = replace(d, attempt=attempt, next_attempt_at=retry_at, last_error=result.error)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
+        except Exception:  # not CancelledError: stop() cancels, and that is no failure
             # A bug or a broken outbox: keep the delivery stored for the next start rather
             # than spin on it now.
             log.exception("%s: delivery task failed; it stays pending until the next start", _describe(d))

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -81,7 +82,7 @@ class NewDelivery:
     job_id: str | None = None
 
 
-def _row(row: tuple) -> Delivery:
+def _row(row: tuple[Any, ...]) -> Delivery:
     return Delivery(*row)
 
 
@@ -152,7 +153,7 @@ class Outbox:
                 raise
             self._db.execute("COMMIT")
 
-    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 

@@ -63,14 +63,15 @@ def address_problem(address: IPAddress) -> str | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         # ::ffff:127.0.0.1 reaches 127.0.0.1; Python 3.11 does not call it loopback.
         address = address.ipv4_mapped
-    # Order matters: 127.0.0.1 is also "private", and the narrower word helps more.
+    # Order matters: 127.0.0.1 and 240.0.0.1 are also "private" to Python, and the
+    # narrower word helps more.
     checks = (
         ("unspecified", address.is_unspecified),
         ("loopback", address.is_loopback),
         ("link-local", address.is_link_local),
         ("multicast", address.is_multicast),
-        ("private", address.is_private),
         ("reserved", address.is_reserved),
+        ("private", address.is_private),
         # Shared (100.64/10), documentation, benchmarking and other special ranges.
         ("non-public", not address.is_global),
     )
