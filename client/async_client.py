@@ -73,7 +73,7 @@ class AsyncWhisperdClient:
 
     async def close(self) -> None:
         if self._own_channel:
-            await self._channel.close()
+            await self._channel.close(None)
 
     async def __aenter__(self) -> AsyncWhisperdClient:
         return self

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from dataclasses import dataclass
 from datetime import datetime
@@ -228,13 +227,20 @@ def _upload(c: Ctx, client: WhisperdClient, file: Path, options: JobOptions) -> 
     bar = Progress(*columns, console=c.err, redirect_stdout=False, redirect_stderr=False)
     task = bar.add_task(escape(file.name), total=size)
     bar.start()
+
+    def on_progress(sent: int, total: Optional[int]) -> None:
+        if sent == 0:  # an attempt starts (again, after a retry): the rate starts over too
+            bar.reset(task, total=total)
+        else:
+            bar.update(task, completed=sent)
+
     try:
-        job = client.submit(
-            file, options, on_upload_progress=lambda sent, total: bar.update(task, completed=sent, total=total)
-        )
+        job = client.submit(file, options, on_upload_progress=on_progress)
     except BaseException as exc:
-        bar.live.transient = True  # a failed upload leaves no bar behind, only the error
-        bar.stop()
+        # A failed upload leaves no bar behind (Progress.stop would add a blank line
+        # when not on a terminal), only the error.
+        bar.live.transient = True
+        bar.live.stop()
         if isinstance(exc, KeyboardInterrupt):
             c.say("interrupted during the upload; no job was created")
             raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -163,7 +163,8 @@ def _aio_interceptors(metadata: tuple[tuple[str, str], ...]) -> list[grpc.aio.Cl
         async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
             return await continuation(details(client_call_details), request_iterator)
 
-    return [UnaryUnary(), UnaryStream(), StreamUnary(), StreamStream()]
+    interceptors: list[Any] = [UnaryUnary(), UnaryStream(), StreamUnary(), StreamStream()]
+    return interceptors
 
 
 # --- errors -----------------------------------------------------------------------------

@@ -120,6 +120,10 @@ class Upload:
                 return None
             return f.read(CHUNK_BYTES)
 
+    def _open(self) -> IO[bytes]:
+        assert self._path is not None
+        return self._path.open("rb")
+
     def _progress(self, sent: int) -> None:
         if self._on_progress is not None:
             self._on_progress(sent, self.total)
@@ -128,7 +132,7 @@ class Upload:
         """Submit's request stream for one attempt."""
         generation = self._begin()
         yield pb.SubmitRequest(options=options)
-        f = self._file if self._file is not None else open(self._path, "rb")  # type: ignore[arg-type]
+        f: IO[bytes] = self._file if self._file is not None else self._open()
         sent = 0
         self._progress(0)
         try:
@@ -146,7 +150,7 @@ class Upload:
         """requests() for grpc.aio: file reads run on a worker thread, off the event loop."""
         generation = await asyncio.to_thread(self._begin)
         yield pb.SubmitRequest(options=options)
-        f = self._file if self._file is not None else await asyncio.to_thread(open, self._path, "rb")  # type: ignore[arg-type]
+        f: IO[bytes] = self._file if self._file is not None else await asyncio.to_thread(self._open)
         sent = 0
         self._progress(0)
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -19,7 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from whisperd import formats
 from whisperd.transcript import Segment, Transcript, Word
 from whisperd.v1 import model_control_pb2 as mpb
-from whisperd.v1 import transcription_pb2 as pb
+from whisperd.v1 import transcription_pb2 as tpb
 
 # Called as the upload goes: bytes read from the source so far, and its size when known.
 UploadProgressCallback = Callable[[int, Union[int, None]], None]
@@ -72,23 +72,23 @@ class JobStatus(str, enum.Enum):
             ) from None
 
 
-_STATUS_TO_PB = {
-    JobStatus.QUEUED: pb.JOB_STATUS_QUEUED,
-    JobStatus.RUNNING: pb.JOB_STATUS_RUNNING,
-    JobStatus.DONE: pb.JOB_STATUS_DONE,
-    JobStatus.FAILED: pb.JOB_STATUS_FAILED,
-    JobStatus.CANCELLED: pb.JOB_STATUS_CANCELLED,
+_STATUS_TO_PB: dict[JobStatus, int] = {
+    JobStatus.QUEUED: tpb.JOB_STATUS_QUEUED,
+    JobStatus.RUNNING: tpb.JOB_STATUS_RUNNING,
+    JobStatus.DONE: tpb.JOB_STATUS_DONE,
+    JobStatus.FAILED: tpb.JOB_STATUS_FAILED,
+    JobStatus.CANCELLED: tpb.JOB_STATUS_CANCELLED,
 }
-_STATUS_FROM_PB = {v: k for k, v in _STATUS_TO_PB.items()}
-_TASK_TO_PB = {"transcribe": pb.TASK_TRANSCRIBE, "translate": pb.TASK_TRANSLATE}
-_TASK_FROM_PB = {pb.TASK_UNSPECIFIED: "transcribe", pb.TASK_TRANSCRIBE: "transcribe", pb.TASK_TRANSLATE: "translate"}
+_STATUS_FROM_PB: dict[int, JobStatus] = {v: k for k, v in _STATUS_TO_PB.items()}
+_TASK_TO_PB: dict[str, Any] = {"transcribe": tpb.TASK_TRANSCRIBE, "translate": tpb.TASK_TRANSLATE}
+_TASK_FROM_PB: dict[int, str] = {tpb.TASK_UNSPECIFIED: "transcribe", tpb.TASK_TRANSCRIBE: "transcribe", tpb.TASK_TRANSLATE: "translate"}
 
 # whisperd.formats names -> the proto's enum (GetTranscript).
-FORMAT_TO_PB = {
-    "txt": pb.TRANSCRIPT_FORMAT_TEXT,
-    "srt": pb.TRANSCRIPT_FORMAT_SRT,
-    "vtt": pb.TRANSCRIPT_FORMAT_VTT,
-    "json": pb.TRANSCRIPT_FORMAT_JSON,
+FORMAT_TO_PB: dict[str, int] = {
+    "txt": tpb.TRANSCRIPT_FORMAT_TEXT,
+    "srt": tpb.TRANSCRIPT_FORMAT_SRT,
+    "vtt": tpb.TRANSCRIPT_FORMAT_VTT,
+    "json": tpb.TRANSCRIPT_FORMAT_JSON,
 }
 
 
@@ -107,10 +107,10 @@ class JobOptions:
     webhook_url: str | None = None
     filename: str | None = None
 
-    def to_pb(self) -> pb.JobOptions:
+    def to_pb(self) -> tpb.JobOptions:
         if self.task not in _TASK_TO_PB:
             raise ValueError(f"task must be 'transcribe' or 'translate', got {self.task!r}")
-        msg = pb.JobOptions(
+        msg = tpb.JobOptions(
             language=self.language or "",
             task=_TASK_TO_PB[self.task],
             webhook_url=self.webhook_url or "",
@@ -126,7 +126,7 @@ class JobOptions:
         return msg
 
     @classmethod
-    def from_pb(cls, msg: pb.JobOptions) -> JobOptions:
+    def from_pb(cls, msg: tpb.JobOptions) -> JobOptions:
         return cls(
             language=msg.language or None,
             task=_TASK_FROM_PB.get(msg.task, "transcribe"),
@@ -141,18 +141,18 @@ class JobOptions:
         )
 
 
-def word_from_pb(w: pb.Word) -> Word:
+def word_from_pb(w: tpb.Word) -> Word:
     return Word(text=w.text, start=w.start, end=w.end, probability=w.probability)
 
 
-def segment_from_pb(s: pb.Segment) -> Segment:
+def segment_from_pb(s: tpb.Segment) -> Segment:
     return Segment(
         index=s.index, start=s.start, end=s.end, text=s.text,
         no_speech_prob=s.no_speech_prob, words=tuple(word_from_pb(w) for w in s.words),
     )
 
 
-def transcript_from_pb(job: pb.Job) -> Transcript:
+def transcript_from_pb(job: tpb.Job) -> Transcript:
     """The job's result in the shape `whisperd.formats.render` takes (as the server's
     GetTranscript builds it from its store)."""
     return Transcript(
@@ -182,10 +182,10 @@ class Job:
     options: JobOptions
     language_probability: float
     attempts: int
-    pb: pb.Job = field(repr=False, compare=False)
+    pb: tpb.Job = field(repr=False, compare=False)
 
     @classmethod
-    def from_pb(cls, msg: pb.Job) -> Job:
+    def from_pb(cls, msg: tpb.Job) -> Job:
         return cls(
             id=msg.id,
             status=JobStatus.from_pb(msg.status),
@@ -234,7 +234,7 @@ class Snapshot:
     """First event: the job as it stands when the stream opens (also after a reconnect)."""
 
     job: Job
-    pb: pb.JobEvent = field(repr=False, compare=False)
+    pb: tpb.JobEvent = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ class ProgressUpdate:
     """Percent done moved forward."""
 
     percent: float
-    pb: pb.JobEvent = field(repr=False, compare=False)
+    pb: tpb.JobEvent = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -250,7 +250,7 @@ class NewSegment:
     """A segment was decoded."""
 
     segment: Segment
-    pb: pb.JobEvent = field(repr=False, compare=False)
+    pb: tpb.JobEvent = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -259,7 +259,7 @@ class Requeued:
     be sent again from index 0."""
 
     job: Job
-    pb: pb.JobEvent = field(repr=False, compare=False)
+    pb: tpb.JobEvent = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -267,13 +267,13 @@ class Done:
     """Last event: the job ended (done, failed or cancelled); the whole job."""
 
     job: Job
-    pb: pb.JobEvent = field(repr=False, compare=False)
+    pb: tpb.JobEvent = field(repr=False, compare=False)
 
 
 JobEvent = Union[Snapshot, ProgressUpdate, NewSegment, Requeued, Done]
 
 
-def event_from_pb(msg: pb.JobEvent) -> JobEvent:
+def event_from_pb(msg: tpb.JobEvent) -> JobEvent:
     kind = msg.WhichOneof("event")
     if kind == "snapshot":
         return Snapshot(Job.from_pb(msg.snapshot), msg)
@@ -304,7 +304,7 @@ class ModelState(str, enum.Enum):
         return _MODEL_STATES.get(value, ModelState.UNSPECIFIED)
 
 
-_MODEL_STATES = {
+_MODEL_STATES: dict[int, ModelState] = {
     mpb.MODEL_STATE_UNLOADED: ModelState.UNLOADED,
     mpb.MODEL_STATE_LOADING: ModelState.LOADING,
     mpb.MODEL_STATE_READY: ModelState.READY,
