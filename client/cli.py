@@ -351,7 +351,7 @@ def _report_end(c: Ctx, job: Job) -> None:
     if job.status == JobStatus.DONE:
         took = (job.completed_at - job.started_at).total_seconds() if job.completed_at and job.started_at else 0.0
         c.say(f"job {job.id} done: {job.duration_secs:.1f} s of {job.language or '?'} audio "
-              f"in {took:.1f} s, {len(job.segments)} segments")
+              f"in {took:.1f} s, {len(job.segments)} segment{'' if len(job.segments) == 1 else 's'}")
     elif job.status == JobStatus.FAILED:
         c.say(f"job {job.id} failed: {job.error}", style="bold red")
     else:

@@ -15,9 +15,10 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -55,6 +56,73 @@ def model_file(settings: Settings) -> Path:
     if settings.whisper_model_path is not None:
         return settings.whisper_model_path.resolve()
     return resolve_model(settings.whisper_model)
+
+
+def _reflection_pool() -> descriptor_pool.DescriptorPool:
+    """What reflection serves: our protos with their comments, so that `grpcurl describe`
+    shows the documentation, plus health and reflection themselves."""
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    protos: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+    protoset = descriptor_pb2.FileDescriptorSet.FromString(
+        (Path(transcription_pb2.__file__).parent / "whisperd.protoset").read_bytes()
+    )
+    for file in protoset.file:  # imports first, as protoc wrote them
+        pool.AddSerializedFile(file.SerializeToString())
+        protos[file.name] = file
+    for module in (health_pb2, reflection_pb2):
+        pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+    return _DocumentedPool(pool, protos)  # type: ignore[return-value]
+
+
+class _DocumentedFile:
+    """A file descriptor that copies out with its comments (SourceCodeInfo), which the
+    protobuf runtime drops from the descriptors it builds."""
+
+    def __init__(self, descriptor: Any, protos: dict[str, descriptor_pb2.FileDescriptorProto]) -> None:
+        self._descriptor = descriptor
+        self._protos = protos
+        self.name = descriptor.name
+
+    @property
+    def dependencies(self) -> list[_DocumentedFile]:
+        return [_DocumentedFile(d, self._protos) for d in self._descriptor.dependencies]
+
+    def CopyToProto(self, proto: descriptor_pb2.FileDescriptorProto) -> None:  # noqa: N802
+        if self.name in self._protos:
+            proto.CopyFrom(self._protos[self.name])
+        else:
+            self._descriptor.CopyToProto(proto)
+
+
+class _DocumentedPool:
+    """Reflection's view of the pool: files with comments, and methods resolvable by name
+    (`grpcurl describe pkg.Service.Method`; the protobuf pool only knows services)."""
+
+    def __init__(self, pool: descriptor_pool.DescriptorPool, protos: dict[str, descriptor_pb2.FileDescriptorProto]) -> None:
+        self._pool = pool
+        self._protos = protos
+
+    def FindFileByName(self, name: str) -> _DocumentedFile:  # noqa: N802 (protobuf's naming)
+        return _DocumentedFile(self._pool.FindFileByName(name), self._protos)
+
+    def FindFileContainingSymbol(self, symbol: str) -> _DocumentedFile:  # noqa: N802
+        try:
+            found = self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            service, _, method = symbol.rpartition(".")
+            try:
+                known = bool(service) and method in self._pool.FindServiceByName(service).methods_by_name
+            except KeyError:
+                known = False
+            if not known:
+                raise
+            found = self._pool.FindFileContainingSymbol(service)
+        return _DocumentedFile(found, self._protos)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
 
 
 async def _purge_loop(store: JobStore, retention: int, spool: Spool) -> None:
@@ -159,7 +227,9 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         transcription_pb2.DESCRIPTOR.services_by_name["Transcription"].full_name,
         model_control_pb2.DESCRIPTOR.services_by_name["ModelControl"].full_name,
     )
-    reflection.enable_server_reflection(services + (health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        services + (health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=_reflection_pool()
+    )
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise OSError(f"could not listen on {settings.host}:{settings.port} (port in use?)")

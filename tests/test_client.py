@@ -178,7 +178,7 @@ def test_watch_shows_progress_to_100_and_each_segment_once(
     assert done.status == JobStatus.DONE
     # Segments on stdout as they arrived, each once, in order.
     assert segment_lines(run.stdout) == [s.text.strip() for s in done.segments]
-    assert len(done.segments) >= 6
+    assert len(done.segments) >= 3 and normalise(done.text).count("ask not what your country") == 3
     # Not a terminal: a line at every 10 % step reached, and the bar's final state.
     percents = [int(p) for p in re.findall(r"jfk_x3\.wav: (\d+)% ", run.stderr)]
     assert percents == sorted(percents) and percents[-1] == 100, run.stderr

@@ -303,3 +303,52 @@ def test_a_bad_setting_stops_the_start_with_one_clear_line(tiny_en_model: Path, 
         server.start(timeout=30)
     assert server.proc is not None and server.proc.wait(10) == 2
     assert any("PARALLEL_JOBS must be a whole number" in line for line in server.log_lines), server.log()
+
+
+def _wav_stream(total_bytes: int, chunk: int = 64 * 1024):
+    """A valid 16 kHz mono 16-bit WAV of `total_bytes`, generated as it is sent."""
+    import struct
+
+    data_bytes = total_bytes - 44
+    yield (
+        b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+        + b"data" + struct.pack("<I", data_bytes)
+    )
+    tone = (np.sin(np.arange(chunk // 2) * 2 * np.pi * 440 / 16000) * 8000).astype("<i2").tobytes()
+    sent = 0
+    while sent < data_bytes:
+        piece = tone[: min(chunk, data_bytes - sent)]
+        sent += len(piece)
+        yield piece
+
+
+def test_a_500_mb_upload_keeps_server_memory_flat(
+    tiny_en_model: Path, tmp_path: Path, jfk_bytes: bytes
+) -> None:
+    # The model never becomes ready (injected out-of-memory, hour-long poll), so the job
+    # stays queued and nothing but the upload path touches the audio.
+    server = ServerProcess(
+        tmp_path / "data", tiny_en_model,
+        env={"WHISPERD_FAULT_OOM_LOADS": "1000", "GPU_POLL_INTERVAL_SECS": "3600"},
+    ).start()
+    try:
+        warm = submit(server, jfk_bytes)  # the upload path's imports and buffers, once
+        server.jobs.Cancel(pb.CancelJobRequest(id=warm.id))
+        before = server.rss_bytes(peak=True)
+        size = 500 * 1000 * 1000
+        started = time.monotonic()
+        job = server.jobs.Submit(submit_requests(_wav_stream(size), pb.JobOptions(filename="big.wav")), timeout=600)
+        elapsed = time.monotonic() - started
+        growth = server.rss_bytes(peak=True) - before
+        print(f"\n500 MB upload in {elapsed:.1f} s ({size / elapsed / 1e6:.0f} MB/s); server peak RSS grew {growth / 2**20:.1f} MiB")
+        assert job.status == pb.JOB_STATUS_QUEUED
+        assert job.duration_secs == pytest.approx((size - 44) / 32000, rel=1e-3)
+        assert growth < 64 * 2**20, growth
+        spooled = [f.stat().st_size for f in (server.data_dir / "uploads").iterdir()]
+        assert spooled == [size]  # every byte reached the disk
+        server.jobs.Cancel(pb.CancelJobRequest(id=job.id))
+        time.sleep(0.3)
+        assert not list((server.data_dir / "uploads").iterdir())
+    finally:
+        server.stop()

@@ -158,7 +158,10 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
     ) -> pb.Transcript:
         job = await self._job(request.id)
         if job.status != JobStatus.DONE:
-            raise JobStateError(job.id, job.status.value, "render the transcript of", "done")
+            raise JobStateError(
+                job.id, job.status.value, "render", "done",
+                message=f"job {job.id} is {job.status.value}: its transcript exists once it is done",
+            )
         fmt = convert.FORMAT_FROM_PB.get(request.format)
         if fmt is None:
             raise InvalidArgument(f"'format' {request.format} is not a known transcript format")

@@ -202,7 +202,7 @@ class ModelHost:
         # The first decode after a load builds kernels and CUDA graphs; the earlier
         # service's first job after a cold start returned no segments without this.
         with model.new_state() as state:
-            state.transcribe(np.zeros(16000, dtype=np.float32), TranscribeOptions(beam_size=1, language="en"))
+            state.transcribe(np.zeros(16000, dtype=np.float32), TranscribeOptions(beam_size=1, language="en", temperature_increment=0.0))
 
     def _vram_summary(self) -> str:
         gpus = gpu_info.gpus()

@@ -21,9 +21,12 @@ class JobNotFound(KeyError):
 class JobStateError(Exception):
     """The job is not in a state that allows the action (e.g. cancelling a finished job)."""
 
-    def __init__(self, job_id: str, status: str, action: str, allowed: str) -> None:
+    def __init__(
+        self, job_id: str, status: str, action: str, allowed: str, message: str | None = None
+    ) -> None:
         super().__init__(
-            f"cannot {action} job {job_id}: it is {status}, and {action} applies only to "
+            message
+            or f"cannot {action} job {job_id}: it is {status}, and {action} applies only to "
             f"{allowed} jobs"
         )
         self.job_id = job_id
