@@ -14,7 +14,8 @@
 #   WHISPERD_AMX=ON        keep ggml's AMX kernels (as -DWHISPERD_AMX=ON does for the extension)
 #
 # Idempotent: when the binary exists and was configured with the same arguments, nothing
-# is done. Different arguments reconfigure the same folder and rebuild what changed.
+# is configured or compiled (ninja just confirms it is up to date). Different arguments
+# reconfigure the same folder and rebuild what changed.
 # The last line printed on stdout is the binary's path.
 set -euo pipefail
 
@@ -58,13 +59,17 @@ ARGS=(
   -DWHISPER_SDL2=OFF
   -DWHISPER_CURL=OFF
   -DWHISPER_FFMPEG=OFF
-  "${NO_AMX[@]}"
+  ${NO_AMX[@]+"${NO_AMX[@]}"}
   "$@"
 )
 WANT="$SRC ${ARGS[*]}"
 
 if [[ -x "$BIN" && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
-  echo "whisper-cli already built ($BIN); skipping" >&2
+  # Configured and built with these arguments: ninja only checks that nothing changed
+  # (a fraction of a second), so an edited source tree is still picked up.
+  if cmake --build "$BUILD" --target whisper-cli -j "$JOBS" | grep -q "no work to do"; then
+    echo "whisper-cli is up to date ($BIN); skipping the build" >&2
+  fi
   echo "$BIN"
   exit 0
 fi

@@ -139,7 +139,7 @@ def _global(
     ctx: typer.Context,
     server: Annotated[Optional[str], typer.Option(
         "--server", "-s", envvar=ADDRESS_ENV, show_envvar=True,
-        help="whisperd's address, host:port [default: localhost:50051].")] = None,
+        help="whisperd's address, host:port (default localhost:50051).")] = None,
     token: Annotated[Optional[str], typer.Option(
         "--token", envvar=TOKEN_ENV, show_envvar=True, help="Bearer token sent with every call.")] = None,
     tls: Annotated[bool, typer.Option("--tls", help="Use TLS (system root certificates).")] = False,
@@ -197,7 +197,7 @@ FileArg = Annotated[Path, typer.Argument(
 LanguageOpt = Annotated[Optional[str], typer.Option(
     "--language", "-l", help="ISO 639-1 code of the spoken language; omit to detect it.")]
 TaskOpt = Annotated[str, typer.Option("--task", help="transcribe, or translate (to English).")]
-BeamOpt = Annotated[Optional[int], typer.Option("--beam-size", min=1, max=16, help="1 = greedy [server default: 5].")]
+BeamOpt = Annotated[Optional[int], typer.Option("--beam-size", min=1, max=16, help="1 = greedy (server default 5).")]
 WordsOpt = Annotated[bool, typer.Option("--word-timestamps", help="Per-word times (in --format json).")]
 VadOpt = Annotated[bool, typer.Option("--vad", help="Skip non-speech with Silero VAD.")]
 PromptOpt = Annotated[Optional[str], typer.Option("--prompt", help="Initial prompt: names, spelling, style.")]
@@ -378,8 +378,7 @@ def transcribe(
 ) -> None:
     """Upload FILE, follow the job, print the transcript: all in one step.
 
-    Ctrl-C while following asks whether to cancel the job (without a terminal on stdin
-    it does not ask: the job keeps running and its id is printed).
+    Ctrl-C while following asks whether to cancel the job (without a terminal on stdin it does not ask: the job keeps running and its id is printed).
     """
     c = _ctx(ctx, json_output)
     name = _check_format(fmt)
@@ -585,6 +584,13 @@ def _print_model_status(c: Ctx, status: ModelStatus) -> None:
     c.out.print(grid)
 
 
+def _print_model_state(c: Ctx, status: ModelStatus) -> None:
+    if c.json:
+        c.emit(status.to_json())
+    else:
+        c.say(f"model {status.model}: {status.state.value}")
+
+
 def _event_line(event: ModelEvent) -> str:
     moved = f"{event.previous.value} -> {event.state.value}" if event.previous != ModelState.UNSPECIFIED else event.state.value
     return f"{_when(event.time)}  {moved}" + (f"  ({event.reason})" if event.reason else "")
@@ -596,7 +602,10 @@ def model_status(ctx: typer.Context, json_output: JsonOpt = False) -> None:
     c = _ctx(ctx, json_output)
     with c.client() as client:
         status = client.model_status()
-    c.emit(status.to_json()) if c.json else _print_model_status(c, status)
+    if c.json:
+        c.emit(status.to_json())
+    else:
+        _print_model_status(c, status)
 
 
 @model_app.command("load")
@@ -619,7 +628,7 @@ def model_load(
                 if event.state == ModelState.UNLOADED and event.status.last_error:
                     c.say(f"the load failed: {event.status.last_error}", style="bold red")
                     raise typer.Exit(EXIT_FAILED)
-    c.emit(status.to_json()) if c.json else c.say(f"model {status.model}: {status.state.value}")
+    _print_model_state(c, status)
 
 
 @model_app.command("unload")
@@ -628,7 +637,7 @@ def model_unload(ctx: typer.Context, json_output: JsonOpt = False) -> None:
     c = _ctx(ctx, json_output)
     with c.client() as client:
         status = client.unload_model()
-    c.emit(status.to_json()) if c.json else c.say(f"model {status.model}: {status.state.value}")
+    _print_model_state(c, status)
 
 
 @model_app.command("watch")

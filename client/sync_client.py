@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import io
 import os
 import threading
 import time
@@ -80,7 +81,7 @@ class Upload:
             self.total: int | None = self._path.stat().st_size  # FileNotFoundError before any call
             self.name: str | None = self._path.name
         else:
-            if not callable(getattr(source, "read", None)):
+            if not callable(getattr(source, "read", None)) or isinstance(source, io.TextIOBase):
                 raise TypeError(f"submit() takes a path or a binary file object, not {type(source).__name__}")
             self._file = source
             self.name = Path(name).name if isinstance(name := getattr(source, "name", None), str) else None

@@ -66,9 +66,14 @@ SEGMENT_LINE = re.compile(r"^\[(\d\d:\d\d:\d\d\.\d{3}) --> (\d\d:\d\d:\d\d\.\d{3
 # --- fixtures and helpers ---------------------------------------------------------------
 
 
+# One decoding thread: these tests check the client, not the engine's speed, and on a
+# busy shared CI host ggml's spinning worker threads make a 2-thread job up to 10x slower.
+SERVER_ENV = {"THREADS": "1"}
+
+
 @pytest.fixture(scope="module")
 def server(tiny_en_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("data"), tiny_en_model).start()
+    proc = ServerProcess(tmp_path_factory.mktemp("data"), tiny_en_model, env=SERVER_ENV).start()
     yield proc
     proc.stop()
 
@@ -87,12 +92,6 @@ def client(address: str) -> Iterator[WhisperdClient]:
 @pytest.fixture(scope="module")
 def audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("audio")
-
-
-@pytest.fixture(scope="module")
-def jfk_x3(jfk_wav: Path, audio_dir: Path) -> Path:
-    """33 s: two decoding windows, so a watcher sees progress between 0 and 100."""
-    return write_wav(audio_dir / "jfk_x3.wav", np.tile(decode_audio(jfk_wav), 3))
 
 
 @pytest.fixture(scope="module")
@@ -169,20 +168,20 @@ def test_json_output_of_submit_get_and_list_parses(address: str, jfk_wav: Path) 
 
 
 def test_watch_shows_progress_to_100_and_each_segment_once(
-    address: str, client: WhisperdClient, jfk_x3: Path
+    address: str, client: WhisperdClient, jfk_wav: Path
 ) -> None:
-    job = client.submit(jfk_x3, beam_size=1)
+    job = client.submit(jfk_wav, beam_size=1)
     run = whisperctl(address, "watch", job.id)
     assert run.returncode == 0, run.stderr
     done = client.get(job.id)
     assert done.status == JobStatus.DONE
     # Segments on stdout as they arrived, each once, in order.
     assert segment_lines(run.stdout) == [s.text.strip() for s in done.segments]
-    assert len(done.segments) >= 3 and normalise(done.text).count("ask not what your country") == 3
+    assert normalise(" ".join(segment_lines(run.stdout))) == normalise(EXPECTED_JFK)
     # Not a terminal: a line at every 10 % step reached, and the bar's final state.
-    percents = [int(p) for p in re.findall(r"jfk_x3\.wav: (\d+)% ", run.stderr)]
+    percents = [int(p) for p in re.findall(r"jfk\.wav: (\d+)% ", run.stderr)]
     assert percents == sorted(percents) and percents[-1] == 100, run.stderr
-    assert re.search(r"jfk_x3\.wav\s+━+\s+100% done", run.stderr), run.stderr
+    assert re.search(r"jfk\.wav\s+━+\s+100% done", run.stderr), run.stderr
     assert f"job {job.id} done" in run.stderr
 
     # --json: one JobEvent per line, snapshot first and done last.
@@ -344,38 +343,34 @@ class ReadRecorder(io.RawIOBase):
         return self._buffer.tell()
 
 
-def test_client_renders_the_same_bytes_as_get_transcript(
-    address: str, client: WhisperdClient, jfk_wav: Path
-) -> None:
-    source = ReadRecorder(jfk_wav.read_bytes())
-    progress: list[tuple[int, int | None]] = []
-    job = client.submit(source, beam_size=1, word_timestamps=True, on_upload_progress=lambda *a: progress.append(a))
-    # Streamed in chunks, never read whole.
-    assert max(source.reads) == CHUNK_BYTES and len(source.reads) >= 6
-    assert progress[-1] == (jfk_wav.stat().st_size, jfk_wav.stat().st_size)
-    done = client.wait(job.id, timeout=60)
-    assert done.status == JobStatus.DONE and all(s.words for s in done.segments)
-    for fmt in formats.FORMATS:
-        assert done.render(fmt) == client.transcript(job.id, fmt), fmt
-    # ...and through the CLI: `transcript` prints the server's bytes exactly.
-    run = whisperctl(address, "transcript", job.id, "--format", "vtt")
-    assert run.returncode == 0 and run.stdout == done.render("vtt")
-    captions = webvtt.from_string(run.stdout)
-    assert normalise(" ".join(c.text for c in captions)) == normalise(EXPECTED_JFK)
-    assert json.loads(done.render("json"))["segments"][0]["words"]
+@pytest.fixture(scope="module")
+def async_run(address: str, jfk_wav: Path) -> dict[str, Any]:
+    """One job through the asyncio client: submitted from a file object (word timestamps
+    on), its events streamed to the end; plus health and model state."""
 
-
-def test_async_client_submits_and_streams(address: str, jfk_wav: Path) -> None:
-    async def scenario() -> tuple[list[Any], list[int], HealthStatus, ModelState]:
+    async def scenario() -> dict[str, Any]:
         async with AsyncWhisperdClient(address) as client:
-            sent: list[int] = []
-            with jfk_wav.open("rb") as f:
-                job = await client.submit(f, beam_size=1, on_upload_progress=lambda n, total: sent.append(n))
-            assert job.status == JobStatus.QUEUED and job.options.filename == "jfk.wav"
-            events = [event async for event in client.stream_progress(job.id, timeout=60)]
-            return events, sent, await client.health(), (await client.model_status()).state
+            source = ReadRecorder(jfk_wav.read_bytes())
+            sent: list[tuple[int, int | None]] = []
+            job = await client.submit(
+                source, beam_size=1, word_timestamps=True, on_upload_progress=lambda *a: sent.append(a)
+            )
+            events = [event async for event in client.stream_progress(job.id, timeout=90)]
+            return {
+                "job": job, "events": events, "reads": source.reads, "sent": sent,
+                "health": await client.health(), "state": (await client.model_status()).state,
+            }
 
-    events, sent, health, state = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_async_client_submits_and_streams(async_run: dict[str, Any], jfk_wav: Path) -> None:
+    size = jfk_wav.stat().st_size
+    assert async_run["job"].status == JobStatus.QUEUED
+    # Streamed in 64 KiB chunks, never read whole; progress reported as it went.
+    assert max(async_run["reads"]) == CHUNK_BYTES and len(async_run["reads"]) >= 6
+    assert async_run["sent"][-1] == (size, size) and len(async_run["sent"]) >= 6
+    events = async_run["events"]
     assert isinstance(events[0], Snapshot) and isinstance(events[-1], Done)
     final = events[-1].job
     assert final.status == JobStatus.DONE and final.progress == 100
@@ -383,32 +378,44 @@ def test_async_client_submits_and_streams(address: str, jfk_wav: Path) -> None:
     streamed = [e.segment.text for e in events if isinstance(e, NewSegment)]
     already = [s.text for s in events[0].job.segments]
     assert already + streamed == [s.text for s in final.segments]
-    assert sent[-1] == jfk_wav.stat().st_size and len(sent) >= 6
-    assert health == HealthStatus.SERVING and state == ModelState.READY
+    assert async_run["health"] == HealthStatus.SERVING and async_run["state"] == ModelState.READY
+
+
+def test_client_renders_the_same_bytes_as_get_transcript(
+    address: str, client: WhisperdClient, async_run: dict[str, Any]
+) -> None:
+    job_id = async_run["job"].id
+    done = client.get(job_id)
+    assert done.status == JobStatus.DONE and all(s.words for s in done.segments)
+    for fmt in formats.FORMATS:
+        assert done.render(fmt) == client.transcript(job_id, fmt), fmt
+    # The job from the stream's last event renders the same too.
+    assert async_run["events"][-1].job.render("json") == client.transcript(job_id, "json")
+    # ...and through the CLI: `transcript` prints the server's bytes exactly.
+    run = whisperctl(address, "transcript", job_id, "--format", "vtt")
+    assert run.returncode == 0 and run.stdout == done.render("vtt")
+    captions = webvtt.from_string(run.stdout).captions
+    assert normalise(" ".join(c.text for c in captions)) == normalise(EXPECTED_JFK)
+    assert json.loads(done.render("json"))["segments"][0]["words"]
 
 
 def test_strict_admission_is_retried_as_retry_info_says(
     tiny_en_model: Path, tmp_path: Path, jfk_wav: Path
 ) -> None:
     """ADMISSION=strict: Submit is UNAVAILABLE + RetryInfo(1 s) until the model is ready."""
-    strict = ServerProcess(tmp_path / "data", tiny_en_model, env={"ADMISSION": "strict", "RETRY_AFTER_SECS": "1"}).start()
+    env = {**SERVER_ENV, "ADMISSION": "strict", "RETRY_AFTER_SECS": "1"}
+    strict = ServerProcess(tmp_path / "data", tiny_en_model, env=env).start()
     address = f"127.0.0.1:{strict.port}"
     try:
-        # The CLI: the model starts unloaded, so the first attempt is refused; it says so and retries.
-        run = whisperctl(address, "submit", str(jfk_wav), "--beam-size", "1")
-        assert run.returncode == 0, run.stderr
-        assert "retrying in 1.0 s (attempt 2 of 8)" in run.stderr, run.stderr
-
         with WhisperdClient(address) as client:
-            client.cancel(run.stdout.strip())
-            client.unload_model()
-            # Without retries the caller gets the server's answer, RetryInfo included.
+            # The model starts unloaded. Without retries the caller gets the server's
+            # answer, RetryInfo included (and the refused Submit starts the load).
             with pytest.raises(Unavailable) as refused:
                 WhisperdClient(address, retry=NO_RETRY).submit(jfk_wav)
             assert not isinstance(refused.value, ServerUnreachable)
             assert refused.value.retry_after == 1.0 and refused.value.exit_code == 78
 
-            client.unload_model()
+            # With retries: refused while the model loads, waits 1 s each time, then in.
             retries: list[RetryEvent] = []
             started = time.monotonic()
             job = WhisperdClient(address, retry=RetryPolicy(on_retry=retries.append)).submit(jfk_wav, beam_size=1)
@@ -416,6 +423,13 @@ def test_strict_admission_is_retried_as_retry_info_says(
             assert retries and all(r.delay == 1.0 and isinstance(r.error, Unavailable) for r in retries)
             assert job.status == JobStatus.QUEUED and job.duration_secs == pytest.approx(11.0, abs=0.1)
             client.cancel(job.id)
+
+            # The CLI says what it is waiting for, and gets in.
+            client.unload_model()
+            run = whisperctl(address, "submit", str(jfk_wav), "--beam-size", "1")
+            assert run.returncode == 0, run.stderr
+            assert "; retrying in 1.0 s (attempt 2 of 8)" in run.stderr, run.stderr
+            client.cancel(run.stdout.strip())
     finally:
         strict.stop()
 
@@ -482,7 +496,7 @@ class FakeServer:
 
 def test_retry_info_is_honoured_and_a_seekable_upload_resent_from_its_start() -> None:
     payload = np.random.default_rng(3).bytes(5 * CHUNK_BYTES + 123)
-    source = io.BytesIO(b"HEADER-NOT-SENT" + payload)
+    source = ReadRecorder(b"HEADER-NOT-SENT" + payload)
     source.seek(len(b"HEADER-NOT-SENT"))  # a file object is sent from where it stands
     retries: list[RetryEvent] = []
     with FakeServer(FakeJobs(refusals=2, retry_delay=0.3)) as fake:
@@ -493,6 +507,7 @@ def test_retry_info_is_honoured_and_a_seekable_upload_resent_from_its_start() ->
     gaps = np.diff(fake.jobs.submits)
     assert all(gap >= 0.3 for gap in gaps), gaps
     assert [(r.attempt, r.delay, r.max_attempts) for r in retries] == [(1, 0.3, 8), (2, 0.3, 8)]
+    assert set(source.reads) == {CHUNK_BYTES}  # chunk by chunk, never the whole file
 
 
 def test_an_upload_that_cannot_be_reread_is_not_retried() -> None:

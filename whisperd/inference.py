@@ -273,7 +273,8 @@ def group_words(
             continue
         start = min(max(group[0].t0 / 100.0, cursor), seg_end)
         end = min(max(group[-1].t1 / 100.0, start), seg_end)
-        prob = float(np.mean([t.p for t in group]))
+        # float32, as the proto carries it, so client and server render the same digits.
+        prob = float(np.float32(np.mean([t.p for t in group])))
         words.append(Word(text=text, start=start, end=end, probability=prob))
         cursor = end
     return tuple(words)

@@ -84,7 +84,8 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
         if self._admission.strict and self._host.state != ModelState.READY:
             self._host.request_load("job submitted (strict admission)")
             raise ServiceUnavailable(
-                f"the model is {self._host.state.value}; it is loading now, retry shortly",
+                f"the model is not ready ({self._host.state.value}); it is loading now: "
+                f"retry in {self._admission.retry_after:g} s",
                 self._admission.retry_after,
             )
 
