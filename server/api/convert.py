@@ -32,7 +32,7 @@ CONTENT_TYPES = {
 }
 
 
-def _timestamp(epoch: float | None) -> Timestamp | None:
+def timestamp(epoch: float | None) -> Timestamp | None:
     if epoch is None:
         return None
     ts = Timestamp()
@@ -77,9 +77,9 @@ def job_to_pb(job: JobRecord, *, with_segments: bool = True) -> pb.Job:
         progress=job.progress,
         segments=[segment_to_pb(s) for s in job.segments] if with_segments else [],
         error=job.error or "",
-        created_at=_timestamp(job.created_at),
-        started_at=_timestamp(job.started_at),
-        completed_at=_timestamp(job.completed_at),
+        created_at=timestamp(job.created_at),
+        started_at=timestamp(job.started_at),
+        completed_at=timestamp(job.completed_at),
         model=job.model or "",
         options=options_to_pb(job.options),
         language_probability=job.language_probability or 0.0,

@@ -6,8 +6,8 @@ import logging
 from typing import AsyncIterator
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from whisperd.server.api.convert import timestamp
 from whisperd.server.api.errors import streaming, unary
 from whisperd.server.engine import gpu_info
 from whisperd.server.engine.lifecycle import ModelHost, ModelState, Transition
@@ -25,14 +25,6 @@ STATE_TO_PB = {
     ModelState.WAITING_FOR_GPU: mpb.MODEL_STATE_WAITING_FOR_GPU,
     ModelState.UNLOADING: mpb.MODEL_STATE_UNLOADING,
 }
-
-
-def _ts(epoch: float | None) -> Timestamp | None:
-    if epoch is None:
-        return None
-    ts = Timestamp()
-    ts.FromNanoseconds(int(epoch * 1e9))
-    return ts
 
 
 class ModelEvents:
@@ -79,7 +71,7 @@ class ModelControlService(mpb_grpc.ModelControlServicer):
             state=STATE_TO_PB[host.state],
             model=host.model_path.name,
             model_path=str(host.model_path),
-            loaded_at=_ts(host.loaded_at),
+            loaded_at=timestamp(host.loaded_at),
             last_error=host.last_error,
             idle_timeout_secs=int(host.idle_timeout),
             gpus=[
@@ -126,7 +118,7 @@ class ModelControlService(mpb_grpc.ModelControlServicer):
         return mpb.ModelEvent(
             state=STATE_TO_PB[t.state],
             previous=STATE_TO_PB[t.previous] if t.previous else mpb.MODEL_STATE_UNSPECIFIED,
-            time=_ts(t.at),
+            time=timestamp(t.at),
             reason=t.reason,
             status=await self.status(),
         )
