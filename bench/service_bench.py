@@ -530,15 +530,19 @@ def footnotes(res: dict) -> list[str]:
     def fmt(v: dict) -> str:
         return f"{v['rate']:.1f}" if v.get("rate") else "n/a"
 
-    slow = f"{lj['slowdown_pct']:.0f}% slower" if lj["slowdown_pct"] is not None else "not measurable"
+    sd = lj["slowdown_pct"]
+    slow = ("not measurable" if sd is None else f"{sd:.0f}% slower" if sd >= 0 else f"{-sd:.0f}% faster")
     out.append(
         f"- Long job (600 s, 1 thread): {fmt(lj['before'])} audio s per wall s before the short jobs, "
         f"{fmt(lj['during'])} during them ({slow}), {fmt(lj['after'])} after; Cancel → done event "
         + (f"{lj['cancel_to_done_s']:.2f} s." if lj["cancel_to_done_s"] is not None else "n/a."))
     c = res["idle"]["context_carryover"]
+    fresh, same = c["new_state_text"], c["same_as_new_state"]
     out.append("- Context carry-over check (jfk right after the 5 s clip jobs on the same worker): "
-               + ("full sentence, OK." if c["full_sentence"] else
-                  f"transcript {c['text']!r} - NOT the full sentence: the previous job's text primed the decoder."))
+               + (f"transcript {c['text']!r}; " if not same else "")
+               + ("the full sentence" if c["full_sentence"] else "NOT the full sentence")
+               + (", identical to a new state's transcript." if same else
+                  f"; a new state gives {fresh!r}: the previous jobs' text primed the decoder."))
     w1, w2 = res["idle"]["warmup"], res["busy"]["warmup"]
     out.append(f"- First job after load (warm-up, not in the rows): {w1['total_s']:.3f} s at 1 job × 2 threads, "
                f"{w2['total_s']:.3f} s at 2 jobs × 1 thread.")
@@ -610,6 +614,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in res["idle"]["runs"]:
         if normalise(r["text"]) not in normalise(EXPECTED_JFK):
             progress(f"note: 5 s clip transcript {r['text']!r} is not a prefix of the JFK sentence")
+    carry = res["idle"]["context_carryover"]
+    carry["new_state_text"] = res["overhead"][0]["native_runs"][0]["text"]  # jfk, native, new state
+    carry["same_as_new_state"] = carry["text"] == carry["new_state_text"]
     res["loadavg_start"] = list(loadavg_start)
     res["loadavg_end"] = list(os.getloadavg())
     res["runtime_s"] = time.time() - started

@@ -352,3 +352,22 @@ def test_a_500_mb_upload_keeps_server_memory_flat(
         assert not list((server.data_dir / "uploads").iterdir())
     finally:
         server.stop()
+
+
+def test_grpcurl_lists_describes_and_calls_with_no_proto_file(server: ServerProcess) -> None:
+    import subprocess
+
+    grpcurl = Path(".cache/gobin/grpcurl").resolve()
+    assert grpcurl.exists(), "grpcurl is missing: `make setup` builds it into .cache/gobin"
+    target = f"127.0.0.1:{server.port}"
+
+    def run(*args: str) -> str:
+        done = subprocess.run([str(grpcurl), "-plaintext", *args], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "whisperd.v1.Transcription" in run(target, "list")
+    described = run(target, "describe", "whisperd.v1.Transcription.Cancel")
+    assert "rpc Cancel" in described and "stops within a second" in described  # the proto's comment
+    status = run(target, "whisperd.v1.ModelControl/Status")
+    assert '"model": "ggml-tiny.en.bin"' in status

@@ -71,8 +71,8 @@ def transcribe(
         options.validate()
         if not file.is_file():
             _fail(f"no such file: {file}", 2)
+        model_path = resolve_model(model)  # before decoding: a typo should not wait for that
         samples = audio.decode_audio(file)
-        model_path = resolve_model(model)
         with WhisperModel(model_path, use_gpu=not cpu) as loaded, loaded.new_state() as state:
             with Progress(
                 TextColumn("[bold]{task.description}"),
