@@ -65,8 +65,8 @@ def progress(msg: str) -> None:
 # ------------------------------------------------------------------ a quiet machine
 
 # Two cores are easily disturbed: a test run beside the benchmark takes a core away from
-# ggml's OpenMP threads, whose barriers then wait on a descheduled thread (a 3x slowdown
-# was seen). Each timed run waits for a quiet machine and records what else ran.
+# ggml's OpenMP threads, whose barriers then wait on a descheduled thread (3-10x slowdowns
+# were seen). Each timed run waits for a quiet machine and records what else ran.
 QUIET_BUSY = 0.10  # fraction of all CPUs busy that still counts as quiet
 NOISY_BACKGROUND = 0.05  # a reported run during which others took more is flagged
 _HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -600,8 +600,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.threads} threads; tiny.en ({gtype} GGML / CTranslate2 from the same weights); "
           f"{audio_s:.0f} s of speech (jfk.wav x{COPIES}); best of {args.repeat} run(s) after "
           "one warm-up.")
-    print("x real time = audio seconds / wall seconds (higher is faster). "
-          "vs whisper-cli = wall / whisper-cli's own (total - load) time at the same beam, - 1.")
+    bases = sorted({r["vs_cli_basis"] for r in rows if r.get("vs_cli_basis")})
+    print("x real time = audio seconds / wall seconds (higher is faster). vs whisper-cli = "
+          f"wall / ({' or '.join(bases) or 'whisper-cli'}) at the same beam, - 1.")
     print()
     print(table(rows, audio_s, show_fa=len(fa_modes) > 1))
     print()

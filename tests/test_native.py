@@ -152,6 +152,28 @@ def test_cancel_stops_a_running_transcription_within_a_second(
         assert normalise(state.transcribe(jfk, GREEDY).text) == normalise(EXPECTED_JFK)
 
 
+def test_a_reused_state_does_not_carry_the_previous_job_into_the_next(
+    model: WhisperModel, jfk: np.ndarray, tmp_path: Path
+) -> None:
+    import shutil
+    import subprocess
+
+    other = tmp_path / "fox.wav"
+    subprocess.run(
+        [shutil.which("espeak-ng") or "espeak-ng", "-v", "en", "-w", str(other),
+         "The quick brown fox jumps over the lazy dog near the river bank."],
+        check=True,
+    )
+    fox = decode_audio(other)
+    with model.new_state() as fresh:
+        expected = fresh.transcribe(fox, GREEDY).text
+    with model.new_state() as reused:
+        reused.transcribe(jfk, GREEDY)
+        again = reused.transcribe(fox, GREEDY).text
+    assert again == expected
+    assert "country" not in again.lower()
+
+
 def test_a_raising_callback_propagates_and_the_state_stays_usable(
     model: WhisperModel, jfk: np.ndarray
 ) -> None:

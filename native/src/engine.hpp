@@ -44,7 +44,9 @@ struct Options {
     int vad_min_silence_ms = 100;
     int vad_speech_pad_ms = 30;
     int n_threads = 0;              // 0 = every CPU
-    bool no_context = false;        // do not condition on the previous window's text
+    // Start each call without the previous call's text as a prompt (a reused state keeps
+    // it); windows within one call still condition on each other.
+    bool no_context = true;
 };
 
 struct Token {
