@@ -24,12 +24,12 @@ first (ModelControl.Load, then Status until READY), so load time is never in a l
                tiled to 60 s): native = WhisperModel in this process, a new state per
                run, threads=2, timed over decode_audio(file) + transcribe(); service =
                Submit→done of the same file, PARALLEL_JOBS=1 (threads = 2 CPUs / 1).
-               Runs alternate native / service. A worker keeps its decoding state from
-               job to job, and whisper.cpp keeps the previous job's text in it as decoder
-               context (no_context is off), so before each service run the model is
-               unloaded and loaded again (ModelControl.Unload / Load, not timed): the job
-               then starts from a new state, as the native run does, and both decode the
-               same tokens. The row says whether the transcripts match.
+               Runs alternate native / service. Before each service run the model is
+               unloaded and loaded again (ModelControl.Unload / Load, not timed), so the
+               job, like the native run, starts from a new decoding state: a worker keeps
+               its state from job to job, and a state that still carried the previous
+               call's text as decoder context (no_context off, before commit 38aca75)
+               changed what was decoded. The row says whether the transcripts match.
 
 After part 1 one jfk job runs on the server whose worker has just done the 5 s clips; its
 transcript is checked against the full sentence (the context carry-over check).
@@ -43,7 +43,7 @@ the CPU other processes took meanwhile; the load average is recorded at start an
 The table goes to stdout as Markdown (progress lines to stderr); the same figures, with
 every run, go to bench/results/service_bench.json.
 
-  .venv/bin/python bench/service_bench.py [--runs 5] [--repeat 3] [--quiet-wait 10]
+  .venv/bin/python bench/service_bench.py [--runs 5] [--repeat 5] [--quiet-wait 10]
 """
 from __future__ import annotations
 
@@ -129,6 +129,8 @@ class CpuMeter:
     def __enter__(self) -> CpuMeter:
         self._b0, self._o0, self._w0 = _busy_secs(), Ours.cpu(), time.perf_counter()
         self._s0 = _proc_cpu(Ours.server_pid) if Ours.server_pid else 0.0
+        t = os.times()
+        self._own0 = t.user + t.system
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -138,6 +140,9 @@ class CpuMeter:
         self.others = max(0.0, others / max(1e-9, cpus))
         server = _proc_cpu(Ours.server_pid) - self._s0 if Ours.server_pid else 0.0
         self.server = max(0.0, server / max(1e-9, cpus))
+        self.server_s = server  # CPU seconds the server used
+        t = os.times()
+        self.own_s = t.user + t.system - self._own0  # CPU seconds this process used
 
 
 def wait_for_quiet(max_wait: float) -> float:
@@ -218,6 +223,8 @@ def submit_and_wait(server: ServerProcess, data: bytes, name: str, timeout: floa
         "transcribe_s": completed - started,
         "notify_s": t2 - completed,
         "others_cpu": meter.others,
+        "server_cpu_s": meter.server_s,
+        "client_cpu_s": meter.own_s,
         "text": " ".join(s.text.strip() for s in final.segments if s.text.strip()),
     }
     # created_at is stamped inside Submit, so Submit's tail overlaps the queue wait:
@@ -453,7 +460,8 @@ def part_overhead(server: ServerProcess, model_path: Path, files: list[tuple[str
             d = time.perf_counter()
             state.close()
         return {"new_state_s": b - a, "decode_s": c - b, "transcribe_s": d - c, "total_s": d - b,
-                "others_cpu": meter.others, "server_cpu": meter.server, "text": result.text}
+                "others_cpu": meter.others, "server_cpu": meter.server, "cpu_s": meter.own_s,
+                "text": result.text}
 
     with model:
         warm = native(files[0][1])  # first transcription in this process
@@ -490,6 +498,10 @@ def part_overhead(server: ServerProcess, model_path: Path, files: list[tuple[str
                 "native_server_idle_cpu": max(r["server_cpu"] for r in nat),
                 "summary": s,
                 "overhead_pct": 100 * (s["median_s"] / n_med - 1),
+                "overhead_best_pct": 100 * (s["min_s"] / min(r["total_s"] for r in nat) - 1),
+                "native_cpu_s": median([r["cpu_s"] for r in nat]),
+                "service_server_cpu_s": median([r["server_cpu_s"] for r in svc]),
+                "service_client_cpu_s": median([r["client_cpu_s"] for r in svc]),
                 "overhead_ms": 1e3 * (s["median_s"] - n_med),
                 "worker_minus_native_ms": 1e3 * (s["transcribe_s"] - n_med),
                 "same_text": all(r["text"] == nat[0]["text"] for r in nat + svc),
@@ -552,7 +564,9 @@ def footnotes(res: dict) -> list[str]:
             f"- {r['label']}: native {r['native_median_s']:.3f} s = decode {1e3 * r['native_decode_median_s']:.0f} ms "
             f"+ transcribe {r['native_transcribe_median_s']:.3f} s; service − native = {r['overhead_ms']:+.0f} ms, of "
             f"which upload+probe {1e3 * s['upload_probe_s']:.0f}, queue {1e3 * s['queue_s']:.0f}, worker − native "
-            f"{r['worker_minus_native_ms']:+.0f}, notification {1e3 * s['notify_s']:.0f} (medians); "
+            f"{r['worker_minus_native_ms']:+.0f}, notification {1e3 * s['notify_s']:.0f} (medians); best run "
+            f"against best run {r['overhead_best_pct']:+.1f}%; CPU s per run: native {r['native_cpu_s']:.2f}, "
+            f"service {r['service_server_cpu_s']:.2f} in the server + {r['service_client_cpu_s']:.2f} in the client; "
             f"same text: {'yes' if r['same_text'] else 'NO'}; others' CPU service / native "
             f"{100 * r['summary']['others_cpu']:.0f}% / {100 * r['native_others_cpu']:.0f}%, idle server's "
             f"CPU during native runs at most {100 * r['native_server_idle_cpu']:.1f}%.")
@@ -566,7 +580,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=5, help="timed runs of the 5 s clip on the idle server (5)")
     p.add_argument("--busy-runs", type=int, default=3, help="short jobs beside the long one (3)")
-    p.add_argument("--repeat", type=int, default=3, help="native/service pairs per file in part 3 (3)")
+    p.add_argument("--repeat", type=int, default=5, help="native/service pairs per file in part 3 (5)")
     p.add_argument("--before-steps", type=int, default=4,
                    help="progress events of the long job to see before the short jobs start (4)")
     p.add_argument("--after-secs", type=float, default=6.0,

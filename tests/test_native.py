@@ -153,25 +153,15 @@ def test_cancel_stops_a_running_transcription_within_a_second(
 
 
 def test_a_reused_state_does_not_carry_the_previous_job_into_the_next(
-    model: WhisperModel, jfk: np.ndarray, tmp_path: Path
+    model: WhisperModel, jfk: np.ndarray
 ) -> None:
-    import shutil
-    import subprocess
-
-    other = tmp_path / "fox.wav"
-    subprocess.run(
-        [shutil.which("espeak-ng") or "espeak-ng", "-v", "en", "-w", str(other),
-         "The quick brown fox jumps over the lazy dog near the river bank."],
-        check=True,
-    )
-    fox = decode_audio(other)
+    other = jfk[6 * 16000 :]  # "... ask what you can do for your country"
     with model.new_state() as fresh:
-        expected = fresh.transcribe(fox, GREEDY).text
+        expected = fresh.transcribe(other, GREEDY).text
     with model.new_state() as reused:
         reused.transcribe(jfk, GREEDY)
-        again = reused.transcribe(fox, GREEDY).text
+        again = reused.transcribe(other, GREEDY).text
     assert again == expected
-    assert "country" not in again.lower()
 
 
 def test_a_raising_callback_propagates_and_the_state_stays_usable(
