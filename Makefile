@@ -16,6 +16,7 @@ STAMP_SYS   := $(VENV)/.stamp-system
 STAMP_DEPS  := $(VENV)/.stamp-deps
 STAMP_BUILD := $(VENV)/.stamp-build-$(WHISPERD_CUDA)-$(CMAKE_CUDA_ARCHITECTURES)
 MODEL       := models/ggml-tiny.en.bin
+GO_TOOLS    := .cache/gobin/buf .cache/gobin/grpcurl
 
 .PHONY: setup run test test-fast bench bench-cpu gpu clean native model info gen lint
 
@@ -42,7 +43,6 @@ $(STAMP_DEPS): $(STAMP_SYS) pyproject.toml
 	@touch $@
 
 # buf (proto lint) and grpcurl, pinned, built with the Go toolchain into .cache/gobin.
-GO_TOOLS := .cache/gobin/buf .cache/gobin/grpcurl
 $(GO_TOOLS) &: tools/go_tools.sh
 	bash tools/go_tools.sh
 
