@@ -59,7 +59,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 set +e
 WHISPERD_TEST_GPU=1 WHISPERD_TEST_MODEL="$MODEL" "$PY" -m pytest -p no:cacheprovider -q \
-  -rfE --tb=short tests/test_native.py tests/test_gpu.py tests/test_gpu_lifecycle.py --junitxml="$RESULTS/gpu-tests.xml" \
+  -rfEP --tb=short tests/test_native.py tests/test_gpu.py tests/test_gpu_lifecycle.py --junitxml="$RESULTS/gpu-tests.xml" \
   2>&1 | tee "$RESULTS/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
 # When the out-of-memory probe crashes, show where, natively.
