@@ -73,10 +73,20 @@ void on_new_segment_cb(whisper_context *, whisper_state *state, int n_new, void 
     }
 }
 
-bool on_abort_cb(void *user) { return static_cast<CallContext *>(user)->should_stop(); }
+bool on_abort_cb(void *user) {
+    const bool stop = static_cast<CallContext *>(user)->should_stop();
+    if (stop) {
+        set_stopping(true);  // only the calling thread logs; see log_bridge.hpp
+    }
+    return stop;
+}
 
 bool on_encoder_begin_cb(whisper_context *, whisper_state *, void *user) {
-    return !static_cast<CallContext *>(user)->should_stop();
+    const bool stop = static_cast<CallContext *>(user)->should_stop();
+    if (stop) {
+        set_stopping(true);
+    }
+    return !stop;
 }
 
 const std::map<std::string, ggml_type> &quant_types() {
@@ -372,7 +382,9 @@ Result State::transcribe(const float *samples, size_t n_samples, const Options &
     p.encoder_begin_callback = on_encoder_begin_cb;
     p.encoder_begin_callback_user_data = &cc;
 
+    set_stopping(false);
     const int rc = whisper_full_with_state(ctx, state_, p, samples, static_cast<int>(n_samples));
+    set_stopping(false);
     if (cc.error) {
         std::rethrow_exception(cc.error);
     }

@@ -20,6 +20,7 @@ PyObject *g_sink = nullptr;  // strong reference, guarded by g_sink_mutex
 thread_local LogCapture *t_capture = nullptr;
 thread_local std::string t_pending;          // a line not yet ended by '\n'
 thread_local int t_pending_level = GGML_LOG_LEVEL_INFO;
+thread_local bool t_stopping = false;
 
 std::string lower(std::string s) {
     std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
@@ -29,6 +30,9 @@ std::string lower(std::string s) {
 void emit(int level, const std::string &line) {
     if (line.empty()) {
         return;
+    }
+    if (t_stopping && level >= GGML_LOG_LEVEL_WARN) {
+        level = GGML_LOG_LEVEL_DEBUG;
     }
     if (level >= GGML_LOG_LEVEL_WARN) {
         capture_line(line);
@@ -83,6 +87,8 @@ void on_log(enum ggml_log_level level, const char *text, void * /*user_data*/) {
 }
 
 }  // namespace
+
+void set_stopping(bool stopping) { t_stopping = stopping; }
 
 void capture_line(const std::string &line) {
     if (t_capture != nullptr) {

@@ -11,6 +11,10 @@ namespace whisperd {
 // Passing None restores silence (lines are dropped, never printed to stderr).
 void set_log_sink(void *py_callable_or_null);
 
+// While set on a thread, whisper.cpp's error lines are logged as debug: they are the
+// expected "failed to encode/decode" of a transcription that was asked to stop.
+void set_stopping(bool stopping);
+
 // Records a line in this thread's active LogCapture, if any.
 void capture_line(const std::string &line);
 
