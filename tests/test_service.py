@@ -371,3 +371,32 @@ def test_grpcurl_lists_describes_and_calls_with_no_proto_file(server: ServerProc
     assert "rpc Cancel" in described and "stops within a second" in described  # the proto's comment
     status = run(target, "whisperd.v1.ModelControl/Status")
     assert '"model": "ggml-tiny.en.bin"' in status
+
+
+def test_draining_server_is_not_serving_and_refuses_new_jobs(
+    tiny_en_model: Path, tmp_path: Path, long_wav: Path, jfk_bytes: bytes
+) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server = ServerProcess(tmp_path / "data", tiny_en_model, env={"SHUTDOWN_GRACE_SECS": "60"}).start()
+    try:
+        running = server.jobs.Submit(submit_requests(long_wav.read_bytes(), pb.JobOptions(beam_size=1)))
+        stream = server.jobs.StreamProgress(pb.StreamProgressRequest(id=running.id), timeout=120)
+        for event in stream:
+            if event.HasField("progress") and event.progress.percent > 0:
+                break
+        server.signal(signal.SIGTERM)  # the running job may take its grace period
+        health = health_pb2_grpc.HealthStub(server.channel)
+        deadline = time.monotonic() + 10
+        while health.Check(health_pb2.HealthCheckRequest()).status != health_pb2.HealthCheckResponse.NOT_SERVING:
+            assert time.monotonic() < deadline, "health never turned NOT_SERVING"
+            time.sleep(0.05)
+        with pytest.raises(grpc.RpcError) as err:
+            submit(server, jfk_bytes)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in err.value.details()
+        # The server still answers for the jobs it holds; cancelling lets it stop now.
+        server.jobs.Cancel(pb.CancelJobRequest(id=running.id))
+        assert server.wait(30) == 0
+    finally:
+        server.stop()
