@@ -25,12 +25,12 @@ from typing import Any
 
 from whisperd.transcript import Segment, Word
 
+from whisperd.server.sqlite_file import migrate, open_wal
+
 from .errors import InvalidCursor, JobNotFound, JobStateError
 from .model import TERMINAL_STATUSES, JobOptions, JobRecord, JobStatus, new_job_id
 
 log = logging.getLogger(__name__)
-
-BUSY_TIMEOUT_MS = 5000
 
 # Migrations, applied in order; PRAGMA user_version records how many have run. Append a
 # new script to change the schema (for example the webhook registry); never edit one
@@ -107,47 +107,13 @@ class JobStore:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: no implicit transactions; _write() opens them explicitly.
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = open_wal(self.path)
         try:
-            self._configure()
-            self._migrate()
+            with self._write() as db:
+                migrate(db, self.path, MIGRATIONS, "job-store")
         except BaseException:
             self._db.close()
             raise
-
-    # ----------------------------------------------------------------- set-up
-
-    def _configure(self) -> None:
-        db = self._db
-        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise RuntimeError(
-                f"SQLite refused WAL mode for {self.path} (got {mode!r}); put DATA_DIR on a "
-                "local file system (WAL does not work over NFS or SMB)"
-            )
-        # In WAL mode NORMAL loses no committed transaction when the process dies, only
-        # the last few on power loss, and never corrupts the file; FULL would fsync on
-        # every progress update.
-        db.execute("PRAGMA synchronous = NORMAL")
-        db.execute("PRAGMA foreign_keys = ON")
-
-    def _migrate(self) -> None:
-        with self._write() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise RuntimeError(
-                    f"{self.path} has job-store schema {version}, newer than this whisperd "
-                    f"knows ({len(MIGRATIONS)}): run a newer whisperd, or point DATA_DIR "
-                    "elsewhere"
-                )
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in _split_sql(script):
-                    db.execute(statement)
-                # PRAGMA takes no parameters; number is an int we produced.
-                db.execute(f"PRAGMA user_version = {number}")
 
     def close(self) -> None:
         """Close the file; idempotent. Any later call raises sqlite3.ProgrammingError."""
@@ -569,19 +535,3 @@ def _decode_cursor(cursor: str) -> int:
         return int(text[len(_CURSOR_PREFIX):])
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidCursor(cursor) from None
-
-
-def _split_sql(script: str) -> list[str]:
-    # executescript() would COMMIT our open transaction first; run statement by statement
-    # instead so that a migration and its user_version bump commit together.
-    statements: list[str] = []
-    pending = ""
-    for line in script.splitlines(keepends=True):
-        pending += line
-        if sqlite3.complete_statement(pending):
-            if pending.strip():
-                statements.append(pending.strip())
-            pending = ""
-    if pending.strip():
-        raise ValueError(f"incomplete SQL statement in a migration: {pending.strip()[:80]}")
-    return statements

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BUSY_TIMEOUT_MS = 5000
+from whisperd.server.sqlite_file import migrate, open_wal
+
 
 # Applied in order; PRAGMA user_version records how many have run. Append a script to
 # change the schema; never edit one that has shipped.
@@ -94,42 +95,13 @@ class Outbox:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: no implicit transactions; _write() opens them explicitly.
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = open_wal(self.path)
         try:
-            self._configure()
-            self._migrate()
+            with self._write() as db:
+                migrate(db, self.path, MIGRATIONS, "webhook-outbox")
         except BaseException:
             self._db.close()
             raise
-
-    def _configure(self) -> None:
-        self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise RuntimeError(
-                f"SQLite refused WAL mode for {self.path} (got {mode!r}); put DATA_DIR on a "
-                "local file system (WAL does not work over NFS or SMB)"
-            )
-        # WAL + NORMAL: a committed write survives the process dying (only power loss can
-        # take the last few), without an fsync per attempt.
-        self._db.execute("PRAGMA synchronous = NORMAL")
-
-    def _migrate(self) -> None:
-        with self._write() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise RuntimeError(
-                    f"{self.path} has webhook-outbox schema {version}, newer than this "
-                    f"whisperd knows ({len(MIGRATIONS)}): run a newer whisperd, or point "
-                    "DATA_DIR elsewhere"
-                )
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {number}")  # an int we produced
 
     def close(self) -> None:
         """Close the file; idempotent."""
