@@ -31,13 +31,15 @@ ARG PYTHON=python3
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # python + venv: the Makefile creates .venv; cmake/ninja/build-essential: scikit-build-core
-# builds native/ with them; git: whisper.cpp's CMake asks it for a version string.
+# builds native/ with them; git: whisper.cpp's CMake reads its build info through it.
 # espeak-ng: the Makefile's system step installs it (it speaks test clips) unless present;
 # installing it here keeps that step from running apt a second time.
+# DL3008 (pin apt versions) ignored: Ubuntu drops superseded versions from its archive, so
+# pins would break the build on the next security update; the base tag is the pin.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      "${PYTHON}" "${PYTHON}-venv" python3-pip cmake ninja-build git build-essential \
+      "${PYTHON}" "${PYTHON}-venv" cmake ninja-build git build-essential \
       ca-certificates espeak-ng \
  && rm -rf /var/lib/apt/lists/*
 
@@ -52,8 +54,9 @@ COPY . .
 # pyproject maps only WHISPERD_CUDA / CMAKE_CUDA_ARCHITECTURES / WHISPER_CPP_DIR from the
 # environment, so it goes through CMAKE_ARGS, which scikit-build-core honours.
 RUN CMAKE_ARGS="-DWHISPERD_NATIVE_CPU=OFF" \
-    make native PYTHON="${PYTHON}" WHISPERD_CUDA=ON CMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS}" \
- && .venv/bin/whisperd --help >/dev/null
+    make native PYTHON="${PYTHON}" WHISPERD_CUDA=ON CMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS}"
+# (No import check of the extension here: a CUDA build links libcuda.so.1, which only the
+# NVIDIA container runtime provides, at `docker run --gpus`, not during `docker build`.)
 
 # ---------------------------------------------------------------------------------------
 # gateway (to come, issue 7 items 1-3): the Go REST/SSE/OpenAI gateway is not written yet.
@@ -75,7 +78,7 @@ ARG PYTHON=python3
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # The venv's python is a symlink to the system interpreter, so the same one is needed
-# here; libgomp1: ggml's CPU kernels use OpenMP.
+# here; libgomp1: ggml's CPU kernels use OpenMP. DL3008: as in the build stage.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
@@ -112,11 +115,12 @@ VOLUME ["/data", "/models"]
 
 EXPOSE 50051
 
-USER whisperd
+# Numeric, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+USER 10001:10001
 
 # gRPC health service (grpc.health.v1), through the bundled client: exits 0 only when the
-# server answers SERVING. Shell form so that a changed PORT is followed.
+# server answers SERVING. Through sh so that a changed PORT is followed.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
-  CMD whisperctl --server "localhost:${PORT}" health >/dev/null || exit 1
+  CMD ["/bin/sh", "-c", "whisperctl --server \"localhost:${PORT}\" health >/dev/null || exit 1"]
 
 CMD ["whisperd", "serve"]
