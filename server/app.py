@@ -26,6 +26,7 @@ from whisperd import _native
 from whisperd.model_resolver import resolve_model
 from whisperd.models.ggml_file import read_header
 from whisperd.server.api import convert
+from whisperd.server.api.auth import BearerTokenInterceptor
 from whisperd.server.api.model_control import ModelControlService, ModelEvents
 from whisperd.server.api.transcription import Admission, TranscriptionService
 from whisperd.server.config import Settings
@@ -206,6 +207,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
     )
 
     server = grpc.aio.server(
+        interceptors=[BearerTokenInterceptor(settings.auth_token)] if settings.auth_token else [],
         options=[
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
@@ -230,7 +232,14 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
     reflection.enable_server_reflection(
         services + (health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=_reflection_pool()
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        credentials = grpc.ssl_server_credentials(
+            [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+        )
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not listen on {settings.host}:{settings.port} (port in use?)")
     await server.start()
@@ -241,8 +250,10 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         host.request_load("queued jobs at start-up")
         pool.wake()
     log.info(
-        "whisperd listening on %s:%d (model %s, %s, %d parallel jobs, data in %s)",
-        settings.host, port, path.name, "GPU" if gpu else "CPU", settings.parallel_jobs, settings.data_dir,
+        "whisperd listening on %s:%d (%s%s; model %s, %s, %d parallel jobs, data in %s)",
+        settings.host, port, "TLS" if settings.tls_cert else "plaintext",
+        ", bearer token required" if settings.auth_token else "",
+        path.name, "GPU" if gpu else "CPU", settings.parallel_jobs, settings.data_dir,
     )
     if on_listening is not None:
         on_listening(port)

@@ -38,6 +38,9 @@ class Settings:
     retry_after_secs: int = 5  # RETRY_AFTER_SECS: the hint sent with UNAVAILABLE
     webhook_secret: str = ""  # WEBHOOK_SECRET: signs deliveries (HMAC-SHA256); never logged
     webhook_allow_private: bool = False  # WEBHOOK_ALLOW_PRIVATE: allow loopback/private targets
+    auth_token: str = ""  # AUTH_TOKEN: every RPC but health needs "Bearer <token>"; never logged
+    tls_cert: Path | None = None  # TLS_CERT: PEM certificate chain; with TLS_KEY, serve TLS
+    tls_key: Path | None = None  # TLS_KEY: PEM private key
 
     @property
     def db_path(self) -> Path:
@@ -78,6 +81,9 @@ _ENV: dict[str, str] = {
     "retry_after_secs": "RETRY_AFTER_SECS",
     "webhook_secret": "WEBHOOK_SECRET",
     "webhook_allow_private": "WEBHOOK_ALLOW_PRIVATE",
+    "auth_token": "AUTH_TOKEN",
+    "tls_cert": "TLS_CERT",
+    "tls_key": "TLS_KEY",
 }
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -139,6 +145,11 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(f"ADMISSION must be 'queue' or 'strict', got {s.admission!r}")
     if s.retry_after_secs < 1:
         raise ConfigError(f"RETRY_AFTER_SECS must be at least 1, got {s.retry_after_secs}")
+    if (s.tls_cert is None) != (s.tls_key is None):
+        raise ConfigError("TLS_CERT and TLS_KEY go together: set both to serve TLS, or neither")
+    for name, value in (("TLS_CERT", s.tls_cert), ("TLS_KEY", s.tls_key)):
+        if value is not None and not value.is_file():
+            raise ConfigError(f"{name} points at {value}, which is not a file")
     if s.whisper_model_path is not None and not s.whisper_model_path.is_file():
         raise ConfigError(f"WHISPER_MODEL_PATH points at {s.whisper_model_path}, which is not a file")
     return replace(s, log_level=s.log_level.upper(), admission=s.admission.lower())
