@@ -400,3 +400,17 @@ def test_draining_server_is_not_serving_and_refuses_new_jobs(
         assert server.wait(30) == 0
     finally:
         server.stop()
+
+
+def test_the_same_audio_gives_the_same_transcript_whatever_ran_before(
+    server: ServerProcess, jfk_bytes: bytes, long_wav: Path
+) -> None:
+    """whisper.cpp's results on a reused decoding state depend on its history; each job
+    must get the answer a fresh state (and whisper-cli) gives."""
+    texts = []
+    for data in (jfk_bytes, long_wav.read_bytes(), jfk_bytes, jfk_bytes):
+        beam = 5 if data is jfk_bytes else 1  # 5 is the default; the long one only stirs
+        done = wait_for_status(server, submit(server, data, beam_size=beam).id, TERMINAL, timeout=180)
+        if data is jfk_bytes:
+            texts.append([(s.start, s.end, s.text) for s in done.segments])
+    assert texts[0] == texts[1] == texts[2]

@@ -23,7 +23,6 @@ from whisperd.inference import (
     TranscribeOptions,
     TranscriptionAborted,
     WhisperError,
-    WhisperModel,
 )
 from whisperd.transcript import Segment
 
@@ -65,9 +64,8 @@ class WorkerPool:
         self._running: dict[str, _Running] = {}
         self._running_lock = threading.Lock()
         self._claim_lock = threading.Lock()
-        self._states: dict[int, tuple[int, DecodingState]] = {}  # worker -> (generation, state)
         self._threads = [
-            threading.Thread(target=self._loop, args=(i,), name=f"worker-{i}", daemon=True)
+            threading.Thread(target=self._loop, name=f"worker-{i}", daemon=True)
             for i in range(workers)
         ]
         host.set_before_unload(self._release_for_unload)
@@ -129,14 +127,8 @@ class WorkerPool:
         try:
             self._interrupt_all(f"model unloading: {reason}")
             self._wait_idle()
-            self._close_states()
         finally:
             self._no_new_jobs.clear()
-
-    def _close_states(self) -> None:
-        for _, state in list(self._states.values()):
-            state.close()
-        self._states.clear()
 
     def _on_model_event(self, event: Transition) -> None:
         # A load that failed for good (not for lack of VRAM) fails the waiting jobs:
@@ -159,11 +151,10 @@ class WorkerPool:
         self.wake()
         for t in self._threads:
             t.join(timeout=10)
-        self._close_states()
 
     # ------------------------------------------------------------------ the loop
 
-    def _loop(self, index: int) -> None:
+    def _loop(self) -> None:
         while not self._stop.is_set():
             if self._no_new_jobs.is_set() or self._store.queue_depth() == 0:
                 with self._wake:
@@ -172,7 +163,7 @@ class WorkerPool:
             ready = self._host.wait_ready(self._stop, timeout=0.5)
             if ready is None:
                 continue
-            model, generation = ready
+            model, _ = ready
             # Claiming and registering happen under one lock, so an unload that takes
             # the lock after raising _no_new_jobs sees every job that got past it.
             with self._claim_lock:
@@ -185,8 +176,11 @@ class WorkerPool:
                 with self._running_lock:
                     self._running[job.id] = running
             try:
-                state = self._state_for(index, model, generation)
-                self._transcribe(job, state, running)
+                # A new state per job: whisper.cpp 1.8.5's results on a reused state depend
+                # on what that state decoded before (even with no_context), so the same
+                # audio could come back different; a fresh one matches whisper-cli.
+                with model.new_state() as state:
+                    self._transcribe(job, state, running)
             except OutOfMemoryError as exc:
                 self._requeue_after_oom(job, exc)
             except Exception:  # never let a worker die; the job ends with a reason
@@ -196,16 +190,6 @@ class WorkerPool:
                 with self._running_lock:
                     self._running.pop(job.id, None)
                 self._host.touch()
-
-    def _state_for(self, index: int, model: WhisperModel, generation: int) -> DecodingState:
-        cached = self._states.get(index)
-        if cached is not None and cached[0] == generation and not cached[1].closed:
-            return cached[1]
-        if cached is not None:
-            cached[1].close()
-        state = model.new_state()
-        self._states[index] = (generation, state)
-        return state
 
     def _requeue_after_oom(self, job: JobRecord, exc: Exception) -> None:
         self._store.requeue(job.id, at_head=True, reason=str(exc))
