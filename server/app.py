@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
 import time
 from pathlib import Path
@@ -176,7 +175,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         use_gpu=gpu,
         gpu_poll_interval=settings.gpu_poll_interval_secs,
         idle_timeout=settings.idle_timeout_secs,
-        fault_oom_loads=int(os.environ.get("WHISPERD_FAULT_OOM_LOADS", "0") or 0),
+        fault_oom_loads=settings.fault_oom_loads,
     )
     host.add_listener(events.on_transition)
 

@@ -41,6 +41,8 @@ class Settings:
     auth_token: str = ""  # AUTH_TOKEN: every RPC but health needs "Bearer <token>"; never logged
     tls_cert: Path | None = None  # TLS_CERT: PEM certificate chain; with TLS_KEY, serve TLS
     tls_key: Path | None = None  # TLS_KEY: PEM private key
+    # WHISPERD_FAULT_OOM_LOADS, tests only: the next N loads fail as out of GPU memory.
+    fault_oom_loads: int = 0
 
     @property
     def db_path(self) -> Path:
@@ -84,6 +86,7 @@ _ENV: dict[str, str] = {
     "auth_token": "AUTH_TOKEN",
     "tls_cert": "TLS_CERT",
     "tls_key": "TLS_KEY",
+    "fault_oom_loads": "WHISPERD_FAULT_OOM_LOADS",
 }
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
