@@ -3,8 +3,12 @@ schemas versioned the same way."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import ClassVar, Self
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -65,3 +69,61 @@ def split_sql(script: str) -> list[str]:
     if pending.strip():
         raise ValueError(f"incomplete SQL statement in a migration: {pending.strip()[:80]}")
     return statements
+
+
+class SqliteFile:
+    """One connection guarded by a lock, with explicit read and write transactions.
+
+    Subclasses name their schema (MIGRATIONS, SCHEMA); a single connection keeps our own
+    threads from meeting SQLITE_BUSY, and BEGIN IMMEDIATE keeps another process from
+    slipping a write between our read and our update.
+    """
+
+    MIGRATIONS: ClassVar[Sequence[str]] = ()
+    SCHEMA: ClassVar[str] = "database"
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._db = open_wal(self.path)
+        try:
+            with self._write() as db:
+                migrate(db, self.path, self.MIGRATIONS, self.SCHEMA)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def close(self) -> None:
+        """Close the file; idempotent. Any later call raises sqlite3.ProgrammingError."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction under the lock: what it reads comes from one snapshot even
+        if another process writes in between."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                yield self._db
+            finally:
+                self._db.execute("COMMIT")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock: committed on success, rolled back on error."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")

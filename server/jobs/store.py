@@ -16,16 +16,12 @@ import json
 import logging
 import math
 import sqlite3
-import threading
-import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from whisperd.transcript import Segment, Word
 
-from whisperd.server.sqlite_file import migrate, open_wal
+from whisperd.server.sqlite_file import SqliteFile
 
 from .errors import InvalidCursor, JobNotFound, JobStateError
 from .model import TERMINAL_STATUSES, JobOptions, JobRecord, JobStatus, new_job_id
@@ -89,7 +85,7 @@ _TAIL = "(SELECT COALESCE(MAX(queue_pos), 0) + 1 FROM jobs)"
 _HEAD = "(SELECT COALESCE(MIN(queue_pos), 0) - 1 FROM jobs WHERE status = 'queued')"
 
 
-class JobStore:
+class JobStore(SqliteFile):
     """Jobs and their segments in one SQLite file.
 
     Threads: one connection guarded by a lock. SQLite runs one writer at a time anyway,
@@ -103,51 +99,8 @@ class JobStore:
     (Annotations in this class spell `builtins.list`: the method `list` shadows the type.)
     """
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
-        self.path = Path(path)
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._db = open_wal(self.path)
-        try:
-            with self._write() as db:
-                migrate(db, self.path, MIGRATIONS, "job-store")
-        except BaseException:
-            self._db.close()
-            raise
-
-    def close(self) -> None:
-        """Close the file; idempotent. Any later call raises sqlite3.ProgrammingError."""
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> JobStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction under the lock: a job and its segments come from one
-        snapshot even if another process writes in between."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                yield self._db
-            finally:
-                self._db.execute("COMMIT")
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction under the lock: committed on success, rolled back on error."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    MIGRATIONS = MIGRATIONS
+    SCHEMA = "job-store"
 
     # ----------------------------------------------------------------- jobs
 

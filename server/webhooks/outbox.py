@@ -13,17 +13,12 @@ asyncio.to_thread, worker threads directly.
 """
 from __future__ import annotations
 
-import sqlite3
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from whisperd.server.sqlite_file import migrate, open_wal
+from whisperd.server.sqlite_file import SqliteFile
 
 
 # Applied in order; PRAGMA user_version records how many have run. Append a script to
@@ -87,43 +82,12 @@ def _row(row: tuple[Any, ...]) -> Delivery:
     return Delivery(*row)
 
 
-class Outbox:
+class Outbox(SqliteFile):
     """One SQLite connection guarded by a lock: every call is one or two short indexed
     statements, and a single connection keeps our own threads from meeting SQLITE_BUSY."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
-        self.path = Path(path)
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._db = open_wal(self.path)
-        try:
-            with self._write() as db:
-                migrate(db, self.path, MIGRATIONS, "webhook-outbox")
-        except BaseException:
-            self._db.close()
-            raise
-
-    def close(self) -> None:
-        """Close the file; idempotent."""
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> Outbox:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    MIGRATIONS = MIGRATIONS
+    SCHEMA = "webhook-outbox"
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
