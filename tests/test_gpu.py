@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from whisperd import _native
-from whisperd.inference import OutOfMemoryError, WhisperModel
+from whisperd.inference import WhisperModel
 
 pytestmark = [
     pytest.mark.gpu,

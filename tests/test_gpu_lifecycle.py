@@ -3,7 +3,6 @@ holding the VRAM sends the server to waiting_for_gpu, and freeing it brings it t
 with the queued job done. A CPU build skips this file."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time

@@ -68,7 +68,6 @@ class ModelHost:
         self._cond = threading.Condition()
         self._state = ModelState.UNLOADED
         self._model: WhisperModel | None = None
-        self._generation = 0
         self._abort_load = False
         self._load_after_unload: str | None = None
         self._stopping = False
@@ -99,11 +98,6 @@ class ModelHost:
     @property
     def state(self) -> ModelState:
         return self._state
-
-    @property
-    def generation(self) -> int:
-        """Bumps on every load, so holders of decoding states know theirs are stale."""
-        return self._generation
 
     def touch(self) -> None:
         """Work happened: restart the idle clock."""
@@ -176,7 +170,6 @@ class ModelHost:
                     self._transition(ModelState.UNLOADED, "load abandoned: unload requested")
                     return
                 self._model = model
-                self._generation += 1
                 self.loaded_at = time.time()
                 self.last_error = ""
                 self.touch()
@@ -210,8 +203,8 @@ class ModelHost:
             return "no NVML figures"
         return ", ".join(f"GPU {g.index} {g.free / 2**20:.0f} MiB free of {g.total / 2**20:.0f}" for g in gpus)
 
-    def wait_ready(self, stop: threading.Event, timeout: float = 1.0) -> tuple[WhisperModel, int] | None:
-        """The ready model and its generation, or None after `timeout` without one."""
+    def wait_ready(self, stop: threading.Event, timeout: float = 1.0) -> WhisperModel | None:
+        """The ready model, or None after `timeout` without one."""
         with self._cond:
             if not self._cond.wait_for(
                 lambda: self._state == ModelState.READY or stop.is_set() or self._stopping,
@@ -220,7 +213,7 @@ class ModelHost:
                 return None
             if self._state != ModelState.READY or self._model is None:
                 return None
-            return self._model, self._generation
+            return self._model
 
     def unload(self, reason: str) -> None:
         """Free the model now; idempotent. Blocks until unloaded (a load in flight is

@@ -1,4 +1,4 @@
-"""Worker threads: each claims queued jobs and runs them on its own decoding state over
+"""Worker threads: each claims queued jobs and runs each on a fresh decoding state over
 the one loaded model. The native call releases the GIL, so the event loop stays free.
 """
 from __future__ import annotations
@@ -160,10 +160,9 @@ class WorkerPool:
                 with self._wake:
                     self._wake.wait(timeout=0.5)
                 continue
-            ready = self._host.wait_ready(self._stop, timeout=0.5)
-            if ready is None:
+            model = self._host.wait_ready(self._stop, timeout=0.5)
+            if model is None:
                 continue
-            model, _ = ready
             # Claiming and registering happen under one lock, so an unload that takes
             # the lock after raising _no_new_jobs sees every job that got past it.
             with self._claim_lock:
