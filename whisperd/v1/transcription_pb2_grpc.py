@@ -77,6 +77,9 @@ class TranscriptionServicer:
         spools the chunks to disk as they arrive, so there is no size limit beyond
         MAX_UPLOAD_BYTES. When the stream ends the audio is probed; undecodable audio is
         refused with INVALID_ARGUMENT and no job is created. Returns the queued job.
+        REST: POST /v1/jobs with a multipart/form-data body (option fields, then the audio
+        part), served by the gateway's own streaming handler; it has no google.api.http rule
+        because the rule can only describe a JSON body.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

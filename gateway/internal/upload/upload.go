@@ -1,0 +1,178 @@
+// Package upload streams a multipart/form-data upload into whisperd's client-streaming
+// Submit as it arrives: the option fields become the first message, then the file part
+// goes on in 64 KiB chunks. Nothing is buffered beyond one chunk, so a file of any size
+// costs the gateway the same memory (gRPC flow control holds the reader back when
+// whisperd is slower than the client).
+//
+// Submit takes the options first, so option fields must come before the file part;
+// every common client (curl -F in order, requests, httpx and so the openai SDK) sends
+// form fields before files. An option field after the file is refused with 400 rather
+// than silently ignored; fields the dialect does not know are ignored wherever they are.
+package upload
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"mime/multipart"
+	"net/http"
+
+	"whisperd/gateway/internal/apierr"
+	"whisperd/gateway/internal/backend"
+
+	pb "whisperd/gateway/gen/whisperdv1"
+)
+
+// ChunkSize is the audio bytes per Submit message.
+const ChunkSize = 64 << 10
+
+// maxFieldBytes bounds a text field (the longest real one, initial_prompt, is 4096
+// characters): a text part is read into memory, so it must not be unbounded.
+const maxFieldBytes = 64 << 10
+
+// Effect says what a text field did.
+type Effect int
+
+const (
+	// Ignored: a field this dialect does not use (OpenAI's model, for example).
+	Ignored Effect = iota
+	// Option: the field set a JobOptions field, so it must precede the file.
+	Option
+	// Response: the field only shapes the HTTP answer and may come anywhere.
+	Response
+)
+
+// Form is one dialect of the upload form: the native /v1/jobs or OpenAI's.
+type Form struct {
+	// FileField is the name of the file part ("audio" or "file").
+	FileField string
+	// Field applies one text field to the options (or to the dialect's own state).
+	Field func(opts *pb.JobOptions, name, value string) (Effect, error)
+	// Defaults, when set, are the options before any field (OpenAI's route sets the task).
+	Defaults func() *pb.JobOptions
+}
+
+// Submit reads r's multipart body and streams it into whisperd. It returns the queued
+// job, or an error for apierr: an apierr.Problem for form mistakes, a gRPC status
+// otherwise. On any failure the Submit stream is cancelled, so no job is created.
+func Submit(r *http.Request, b *backend.Backend, form Form) (job *pb.Job, err error) {
+	defer func() {
+		if err != nil {
+			drain(r)
+		}
+	}()
+	reader, err := r.MultipartReader()
+	if err != nil {
+		return nil, apierr.BadRequest("want a multipart/form-data body with the audio in the %q part: %v", form.FileField, err)
+	}
+	// Cancelling this context aborts the Submit stream: whisperd then drops the spool.
+	ctx, cancel := context.WithCancel(backend.Outgoing(r))
+	defer cancel()
+
+	opts := &pb.JobOptions{}
+	if form.Defaults != nil {
+		opts = form.Defaults()
+	}
+	var stream pb.Transcription_SubmitClient
+	for {
+		part, err := reader.NextPart()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, apierr.BadRequest("reading the multipart body: %v", err)
+		}
+		name := part.FormName()
+		if name == form.FileField {
+			if stream != nil {
+				return nil, apierr.BadRequest("more than one %q part: send one file per request", name)
+			}
+			if opts.Filename == "" {
+				opts.Filename = part.FileName()
+			}
+			stream, err = b.Jobs.Submit(ctx)
+			if err != nil {
+				return nil, err
+			}
+			if err := send(stream, &pb.SubmitRequest{Payload: &pb.SubmitRequest_Options{Options: opts}}); err != nil {
+				return nil, err
+			}
+			if err := pump(stream, part); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		value, err := readField(part)
+		if err != nil {
+			return nil, err
+		}
+		effect, err := form.Field(opts, name, value)
+		if err != nil {
+			return nil, err
+		}
+		if effect == Option && stream != nil {
+			return nil, apierr.BadRequest("form field %q came after the %q part: option fields must come before the file, which is streamed to whisperd as it arrives", name, form.FileField)
+		}
+	}
+	if stream == nil {
+		return nil, apierr.BadRequest("missing the %q part: the audio file to transcribe (multipart/form-data field %q)", form.FileField, form.FileField)
+	}
+	return stream.CloseAndRecv()
+}
+
+// pump copies the file part into the stream in ChunkSize messages, reusing one buffer:
+// Send has serialised the message when it returns.
+func pump(stream pb.Transcription_SubmitClient, part *multipart.Part) error {
+	buf := make([]byte, ChunkSize)
+	for {
+		n, err := io.ReadFull(part, buf)
+		if n > 0 {
+			if err := send(stream, &pb.SubmitRequest{Payload: &pb.SubmitRequest_Chunk{Chunk: buf[:n]}}); err != nil {
+				return err
+			}
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil
+		}
+		if err != nil {
+			return apierr.BadRequest("reading the upload: %v", err)
+		}
+	}
+}
+
+// send returns whisperd's own error when it ended the stream early (Send then only
+// says io.EOF; the status comes from CloseAndRecv).
+func send(stream pb.Transcription_SubmitClient, msg *pb.SubmitRequest) error {
+	err := stream.Send(msg)
+	if errors.Is(err, io.EOF) {
+		_, err = stream.CloseAndRecv()
+		if err == nil {
+			err = fmt.Errorf("whisperd ended the upload early")
+		}
+	}
+	return err
+}
+
+// maxDrain bounds how much of a refused upload is read and thrown away.
+const maxDrain = 64 << 20
+
+// drain reads what is left of a refused upload before the error answer goes out. Most
+// HTTP clients (httpx, requests, curl) send the whole body before they read the answer;
+// if the server closed the connection instead, they would report a broken pipe rather
+// than the 4xx/5xx (strict admission's 503 + Retry-After, for example). Past maxDrain
+// the connection is closed after all.
+func drain(r *http.Request) {
+	_, _ = io.CopyN(io.Discard, r.Body, maxDrain)
+}
+
+func readField(part *multipart.Part) (string, error) {
+	data, err := io.ReadAll(io.LimitReader(part, maxFieldBytes+1))
+	if err != nil {
+		return "", apierr.BadRequest("reading form field %q: %v", part.FormName(), err)
+	}
+	if len(data) > maxFieldBytes {
+		return "", apierr.BadRequest("form field %q is longer than %d bytes", part.FormName(), maxFieldBytes)
+	}
+	return string(data), nil
+}
