@@ -196,6 +196,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
     pool = WorkerPool(
         store=store, host=host, hub=hub,
         workers=settings.parallel_jobs, threads_per_job=settings.threads_per_job,
+        bench_tokens_per_window=settings.bench_tokens_per_window,
         on_finished=job_finished,
     )
     draining = False

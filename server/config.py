@@ -43,6 +43,9 @@ class Settings:
     tls_key: Path | None = None  # TLS_KEY: PEM private key
     # WHISPERD_FAULT_OOM_LOADS, tests only: the next N loads fail as out of GPU memory.
     fault_oom_loads: int = 0
+    # WHISPERD_BENCH_TOKENS_PER_WINDOW, benchmarks only: every job decodes exactly this many
+    # tokens per 30 s window (models with random weights); 0 = normal decoding.
+    bench_tokens_per_window: int = 0
 
     @property
     def db_path(self) -> Path:
@@ -87,6 +90,7 @@ _ENV: dict[str, str] = {
     "tls_cert": "TLS_CERT",
     "tls_key": "TLS_KEY",
     "fault_oom_loads": "WHISPERD_FAULT_OOM_LOADS",
+    "bench_tokens_per_window": "WHISPERD_BENCH_TOKENS_PER_WINDOW",
 }
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -148,6 +152,11 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(f"ADMISSION must be 'queue' or 'strict', got {s.admission!r}")
     if s.retry_after_secs < 1:
         raise ConfigError(f"RETRY_AFTER_SECS must be at least 1, got {s.retry_after_secs}")
+    if s.bench_tokens_per_window and not 3 <= s.bench_tokens_per_window <= 200:
+        raise ConfigError(
+            "WHISPERD_BENCH_TOKENS_PER_WINDOW must be 0 (off) or between 3 and 200, got "
+            f"{s.bench_tokens_per_window}"
+        )
     if (s.tls_cert is None) != (s.tls_key is None):
         raise ConfigError("TLS_CERT and TLS_KEY go together: set both to serve TLS, or neither")
     for name, value in (("TLS_CERT", s.tls_cert), ("TLS_KEY", s.tls_key)):

@@ -15,7 +15,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from whisperd import _native
-from whisperd.transcript import Segment, Transcript, Word
+from whisperd.transcript import DecodeTimings, Segment, Transcript, Word
 
 log = logging.getLogger(__name__)
 _native_log = logging.getLogger("whisperd.native")
@@ -65,6 +65,9 @@ class TranscribeOptions:
     vad_threshold: float = 0.5
     no_speech_threshold: float = 0.6
     threads: int = 0  # 0 = every CPU
+    # Benchmarks only: decode exactly this many tokens per 30 s window (random-weight
+    # models); 0 = normal decoding.
+    forced_tokens_per_window: int = 0
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -94,6 +97,11 @@ class TranscribeOptions:
             )
         if self.threads < 0:
             raise ValueError(f"threads must be 0 (all CPUs) or more, got {self.threads}")
+        if self.forced_tokens_per_window and not 3 <= self.forced_tokens_per_window <= 200:
+            raise ValueError(
+                "forced_tokens_per_window must be 0 (off) or between 3 and 200, got "
+                f"{self.forced_tokens_per_window}"
+            )
         if self.initial_prompt is not None and len(self.initial_prompt) > 4096:
             raise ValueError("initial_prompt is longer than 4096 characters")
 
@@ -116,6 +124,7 @@ class TranscribeOptions:
         o.vad_threshold = self.vad_threshold
         o.no_speech_threshold = self.no_speech_threshold
         o.n_threads = self.threads or (os.cpu_count() or 4)
+        o.forced_tokens_per_window = self.forced_tokens_per_window
         return o
 
 
@@ -222,6 +231,7 @@ class DecodingState:
             language=result.language,
             language_probability=float(result.language_probability),
             duration_secs=len(samples) / SAMPLE_RATE,
+            timings=_timings(result.timings),
         )
 
     def close(self) -> None:
@@ -278,3 +288,21 @@ def group_words(
         words.append(Word(text=text, start=start, end=end, probability=prob))
         cursor = end
     return tuple(words)
+
+
+def _timings(t: _native.Timings) -> DecodeTimings | None:
+    if not t.available:
+        return None
+    return DecodeTimings(
+        mel_ms=t.mel_ms,
+        encode_ms=t.encode_ms,
+        prompt_ms=t.prompt_ms,
+        decode_ms=t.decode_ms,
+        batchd_ms=t.batchd_ms,
+        sample_ms=t.sample_ms,
+        n_encode=t.n_encode,
+        n_decode=t.n_decode,
+        n_batchd=t.n_batchd,
+        n_sample=t.n_sample,
+        n_fallbacks=t.n_fallbacks,
+    )

@@ -27,6 +27,33 @@ class Segment:
 
 
 @dataclass(frozen=True, slots=True)
+class DecodeTimings:
+    """Where one transcription's time went, as whisper.cpp counts it (milliseconds)."""
+
+    mel_ms: float
+    encode_ms: float
+    prompt_ms: float
+    decode_ms: float  # single-sequence decoder steps (greedy)
+    batchd_ms: float  # batched decoder steps (beam search)
+    sample_ms: float  # choosing tokens on the CPU
+    n_encode: int
+    n_decode: int
+    n_batchd: int
+    n_sample: int
+    n_fallbacks: int
+
+    @property
+    def decoder_steps(self) -> int:
+        return self.n_decode + self.n_batchd
+
+    @property
+    def ms_per_step(self) -> float:
+        """Decoder time plus sampling per decoder step."""
+        steps = max(1, self.decoder_steps)
+        return (self.decode_ms + self.batchd_ms + self.sample_ms) / steps
+
+
+@dataclass(frozen=True, slots=True)
 class Transcript:
     """The whole result of one transcription."""
 
@@ -34,6 +61,8 @@ class Transcript:
     language: str
     language_probability: float
     duration_secs: float
+    # None when the extension was built against a whisper.cpp without per-state counters.
+    timings: DecodeTimings | None = None
 
     @property
     def text(self) -> str:

@@ -1,6 +1,7 @@
 #include "engine.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <exception>
 #include <filesystem>
 #include <map>
@@ -72,6 +73,57 @@ void on_new_segment_cb(whisper_context *, whisper_state *state, int n_new, void 
         cc->error = std::current_exception();
     }
 }
+
+// Benchmark mode (Options::forced_tokens_per_window): the n-th token of every window is
+// fixed, so each window decodes exactly `n` tokens whatever the weights say. The shape
+// obeys whisper.cpp's timestamp rules, which run after this filter: <|0.00|>, distinct
+// text tokens (repeats would trip the entropy check and a temperature fallback), a
+// closing <|30.00|> that moves the window on, then end of text.
+struct ForcedTokens {
+    int n;
+    whisper_token eot;
+    whisper_token beg;
+    int n_vocab;
+};
+
+void forced_tokens_cb(whisper_context *, whisper_state *, const whisper_token_data *,
+                      int n_tokens, float *logits, void *user) {
+    const auto *f = static_cast<const ForcedTokens *>(user);
+    whisper_token want;
+    if (n_tokens == 0) {
+        want = f->beg;
+    } else if (n_tokens >= f->n - 1) {
+        want = f->eot;
+    } else if (n_tokens == f->n - 2) {
+        want = std::min(f->beg + 1500, f->n_vocab - 1);
+    } else {
+        want = 1000 + (n_tokens * 97) % 20000;  // plain text tokens in every Whisper vocabulary
+    }
+    for (int i = 0; i < f->n_vocab; ++i) {
+        logits[i] = -INFINITY;
+    }
+    logits[want] = 0.0f;
+}
+
+#ifdef WHISPERD_STATE_TIMINGS
+Timings timings_between(const whisper_state_timings &a, const whisper_state_timings &b) {
+    Timings t;
+    t.mel_ms = (b.mel_us - a.mel_us) / 1000.0;
+    t.encode_ms = (b.encode_us - a.encode_us) / 1000.0;
+    t.prompt_ms = (b.prompt_us - a.prompt_us) / 1000.0;
+    t.decode_ms = (b.decode_us - a.decode_us) / 1000.0;
+    t.batchd_ms = (b.batchd_us - a.batchd_us) / 1000.0;
+    t.sample_ms = (b.sample_us - a.sample_us) / 1000.0;
+    t.n_encode = b.n_encode - a.n_encode;
+    t.n_prompt = b.n_prompt - a.n_prompt;
+    t.n_decode = b.n_decode - a.n_decode;
+    t.n_batchd = b.n_batchd - a.n_batchd;
+    t.n_sample = b.n_sample - a.n_sample;
+    t.n_fallbacks = (b.n_fail_p - a.n_fail_p) + (b.n_fail_h - a.n_fail_h);
+    t.available = true;
+    return t;
+}
+#endif
 
 bool on_abort_cb(void *user) {
     const bool stop = static_cast<CallContext *>(user)->should_stop();
@@ -327,6 +379,17 @@ Result State::transcribe(const float *samples, size_t n_samples, const Options &
     p.greedy.best_of = std::max(1, opts.best_of);
     p.beam_search.beam_size = opts.beam_size;
     p.vad = false;  // done here: see keep_speech
+    ForcedTokens forced{opts.forced_tokens_per_window, whisper_token_eot(ctx),
+                        whisper_token_beg(ctx), whisper_n_vocab(ctx)};
+    if (opts.forced_tokens_per_window > 0) {
+        if (opts.forced_tokens_per_window < 3 || opts.forced_tokens_per_window > 200) {
+            throw std::invalid_argument("forced_tokens_per_window must be between 3 and 200");
+        }
+        p.logits_filter_callback = forced_tokens_cb;
+        p.logits_filter_callback_user_data = &forced;
+        p.suppress_nst = false;
+        p.temperature_inc = 0.0f;  // nothing to fall back from: every token is certain
+    }
 
     LogCapture capture;
     Result result;
@@ -383,8 +446,14 @@ Result State::transcribe(const float *samples, size_t n_samples, const Options &
     p.encoder_begin_callback_user_data = &cc;
 
     set_stopping(false);
+#ifdef WHISPERD_STATE_TIMINGS
+    const whisper_state_timings before = whisper_get_state_timings(state_);
+#endif
     const int rc = whisper_full_with_state(ctx, state_, p, samples, static_cast<int>(n_samples));
     set_stopping(false);
+#ifdef WHISPERD_STATE_TIMINGS
+    result.timings = timings_between(before, whisper_get_state_timings(state_));
+#endif
     if (cc.error) {
         std::rethrow_exception(cc.error);
     }

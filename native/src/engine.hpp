@@ -47,6 +47,27 @@ struct Options {
     // Start each call without the previous call's text as a prompt (a reused state keeps
     // it); windows within one call still condition on each other.
     bool no_context = true;
+    // Benchmarks only: decode exactly this many tokens in every 30 s window whatever the
+    // model predicts (a timestamp, text tokens, a closing timestamp), so that models with
+    // random weights do a fixed, comparable amount of work. 0 = off.
+    int forced_tokens_per_window = 0;
+};
+
+// Where one call's time went, as whisper.cpp counts it for the state (milliseconds).
+struct Timings {
+    double mel_ms = 0;
+    double encode_ms = 0;
+    double prompt_ms = 0;   // decoder passes over the prompt
+    double decode_ms = 0;   // single-sequence decoder steps (greedy)
+    double batchd_ms = 0;   // batched decoder steps (beam search, best-of)
+    double sample_ms = 0;   // choosing tokens from the logits, on the CPU
+    int n_encode = 0;
+    int n_prompt = 0;
+    int n_decode = 0;
+    int n_batchd = 0;
+    int n_sample = 0;
+    int n_fallbacks = 0;    // windows decoded again at a higher temperature
+    bool available = false; // false when built against a whisper.cpp without the counters
 };
 
 struct Token {
@@ -70,6 +91,7 @@ struct Result {
     std::vector<SegmentData> segments;
     std::string language;
     float language_probability;
+    Timings timings;
 };
 
 // Owns the whisper context (the weights); freed when the model and all its states let go.

@@ -60,7 +60,23 @@ NB_MODULE(_native, m) {
         .def_rw("vad_min_silence_ms", &Options::vad_min_silence_ms)
         .def_rw("vad_speech_pad_ms", &Options::vad_speech_pad_ms)
         .def_rw("n_threads", &Options::n_threads)
-        .def_rw("no_context", &Options::no_context);
+        .def_rw("no_context", &Options::no_context)
+        .def_rw("forced_tokens_per_window", &Options::forced_tokens_per_window);
+
+    nb::class_<Timings>(m, "Timings", "Where one call's time went (milliseconds, counts).")
+        .def_ro("mel_ms", &Timings::mel_ms)
+        .def_ro("encode_ms", &Timings::encode_ms)
+        .def_ro("prompt_ms", &Timings::prompt_ms)
+        .def_ro("decode_ms", &Timings::decode_ms)
+        .def_ro("batchd_ms", &Timings::batchd_ms)
+        .def_ro("sample_ms", &Timings::sample_ms)
+        .def_ro("n_encode", &Timings::n_encode)
+        .def_ro("n_prompt", &Timings::n_prompt)
+        .def_ro("n_decode", &Timings::n_decode)
+        .def_ro("n_batchd", &Timings::n_batchd)
+        .def_ro("n_sample", &Timings::n_sample)
+        .def_ro("n_fallbacks", &Timings::n_fallbacks)
+        .def_ro("available", &Timings::available);
 
     nb::class_<Token>(m, "Token")
         .def_ro("id", &Token::id)
@@ -81,7 +97,8 @@ NB_MODULE(_native, m) {
     nb::class_<Result>(m, "Result")
         .def_ro("segments", &Result::segments)
         .def_ro("language", &Result::language)
-        .def_ro("language_probability", &Result::language_probability);
+        .def_ro("language_probability", &Result::language_probability)
+        .def_ro("timings", &Result::timings);
 
     nb::class_<State>(m, "State", "One decoding state; one transcription at a time.")
         .def(

@@ -51,12 +51,14 @@ class WorkerPool:
         hub: EventHub,
         workers: int,
         threads_per_job: int,
+        bench_tokens_per_window: int = 0,
         on_finished: Callable[[JobRecord], None] = lambda job: None,
     ) -> None:
         self._store = store
         self._host = host
         self._hub = hub
         self._threads_per_job = threads_per_job
+        self._bench_tokens = bench_tokens_per_window
         self._on_finished = on_finished
         self._stop = threading.Event()
         self._no_new_jobs = threading.Event()
@@ -220,6 +222,7 @@ class WorkerPool:
             word_timestamps=opts.word_timestamps,
             vad=opts.vad,
             threads=self._threads_per_job,
+            forced_tokens_per_window=self._bench_tokens,
         )
         last_write = 0.0
 
@@ -262,6 +265,14 @@ class WorkerPool:
             "job %s: done in %.2f s (%.1fx real time), %d segments, language %s",
             job.id, elapsed, job.duration_secs / max(elapsed, 1e-6), len(result.segments), result.language,
         )
+        if result.timings is not None:
+            t = result.timings
+            log.debug(
+                "job %s: encoder %.1f ms x %d, decoder %.2f ms/step x %d (sampling %.1f ms), "
+                "prompt %.1f ms, fallbacks %d",
+                job.id, t.encode_ms / max(1, t.n_encode), t.n_encode, t.ms_per_step,
+                t.decoder_steps, t.sample_ms, t.prompt_ms, t.n_fallbacks,
+            )
         self._finish(
             job,
             JobStatus.DONE,
