@@ -168,6 +168,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
             job_finished(record)
 
     gpu = gpu_available(settings)
+    settings = settings.with_device(gpu)
     hub = EventHub(loop)
     events = ModelEvents(loop)
     host = ModelHost(
@@ -176,6 +177,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         gpu_poll_interval=settings.gpu_poll_interval_secs,
         idle_timeout=settings.idle_timeout_secs,
         fault_oom_loads=settings.fault_oom_loads,
+        batch_decoding=settings.batch_decoding,
     )
     host.add_listener(events.on_transition)
 
@@ -197,6 +199,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         store=store, host=host, hub=hub,
         workers=settings.parallel_jobs, threads_per_job=settings.threads_per_job,
         bench_tokens_per_window=settings.bench_tokens_per_window,
+        keep_spare_state=gpu,
         on_finished=job_finished,
     )
     draining = False

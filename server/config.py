@@ -25,7 +25,10 @@ class Settings:
     whisper_model_path: Path | None = None  # WHISPER_MODEL_PATH: overrides WHISPER_MODEL
     idle_timeout_secs: int = 300  # IDLE_TIMEOUT_SECS; 0 = never unload
     gpu_poll_interval_secs: int = 30  # GPU_POLL_INTERVAL_SECS
-    parallel_jobs: int = 1  # PARALLEL_JOBS: decoding states over the one model
+    # PARALLEL_JOBS: decoding states over the one model; 0 = automatic: 2 on a GPU (a short
+    # job never waits behind a long one; large-v3 f16 + 2 states fit an 8 GB card), 1 on
+    # a CPU (where a second job halves the first one's threads).
+    parallel_jobs: int = 0
     max_upload_bytes: int = 0  # MAX_UPLOAD_BYTES; 0 = unlimited
     job_retention_secs: int = 7 * 24 * 3600  # JOB_RETENTION_SECS
     use_gpu: bool = True  # USE_GPU; ignored on a CPU build
@@ -41,6 +44,9 @@ class Settings:
     auth_token: str = ""  # AUTH_TOKEN: every RPC but health needs "Bearer <token>"; never logged
     tls_cert: Path | None = None  # TLS_CERT: PEM certificate chain; with TLS_KEY, serve TLS
     tls_key: Path | None = None  # TLS_KEY: PEM private key
+    # BATCH_DECODING: the decoder steps of jobs running at once share one batched step
+    # (weights read once per step for all of them); see bench/NOTES.md.
+    batch_decoding: bool = False
     # WHISPERD_FAULT_OOM_LOADS, tests only: the next N loads fail as out of GPU memory.
     fault_oom_loads: int = 0
     # WHISPERD_BENCH_TOKENS_PER_WINDOW, benchmarks only: every job decodes exactly this many
@@ -55,11 +61,17 @@ class Settings:
     def uploads_dir(self) -> Path:
         return self.data_dir / "uploads"
 
+    def with_device(self, gpu: bool) -> Settings:
+        """Automatic values settled once it is known whether the model runs on a GPU."""
+        if self.parallel_jobs:
+            return self
+        return replace(self, parallel_jobs=2 if gpu else 1)
+
     @property
     def threads_per_job(self) -> int:
         if self.threads:
             return self.threads
-        return max(1, (os.cpu_count() or 1) // self.parallel_jobs)
+        return max(1, (os.cpu_count() or 1) // max(1, self.parallel_jobs))
 
     def with_overrides(self, **values: Any) -> Settings:
         """Flags win over the environment; None means "flag not given"."""
@@ -89,6 +101,7 @@ _ENV: dict[str, str] = {
     "auth_token": "AUTH_TOKEN",
     "tls_cert": "TLS_CERT",
     "tls_key": "TLS_KEY",
+    "batch_decoding": "BATCH_DECODING",
     "fault_oom_loads": "WHISPERD_FAULT_OOM_LOADS",
     "bench_tokens_per_window": "WHISPERD_BENCH_TOKENS_PER_WINDOW",
 }
@@ -138,8 +151,8 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(f"IDLE_TIMEOUT_SECS must be 0 (never) or more, got {s.idle_timeout_secs}")
     if s.gpu_poll_interval_secs < 1:
         raise ConfigError(f"GPU_POLL_INTERVAL_SECS must be at least 1, got {s.gpu_poll_interval_secs}")
-    if not 1 <= s.parallel_jobs <= 64:
-        raise ConfigError(f"PARALLEL_JOBS must be between 1 and 64, got {s.parallel_jobs}")
+    if not 0 <= s.parallel_jobs <= 64:
+        raise ConfigError(f"PARALLEL_JOBS must be 0 (automatic) or between 1 and 64, got {s.parallel_jobs}")
     if s.max_upload_bytes < 0:
         raise ConfigError(f"MAX_UPLOAD_BYTES must be 0 (unlimited) or more, got {s.max_upload_bytes}")
     if s.job_retention_secs < 0:

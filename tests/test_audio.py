@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from whisperd.audio import AudioDecodeError, AudioInfo, decode_audio, probe_audio, write_wav
+from whisperd.audio import AudioDecodeError, AudioInfo, DecodeCancelled, decode_audio, probe_audio, write_wav
 
 JFK_SECS = 11.0
 SR = 16000
@@ -213,3 +213,18 @@ def test_plain_wav_read_without_ffmpeg_matches_ffmpeg(jfk_wav: Path) -> None:
     assert direct.dtype == np.float32
     assert direct.shape == through_ffmpeg.shape
     np.testing.assert_allclose(direct, through_ffmpeg, atol=1e-6)
+
+
+def test_decoding_stops_when_asked(jfk_mp3: Path) -> None:
+    """A cancelled job must not sit out the decoding of hours of compressed audio."""
+    chunks_seen = 0
+
+    def stop_after_two() -> bool:
+        nonlocal chunks_seen
+        chunks_seen += 1
+        return chunks_seen > 2
+
+    with pytest.raises(DecodeCancelled):
+        decode_audio(jfk_mp3, should_stop=stop_after_two)
+    assert chunks_seen == 3
+    assert len(decode_audio(jfk_mp3, should_stop=lambda: False)) > 10 * 16000

@@ -414,3 +414,16 @@ def test_the_same_audio_gives_the_same_transcript_whatever_ran_before(
         if data is jfk_bytes:
             texts.append([(s.start, s.end, s.text) for s in done.segments])
     assert texts[0] == texts[1] == texts[2]
+
+
+def test_batch_decoding_serves_jobs_running_at_once(tiny_en_model: Path, tmp_path: Path, jfk_bytes: bytes) -> None:
+    """BATCH_DECODING=1: two jobs decoded in shared steps both get the sentence."""
+    server = ServerProcess(tmp_path, tiny_en_model, env={"BATCH_DECODING": "1", "PARALLEL_JOBS": "2"}).start()
+    try:
+        ids = [submit(server, jfk_bytes, beam_size=beam).id for beam in (1, 5)]
+        for job_id in ids:
+            done = wait_for_status(server, job_id, TERMINAL, timeout=180)
+            assert done.status == pb.JOB_STATUS_DONE, done.error
+            assert normalise(" ".join(s.text for s in done.segments)) == normalise(EXPECTED_JFK)
+    finally:
+        server.stop()

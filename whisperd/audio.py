@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -64,13 +64,24 @@ class AudioInfo:
     format: str  # FFmpeg's container name, e.g. "wav", "mp3", "mov,mp4,m4a,3gp,3g2,mj2"
 
 
-def decode_audio(source: Source, sample_rate: int = WHISPER_SAMPLE_RATE) -> np.ndarray:
+class DecodeCancelled(Exception):
+    """`should_stop` said stop while the audio was being decoded."""
+
+
+def decode_audio(
+    source: Source,
+    sample_rate: int = WHISPER_SAMPLE_RATE,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+) -> np.ndarray:
     """Decode the first audio stream of `source` to mono float32 at `sample_rate`.
 
     `source` is a path or a binary file object (an upload being spooled, a BytesIO).
     Returns a 1-D float32 array of samples, nominally within [-1, 1].
     Raises AudioDecodeError when there is no audio stream, the data is not a format
-    FFmpeg recognises, or the stream decodes to no samples at all.
+    FFmpeg recognises, or the stream decodes to no samples at all; DecodeCancelled when
+    `should_stop()` turns true between decoded chunks (hours of compressed audio take
+    seconds to decode, and a cancelled job must stop within one).
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
@@ -81,6 +92,8 @@ def decode_audio(source: Source, sample_rate: int = WHISPER_SAMPLE_RATE) -> np.n
         stream = _audio_stream(container)
         buffer = _SampleBuffer(_initial_capacity(container, stream, sample_rate))
         for chunk in _resampled_chunks(container, stream, sample_rate):
+            if should_stop is not None and should_stop():
+                raise DecodeCancelled("stopped while decoding the audio")
             buffer.append(chunk)
     samples = buffer.finish()
     if samples.size == 0:

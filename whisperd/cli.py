@@ -106,7 +106,7 @@ def serve(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Job store and uploads (DATA_DIR, default ./data)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model name in the models folder (WHISPER_MODEL, default tiny.en)."),
     model_path: Optional[Path] = typer.Option(None, "--model-path", help="GGML model file (WHISPER_MODEL_PATH)."),
-    parallel_jobs: Optional[int] = typer.Option(None, "--parallel-jobs", help="Jobs decoded at once (PARALLEL_JOBS, default 1)."),
+    parallel_jobs: Optional[int] = typer.Option(None, "--parallel-jobs", help="Jobs decoded at once (PARALLEL_JOBS; default 0 = 2 on a GPU, 1 on a CPU)."),
     idle_timeout: Optional[int] = typer.Option(None, "--idle-timeout", help="Unload after this many idle seconds (IDLE_TIMEOUT_SECS, 300; 0 = never)."),
     gpu_poll_interval: Optional[int] = typer.Option(None, "--gpu-poll-interval", help="Seconds between load retries when the GPU is full (GPU_POLL_INTERVAL_SECS, 30)."),
     max_upload_bytes: Optional[int] = typer.Option(None, "--max-upload-bytes", help="Largest upload (MAX_UPLOAD_BYTES, 0 = unlimited)."),

@@ -11,6 +11,7 @@
 
 struct whisper_context;
 struct whisper_state;
+struct whisper_batcher;
 struct whisper_vad_context;
 
 namespace whisperd {
@@ -101,13 +102,23 @@ struct ContextHandle {
     ContextHandle(const ContextHandle &) = delete;
     ContextHandle &operator=(const ContextHandle &) = delete;
     whisper_context *ctx;
+    // Batches the decoder steps of the states attached to it (Model::set_decode_batching);
+    // freed with the context, so after every state that may use it.
+    whisper_batcher *batcher = nullptr;
 };
 
 class State;
 
 class Model {
 public:
-    Model(const std::string &path, bool use_gpu, bool flash_attn, int gpu_device);
+    Model(const std::string &path, bool use_gpu, bool flash_attn, int gpu_device,
+          bool decode_batching = false);
+
+    // Compute the decoder steps of this model's states that run at the same time in one
+    // graph (weights read once per step for all of them). Applies to states made from now
+    // on; needs flash attention (a no-op without it). Returns whether it is on.
+    bool set_decode_batching(bool on);
+    bool decode_batching() const { return decode_batching_; }
 
     std::unique_ptr<State> new_state();
     // Drop the model's own hold on the weights; memory is freed once every state is closed.
@@ -127,6 +138,8 @@ private:
     std::shared_ptr<ContextHandle> handle_;
     std::string path_;
     bool use_gpu_;
+    bool flash_attn_;
+    bool decode_batching_ = false;
 };
 
 using ProgressFn = std::function<void(int)>;

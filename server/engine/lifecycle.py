@@ -15,10 +15,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
+from whisperd.inference import OutOfMemoryError, WhisperModel
 from whisperd.server.engine import gpu_info
-from whisperd.inference import OutOfMemoryError, TranscribeOptions, WhisperModel
+from whisperd.server.engine.spare import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +56,11 @@ class ModelHost:
         gpu_poll_interval: float,
         idle_timeout: float,
         fault_oom_loads: int = 0,
+        batch_decoding: bool = False,
     ) -> None:
         self.model_path = model_path
         self.use_gpu = use_gpu
+        self.batch_decoding = batch_decoding
         self.gpu_poll_interval = gpu_poll_interval
         self.idle_timeout = idle_timeout
         # Test-only fault switch (WHISPERD_FAULT_OOM_LOADS): the next N loads fail as if
@@ -181,7 +182,7 @@ class ModelHost:
             self._fault_oom_loads -= 1
             raise OutOfMemoryError("injected fault: WHISPERD_FAULT_OOM_LOADS")
         started = time.monotonic()
-        model = WhisperModel(self.model_path, use_gpu=self.use_gpu)
+        model = WhisperModel(self.model_path, use_gpu=self.use_gpu, batch_decoding=self.batch_decoding)
         try:
             self._warm_up(model)
         except BaseException:
@@ -195,7 +196,7 @@ class ModelHost:
         # The first decode after a load builds kernels and CUDA graphs; the earlier
         # service's first job after a cold start returned no segments without this.
         with model.new_state() as state:
-            state.transcribe(np.zeros(16000, dtype=np.float32), TranscribeOptions(beam_size=1, language="en", temperature_increment=0.0))
+            warm_up(state)
 
     def _vram_summary(self) -> str:
         gpus = gpu_info.gpus()
