@@ -358,6 +358,26 @@ def test_openai_bad_response_format_is_bad_request(oai: openai.OpenAI, jfk_wav: 
     assert "response_format" in str(err.value)
 
 
+def test_openai_fields_after_the_file(http: httpx.Client, gateway: GatewayProcess, jfk_wav: Path) -> None:
+    # OpenAI's own curl examples put `-F file=@...` first and the options after it: the
+    # gateway spools the file to a temporary file, so the later fields still count.
+    files = [
+        ("file", ("jfk.wav", jfk_wav.read_bytes(), "audio/wav")),
+        ("model", (None, "whisper-1")),
+        ("language", (None, "en")),
+        ("response_format", (None, "srt")),
+        ("timestamp_granularities[]", (None, "word")),
+    ]
+    request = http.build_request("POST", "/v1/audio/transcriptions", files=files)
+    body = request.read()
+    assert body.index(b'name="file"') < body.index(b'name="language"') < body.index(b'name="timestamp_granularities[]"')
+    r = http.send(request)
+    assert r.status_code == 200, why(r, gateway)
+    assert r.headers["content-type"].startswith("application/x-subrip"), why(r, gateway)
+    cues = list(srt.parse(r.text))
+    assert cues and normalise(" ".join(c.content for c in cues)) == normalise(EXPECTED_JFK), r.text
+
+
 # --- OpenAPI and the docs page -----------------------------------------------------------------
 
 ROUTES = {

@@ -5,6 +5,7 @@ package fake
 import (
 	"context"
 	"errors"
+	"hash/crc32"
 	"io"
 	"net"
 	"strings"
@@ -31,6 +32,8 @@ type Upload struct {
 	Options *pb.JobOptions
 	// Bytes is the audio total; MaxChunk the largest message.
 	Bytes, MaxChunk int
+	// CRC32 is the CRC-32 (IEEE) of the audio bytes in arrival order.
+	CRC32 uint32
 	// Completed is true when the client closed the stream normally (not cancelled).
 	Completed bool
 }
@@ -100,6 +103,7 @@ func (f *Whisperd) Submit(stream grpc.ClientStreamingServer[pb.SubmitRequest, pb
 				up.Order = append(up.Order, "chunk")
 			}
 			up.Bytes += len(p.Chunk)
+			up.CRC32 = crc32.Update(up.CRC32, crc32.IEEETable, p.Chunk)
 			up.MaxChunk = max(up.MaxChunk, len(p.Chunk))
 		}
 	}

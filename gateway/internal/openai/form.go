@@ -1,7 +1,9 @@
 // Package openai serves OpenAI's audio API (POST /v1/audio/transcriptions and
 // /v1/audio/translations) on whisperd, so the official SDKs work with
-// base_url="http://HOST:PORT/v1": the file is streamed into Submit, the job followed to
-// its end (at most --max-wait), and the result rendered in the asked response_format.
+// base_url="http://HOST:PORT/v1": the file is spooled to a temporary file (so the form's
+// fields may come before or after it, as in OpenAI's own curl examples), then submitted,
+// the job followed to its end (at most --max-wait), and the result rendered in the asked
+// response_format.
 package openai
 
 import (
@@ -22,10 +24,11 @@ type request struct {
 var formats = map[string]bool{"json": true, "text": true, "srt": true, "vtt": true, "verbose_json": true}
 
 // form is OpenAI's multipart dialect: file, model (any value), language, prompt,
-// response_format, temperature, timestamp_granularities[] (the SDK's bracket form).
+// response_format, temperature, timestamp_granularities[] (the SDK's bracket form), in
+// any order: the file is spooled to disk until the last field is read.
 func (req *request) form(task pb.Task) upload.Form {
 	defaults := func() *pb.JobOptions { return &pb.JobOptions{Task: task} }
-	return upload.Form{FileField: "file", Defaults: defaults, Field: func(opts *pb.JobOptions, name, value string) (upload.Effect, error) {
+	return upload.Form{FileField: "file", Defaults: defaults, Spool: true, Field: func(opts *pb.JobOptions, name, value string) (upload.Effect, error) {
 		var err error
 		switch name {
 		case "language":

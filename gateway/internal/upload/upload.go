@@ -1,13 +1,21 @@
-// Package upload streams a multipart/form-data upload into whisperd's client-streaming
-// Submit as it arrives: the option fields become the first message, then the file part
-// goes on in 64 KiB chunks. Nothing is buffered beyond one chunk, so a file of any size
-// costs the gateway the same memory (gRPC flow control holds the reader back when
-// whisperd is slower than the client).
+// Package upload turns a multipart/form-data upload into whisperd's client-streaming
+// Submit: the option fields become the first message, then the file goes on in 64 KiB
+// chunks. The form holds nothing in memory beyond one chunk, so a file of any size costs
+// the gateway the same memory (gRPC flow control holds the reader back when whisperd is
+// slower than the client).
 //
-// Submit takes the options first, so option fields must come before the file part;
-// every common client (curl -F in order, requests, httpx and so the openai SDK) sends
-// form fields before files. An option field after the file is refused with 400 rather
-// than silently ignored; fields the dialect does not know are ignored wherever they are.
+// Two ways, by Form.Spool:
+//
+//   - Streamed (POST /v1/jobs): the file part goes to whisperd as it arrives. Submit takes
+//     the options first, so option fields must come before the file part; every common
+//     client (curl -F in order, requests, httpx and so the openai SDK) sends form fields
+//     before files. An option field after the file is refused with 400 rather than
+//     silently ignored; fields the dialect does not know are ignored wherever they are.
+//   - Spooled (OpenAI's routes): the file part is copied to a temporary file on disk
+//     (os.CreateTemp in the default temporary folder, $TMPDIR or /tmp), the rest of the
+//     form is read, and then the temporary file is submitted with the complete options,
+//     so fields may come in any order (OpenAI's own curl examples put -F file=@... first).
+//     The temporary file is removed when the request ends, whatever happened.
 package upload
 
 import (
@@ -17,6 +25,10 @@ import (
 	"io"
 	"mime/multipart"
 	"net/http"
+	"os"
+	"syscall"
+
+	"google.golang.org/grpc/codes"
 
 	"whisperd/gateway/internal/apierr"
 	"whisperd/gateway/internal/backend"
@@ -51,11 +63,16 @@ type Form struct {
 	Field func(opts *pb.JobOptions, name, value string) (Effect, error)
 	// Defaults, when set, are the options before any field (OpenAI's route sets the task).
 	Defaults func() *pb.JobOptions
+	// Spool copies the file part to a temporary file and submits it after the last part,
+	// so that fields may come after the file (OpenAI's routes); otherwise the file is
+	// streamed as it arrives and option fields must precede it (POST /v1/jobs).
+	Spool bool
 }
 
-// Submit reads r's multipart body and streams it into whisperd. It returns the queued
-// job, or an error for apierr: an apierr.Problem for form mistakes, a gRPC status
-// otherwise. On any failure the Submit stream is cancelled, so no job is created.
+// Submit reads r's multipart body and streams it into whisperd (through a temporary file
+// when form.Spool). It returns the queued job, or an error for apierr: an apierr.Problem
+// for form mistakes, a gRPC status otherwise. On any failure the Submit stream is
+// cancelled, so no job is created.
 func Submit(r *http.Request, b *backend.Backend, form Form) (job *pb.Job, err error) {
 	defer func() {
 		if err != nil {
@@ -66,14 +83,17 @@ func Submit(r *http.Request, b *backend.Backend, form Form) (job *pb.Job, err er
 	if err != nil {
 		return nil, apierr.BadRequest("want a multipart/form-data body with the audio in the %q part: %v", form.FileField, err)
 	}
-	// Cancelling this context aborts the Submit stream: whisperd then drops the spool.
-	ctx, cancel := context.WithCancel(backend.Outgoing(r))
-	defer cancel()
-
 	opts := &pb.JobOptions{}
 	if form.Defaults != nil {
 		opts = form.Defaults()
 	}
+	if form.Spool {
+		return spooled(r, b, form, reader, opts)
+	}
+	// Cancelling this context aborts the Submit stream: whisperd then drops the spool.
+	ctx, cancel := context.WithCancel(backend.Outgoing(r))
+	defer cancel()
+
 	var stream pb.Transcription_SubmitClient
 	for {
 		part, err := reader.NextPart()
@@ -98,7 +118,7 @@ func Submit(r *http.Request, b *backend.Backend, form Form) (job *pb.Job, err er
 			if err := send(stream, &pb.SubmitRequest{Payload: &pb.SubmitRequest_Options{Options: opts}}); err != nil {
 				return nil, err
 			}
-			if err := pump(stream, part); err != nil {
+			if err := pump(stream, part, clientReadError); err != nil {
 				return nil, err
 			}
 			continue
@@ -121,12 +141,115 @@ func Submit(r *http.Request, b *backend.Backend, form Form) (job *pb.Job, err er
 	return stream.CloseAndRecv()
 }
 
-// pump copies the file part into the stream in ChunkSize messages, reusing one buffer:
-// Send has serialised the message when it returns.
-func pump(stream pb.Transcription_SubmitClient, part *multipart.Part) error {
+// spooled reads the whole form, the file part into a temporary file, and then submits
+// that file with the complete options. On any failure nothing is submitted, or the Submit
+// stream is cancelled, so no job is created.
+func spooled(r *http.Request, b *backend.Backend, form Form, reader *multipart.Reader, opts *pb.JobOptions) (*pb.Job, error) {
+	var spool *os.File
+	defer func() {
+		if spool != nil {
+			_ = spool.Close()
+			_ = os.Remove(spool.Name())
+		}
+	}()
+	filename := ""
+	for {
+		part, err := reader.NextPart()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, apierr.BadRequest("reading the multipart body: %v", err)
+		}
+		name := part.FormName()
+		if name == form.FileField {
+			if spool != nil {
+				return nil, apierr.BadRequest("more than one %q part: send one file per request", name)
+			}
+			filename = part.FileName()
+			if spool, err = os.CreateTemp("", "whisperd-gateway-upload-*"); err != nil {
+				return nil, spoolError(err)
+			}
+			if err := spoolPart(spool, part); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		value, err := readField(part)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := form.Field(opts, name, value); err != nil {
+			return nil, err
+		}
+	}
+	if spool == nil {
+		return nil, apierr.BadRequest("missing the %q part: the audio file to transcribe (multipart/form-data field %q)", form.FileField, form.FileField)
+	}
+	if opts.Filename == "" {
+		opts.Filename = filename
+	}
+	if _, err := spool.Seek(0, io.SeekStart); err != nil {
+		return nil, spoolError(err)
+	}
+	// Cancelling this context aborts the Submit stream: whisperd then drops its spool.
+	ctx, cancel := context.WithCancel(backend.Outgoing(r))
+	defer cancel()
+	stream, err := b.Jobs.Submit(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := send(stream, &pb.SubmitRequest{Payload: &pb.SubmitRequest_Options{Options: opts}}); err != nil {
+		return nil, err
+	}
+	if err := pump(stream, spool, spoolError); err != nil {
+		return nil, err
+	}
+	return stream.CloseAndRecv()
+}
+
+// spoolPart copies the file part to dst through one ChunkSize buffer. A read error is
+// the client's (400), a write error the gateway's disk (spoolError).
+func spoolPart(dst io.Writer, part io.Reader) error {
 	buf := make([]byte, ChunkSize)
 	for {
-		n, err := io.ReadFull(part, buf)
+		n, err := part.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return spoolError(werr)
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return clientReadError(err)
+		}
+	}
+}
+
+// spoolError is a failure of the gateway's temporary file: 507 Insufficient Storage when
+// the disk (or the quota) is full, 500 otherwise.
+func spoolError(err error) error {
+	p := apierr.Problem{HTTPStatus: http.StatusInternalServerError, Code: codes.Internal,
+		Message: fmt.Sprintf("the gateway could not spool the upload to a temporary file (in %s, $TMPDIR): %v", os.TempDir(), err)}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		p.HTTPStatus, p.Code = http.StatusInsufficientStorage, codes.ResourceExhausted
+		p.Message = fmt.Sprintf("the gateway ran out of disk space spooling the upload to a temporary file (in %s, $TMPDIR): %v", os.TempDir(), err)
+	}
+	return p
+}
+
+func clientReadError(err error) error {
+	return apierr.BadRequest("reading the upload: %v", err)
+}
+
+// pump copies the file into the stream in ChunkSize messages, reusing one buffer: Send
+// has serialised the message when it returns. readError maps a failure to read src.
+func pump(stream pb.Transcription_SubmitClient, src io.Reader, readError func(error) error) error {
+	buf := make([]byte, ChunkSize)
+	for {
+		n, err := io.ReadFull(src, buf)
 		if n > 0 {
 			if err := send(stream, &pb.SubmitRequest{Payload: &pb.SubmitRequest_Chunk{Chunk: buf[:n]}}); err != nil {
 				return err
@@ -136,7 +259,7 @@ func pump(stream pb.Transcription_SubmitClient, part *multipart.Part) error {
 			return nil
 		}
 		if err != nil {
-			return apierr.BadRequest("reading the upload: %v", err)
+			return readError(err)
 		}
 	}
 }
