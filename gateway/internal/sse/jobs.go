@@ -2,7 +2,7 @@ package sse
 
 import (
 	"context"
-	"log"
+	"encoding/json"
 	"net/http"
 
 	"whisperd/gateway/internal/apierr"
@@ -31,7 +31,7 @@ func JobEventData(ev *pb.JobEvent) (name string, data []byte, err error) {
 		data, err = pbjson.Marshal(e.Snapshot)
 		return "status", data, err
 	case *pb.JobEvent_Progress:
-		data, err = jsonValue(progressEvent{Type: "progress", Percent: e.Progress.GetPercent()})
+		data, err = json.Marshal(progressEvent{Type: "progress", Percent: e.Progress.GetPercent()})
 		return "progress", data, err
 	case *pb.JobEvent_Segment:
 		data, err = pbjson.With(e.Segment, map[string]any{"type": "segment"})
@@ -73,11 +73,7 @@ func JobStream(b *backend.Backend, errs apierr.Mapper) http.HandlerFunc {
 			return name == "done", nil
 		})
 		if err != nil && ctx.Err() == nil {
-			// Headers are gone; the best left is an error event and the log.
-			p := errs.From(err, false)
-			data, _ := jsonValue(map[string]string{"error": p.Message, "code": apierr.CodeName(p.Code)})
-			_ = sw.Event("error", data)
-			log.Printf("stream of job %s ended: %v", r.PathValue("id"), err)
+			sw.Fail(errs, err, "stream of job "+r.PathValue("id"))
 		}
 	}
 }

@@ -2,8 +2,6 @@ package sse
 
 import (
 	"context"
-	"encoding/json"
-	"log"
 	"net/http"
 	"strings"
 
@@ -45,12 +43,7 @@ func ModelEvents(b *backend.Backend, errs apierr.Mapper) http.HandlerFunc {
 			return false, sw.Event(StateName(ev.GetState()), data)
 		})
 		if err != nil && ctx.Err() == nil {
-			p := errs.From(err, false)
-			data, _ := jsonValue(map[string]string{"error": p.Message, "code": apierr.CodeName(p.Code)})
-			_ = sw.Event("error", data)
-			log.Printf("model event stream ended: %v", err)
+			sw.Fail(errs, err, "model event stream")
 		}
 	}
 }
-
-func jsonValue(v any) ([]byte, error) { return json.Marshal(v) }

@@ -3,9 +3,13 @@
 package sse
 
 import (
+	"encoding/json"
 	"fmt"
+	"log"
 	"net/http"
 	"time"
+
+	"whisperd/gateway/internal/apierr"
 )
 
 // KeepAlive is how often a comment line goes out on a quiet stream, so that proxies and
@@ -49,6 +53,16 @@ func (s *Writer) Comment(text string) error {
 	}
 	s.flush()
 	return nil
+}
+
+// Fail ends a stream that broke after its headers went out: the status is already 200,
+// so the best left is an "error" event in the REST error shape, and the log. what names
+// the stream in the log line.
+func (s *Writer) Fail(errs apierr.Mapper, err error, what string) {
+	p := errs.From(err, false)
+	data, _ := json.Marshal(map[string]string{"error": p.Message, "code": apierr.CodeName(p.Code)})
+	_ = s.Event("error", data)
+	log.Printf("%s ended: %v", what, err)
 }
 
 func (s *Writer) flush() {
