@@ -22,6 +22,12 @@ func Marshal(m proto.Message) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return Compact(raw)
+}
+
+// Compact removes protojson's insignificant spaces (also used for the grpc-gateway
+// routes' marshaler, so both kinds of route answer the same bytes).
+func Compact(raw []byte) ([]byte, error) {
 	var out bytes.Buffer
 	if err := json.Compact(&out, raw); err != nil {
 		return nil, err

@@ -1,9 +1,6 @@
 package server
 
 import (
-	"bytes"
-	"encoding/json"
-
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 
 	"whisperd/gateway/internal/pbjson"
@@ -25,9 +22,9 @@ func (m *compactJSON) Marshal(v any) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out bytes.Buffer
-	if err := json.Compact(&out, raw); err != nil {
+	out, err := pbjson.Compact(raw)
+	if err != nil {
 		return raw, nil
 	}
-	return out.Bytes(), nil
+	return out, nil
 }
