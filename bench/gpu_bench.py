@@ -11,7 +11,6 @@ import json
 import os
 import re
 import subprocess
-import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpu_concurrency import gpu_used, run as run_states  # beside this script in bench/
 from whisperd import _native
 from whisperd.audio import decode_audio, write_wav
 from whisperd.inference import TranscribeOptions, WhisperModel
@@ -43,11 +43,6 @@ class Row:
     @property
     def speed(self) -> float:
         return self.audio_s / self.wall_s if self.wall_s else 0.0
-
-
-def gpu_used() -> int:
-    dev = next(d for d in _native.devices() if d.type == "gpu")
-    return dev.memory_total - dev.memory_free
 
 
 def time_ours(model: WhisperModel, audio: np.ndarray, beam: int, repeat: int) -> tuple[float, str]:
@@ -89,20 +84,7 @@ def time_ours_fresh(model: WhisperModel, audio: np.ndarray, beam: int) -> float:
 
 
 def concurrent(model: WhisperModel, audio: np.ndarray, n: int, beam: int) -> tuple[float, int]:
-    states = [model.new_state() for _ in range(n)]
-    opts = TranscribeOptions(beam_size=beam)
-    for st in states:
-        st.transcribe(audio[: 5 * SR], opts)
-    used = gpu_used()
-    threads = [threading.Thread(target=st.transcribe, args=(audio, opts)) for st in states]
-    t = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    wall = time.perf_counter() - t
-    for st in states:
-        st.close()
+    wall, _, used = run_states(model, audio, n, TranscribeOptions(beam_size=beam))
     return wall, used
 
 

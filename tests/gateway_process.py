@@ -13,10 +13,10 @@ import re
 import signal
 import subprocess
 import sys
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from server_process import rss_bytes, spawn, wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 BINARY = ROOT / "bin" / "whisperd-gateway"
@@ -47,28 +47,12 @@ class GatewayProcess:
         env.update(self.env)
         cmd = [str(gateway_binary()), "--listen", "127.0.0.1:0", "--whisperd", self.whisperd, *self.args]
         self.log_lines = []
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+        self.proc = spawn(cmd, env)
+        ready = wait_until_ready(
+            self.proc, _READY, timeout, self.log_lines, what="gateway",
+            echo=lambda line: print(f"[gateway :{self.port}] {line}", file=sys.stderr, flush=True),
         )
-        ready = threading.Event()
-
-        def pump() -> None:
-            assert self.proc is not None and self.proc.stdout is not None
-            for line in self.proc.stdout:
-                line = line.rstrip()
-                self.log_lines.append(line)
-                print(f"[gateway :{self.port}] {line}", file=sys.stderr, flush=True)
-                m = _READY.search(line)
-                if m and not ready.is_set():
-                    self.port = int(m.group(1).rsplit(":", 1)[1])
-                    ready.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while not ready.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"gateway did not start ({' '.join(cmd)}):\n{self.log()}")
+        self.port = int(ready.group(1).rsplit(":", 1)[1])
         return self
 
     @property
@@ -94,8 +78,4 @@ class GatewayProcess:
             self.proc.wait(10)
 
     def rss_bytes(self, peak: bool = False) -> int:
-        key = "VmHWM" if peak else "VmRSS"
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError(f"no {key} for pid {self.pid}")
+        return rss_bytes(self.pid, peak)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +17,60 @@ import grpc
 from whisperd.v1 import model_control_pb2_grpc, transcription_pb2 as pb, transcription_pb2_grpc
 
 CHUNK = 64 * 1024
+_READY = re.compile(r"whisperd serving on [\d.]+:(\d+)")
+
+
+def spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """`cmd` with stdout and stderr as one text pipe, line-buffered, for wait_until_ready."""
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
+
+
+def wait_until_ready(
+    proc: subprocess.Popen[str],
+    ready: re.Pattern[str],
+    timeout: float,
+    lines: list[str],
+    *,
+    what: str,
+    echo: Callable[[str], None] | None = None,
+) -> re.Match[str]:
+    """A reader thread keeps every output line of `proc` in `lines` (and hands it to
+    `echo`). Returns the first line's match of `ready`; if the process exits or `timeout`
+    passes first, it is killed and RuntimeError shows its command and last lines."""
+    found: list[re.Match[str]] = []
+    seen = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip()
+            lines.append(line)
+            if echo is not None:
+                echo(line)
+            m = ready.search(line)
+            if m and not seen.is_set():
+                found.append(m)
+                seen.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not seen.wait(0.05):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            tail = "\n".join(lines[-80:])
+            raise RuntimeError(f"{what} did not start ({' '.join(map(str, proc.args))}):\n{tail}")
+    return found[0]
+
+
+def rss_bytes(pid: int, peak: bool = False) -> int:
+    """Resident (or, with peak, the highest resident) memory of a process, from /proc."""
+    key = "VmHWM" if peak else "VmRSS"
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {key} for pid {pid}")
 
 
 @dataclass
@@ -41,25 +95,9 @@ class ServerProcess:
             *([] if self.use_gpu else ["--cpu"]), *self.args,
         ]
         self.log_lines = []
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
-        )
-        ready = threading.Event()
-
-        def pump() -> None:
-            assert self.proc is not None and self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.log_lines.append(line.rstrip())
-                m = re.search(r"whisperd serving on [\d.]+:(\d+)", line)
-                if m:
-                    self.port = int(m.group(1))
-                    ready.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while not ready.wait(0.1):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server did not start:\n" + self.log())
+        self.proc = spawn(cmd, env)
+        ready = wait_until_ready(self.proc, _READY, timeout, self.log_lines, what="server")
+        self.port = int(ready.group(1))
         self._channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         return self
 
@@ -109,11 +147,7 @@ class ServerProcess:
             self._channel = None
 
     def rss_bytes(self, peak: bool = False) -> int:
-        key = "VmHWM" if peak else "VmRSS"
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError(f"no {key} for pid {self.pid}")
+        return rss_bytes(self.pid, peak)
 
 
 def submit_requests(
