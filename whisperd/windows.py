@@ -1,0 +1,181 @@
+"""Cutting a job's audio into windows of at most 30 s at silences.
+
+Whisper reads 30 s at a time. Windows cut where nobody speaks can be decoded
+independently (in one batch, in any order) and stitched back by offsetting their times:
+no word is split between two windows, so none is lost or heard twice. The speech spans
+come from Silero VAD (the weights the build installs beside the extension); a build
+without them, or without the native call, finds silences by RMS energy instead.
+
+Every offset here is in samples at 16 kHz.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+
+from whisperd import _native
+from whisperd.batching import WINDOW_SECS
+from whisperd.inference import SAMPLE_RATE, vad_model_path
+
+log = logging.getLogger(__name__)
+
+Span = tuple[int, int]
+
+MAX_WINDOW = int(WINDOW_SECS * SAMPLE_RATE)
+# Where a span longer than a window must be cut: the quietest 0.1 s in its last 5 s
+# before the limit (a breath, a pause between words), never mid-syllable if avoidable.
+_QUIET_FRAME = SAMPLE_RATE // 10
+_QUIET_SEARCH = 5 * SAMPLE_RATE
+# A cut in the first half of a window is taken only when the second half has no silence:
+# short windows cost a decode each and give the decoder less context.
+_PREFERRED_FROM = 0.5
+
+# Silero parameters: whisper.cpp's defaults, which its VAD option uses as well.
+VAD_THRESHOLD = 0.5
+VAD_MIN_SPEECH_MS = 250
+VAD_MIN_SILENCE_MS = 100
+VAD_SPEECH_PAD_MS = 30
+
+
+def speech_spans(samples: np.ndarray, threads: int) -> list[Span]:
+    """Where someone speaks: Silero VAD when the build has it, else RMS energy."""
+    model = vad_model_path()
+    if hasattr(_native, "vad_speech_spans") and model.is_file():
+        spans = _native.vad_speech_spans(
+            np.ascontiguousarray(samples, dtype=np.float32),
+            str(model),
+            VAD_THRESHOLD,
+            VAD_MIN_SPEECH_MS,
+            VAD_MIN_SILENCE_MS,
+            VAD_SPEECH_PAD_MS,
+            max(1, threads),
+        )
+        return [(int(a), int(b)) for a, b in spans]
+    return energy_speech_spans(samples)
+
+
+def energy_speech_spans(
+    samples: np.ndarray,
+    *,
+    frame_ms: int = 20,
+    min_speech_ms: int = 250,
+    min_silence_ms: int = 300,
+    pad_ms: int = 100,
+) -> list[Span]:
+    """Speech spans by frame RMS against a threshold set from the audio's own levels.
+
+    The threshold sits above the noise floor (the 10th percentile of frame levels) by a
+    fifth of the distance to the loud frames, at least 6 dB, and never below -60 dBFS:
+    a recording's hiss then counts as silence, and digital silence always does.
+    """
+    frame = SAMPLE_RATE * frame_ms // 1000
+    n_frames = len(samples) // frame
+    if n_frames == 0:
+        return []
+    x = np.asarray(samples[: n_frames * frame], dtype=np.float32).reshape(n_frames, frame)
+    db = 20.0 * np.log10(np.sqrt(np.mean(x * x, axis=1)) + 1e-10)
+    floor, loud = float(np.percentile(db, 10)), float(np.percentile(db, 99))
+    threshold = max(-60.0, floor + max(6.0, 0.2 * (loud - floor)))
+    voiced = db > threshold
+    spans: list[list[int]] = []
+    for i in np.flatnonzero(voiced):
+        if spans and i - spans[-1][1] <= min_silence_ms // frame_ms:
+            spans[-1][1] = int(i) + 1
+        else:
+            spans.append([int(i), int(i) + 1])
+    pad = SAMPLE_RATE * pad_ms // 1000
+    out = [
+        (max(0, a * frame - pad), min(len(samples), b * frame + pad))
+        for a, b in spans
+        if (b - a) * frame_ms >= min_speech_ms
+    ]
+    return merge_spans(out, len(samples))
+
+
+def merge_spans(spans: Sequence[Span], n_samples: int) -> list[Span]:
+    """Sorted, clipped to the audio, overlapping or touching spans joined, empty ones gone."""
+    out: list[list[int]] = []
+    for a, b in sorted((max(0, int(a)), min(n_samples, int(b))) for a, b in spans):
+        if b <= a:
+            continue
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def silences(spans: Sequence[Span], n_samples: int) -> list[Span]:
+    """The gaps around and between merged speech spans."""
+    gaps: list[Span] = []
+    cursor = 0
+    for a, b in merge_spans(spans, n_samples):
+        if a > cursor:
+            gaps.append((cursor, a))
+        cursor = b
+    if cursor < n_samples:
+        gaps.append((cursor, n_samples))
+    return gaps
+
+
+def quietest_frame(samples: np.ndarray, lo: int, hi: int) -> int:
+    """The centre of the 0.1 s frame with the least RMS energy in [lo, hi)."""
+    n = (hi - lo) // _QUIET_FRAME
+    if n <= 0:
+        return hi
+    x = np.asarray(samples[lo : lo + n * _QUIET_FRAME], dtype=np.float32).reshape(n, _QUIET_FRAME)
+    energy = np.mean(x * x, axis=1)
+    # Ties (digital silence) go to the latest frame: the longest window.
+    best = n - 1 - int(np.argmin(energy[::-1]))
+    return lo + best * _QUIET_FRAME + _QUIET_FRAME // 2
+
+
+def cut_windows(
+    samples: np.ndarray, spans: Sequence[Span], *, max_samples: int = MAX_WINDOW
+) -> list[Span]:
+    """Windows (start, end) covering all the audio, each at most max_samples long.
+
+    Each cut goes in the middle of the longest silence in the second half of the window
+    (or, without one there, in the first half); only a span of speech longer than a
+    window is cut, at its quietest 0.1 s frame in the last 5 s before the limit.
+    """
+    n = len(samples)
+    if n == 0:
+        return []
+    gaps = silences(spans, n)
+    windows: list[Span] = []
+    start = 0
+    while n - start > max_samples:
+        limit = start + max_samples
+        preferred_from = start + int(max_samples * _PREFERRED_FROM)
+        best: tuple[bool, int, int] | None = None  # (in second half, usable length, cut)
+        for g0, g1 in gaps:
+            lo, hi = max(g0, start + 1), min(g1, limit)
+            if lo > hi or g1 <= start:
+                continue
+            cut = min(max((g0 + g1) // 2, lo), hi)
+            key = (cut >= preferred_from, hi - lo, cut)
+            if best is None or key > best:
+                best = key
+        if best is not None:
+            cut = best[2]
+        else:
+            cut = quietest_frame(samples, max(start + 1, limit - _QUIET_SEARCH), limit)
+        windows.append((start, cut))
+        start = cut
+    windows.append((start, n))
+    return windows
+
+
+def plan_windows(samples: np.ndarray, threads: int) -> list[Span]:
+    """The windows a job's audio is decoded in (a single window when it fits in one)."""
+    if len(samples) <= MAX_WINDOW:
+        return [(0, len(samples))] if len(samples) else []
+    spans = speech_spans(samples, threads)
+    windows = cut_windows(samples, spans)
+    log.debug(
+        "%.1f s of audio: %d speech spans, %d windows", len(samples) / SAMPLE_RATE, len(spans), len(windows)
+    )
+    return windows
