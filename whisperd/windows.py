@@ -66,9 +66,10 @@ def energy_speech_spans(
 ) -> list[Span]:
     """Speech spans by frame RMS against a threshold set from the audio's own levels.
 
-    The threshold sits above the noise floor (the 10th percentile of frame levels) by a
-    fifth of the distance to the loud frames, at least 6 dB, and never below -60 dBFS:
-    a recording's hiss then counts as silence, and digital silence always does.
+    The threshold sits above the noise floor (the 10th percentile of frame levels, digital
+    silence left out) by a fifth of the distance to the loud frames, at least 6 dB, and
+    never below -60 dBFS: a recording's hiss then counts as silence, and digital silence
+    always does.
     """
     frame = SAMPLE_RATE * frame_ms // 1000
     n_frames = len(samples) // frame
@@ -76,7 +77,11 @@ def energy_speech_spans(
         return []
     x = np.asarray(samples[: n_frames * frame], dtype=np.float32).reshape(n_frames, frame)
     db = 20.0 * np.log10(np.sqrt(np.mean(x * x, axis=1)) + 1e-10)
-    floor, loud = float(np.percentile(db, 10)), float(np.percentile(db, 99))
+    # Digital silence (padding, gaps a tool inserted) says nothing about the noise floor.
+    live = db[db > -100.0]
+    if len(live) == 0:
+        return []
+    floor, loud = float(np.percentile(live, 10)), float(np.percentile(live, 99))
     threshold = max(-60.0, floor + max(6.0, 0.2 * (loud - floor)))
     voiced = db > threshold
     spans: list[list[int]] = []
