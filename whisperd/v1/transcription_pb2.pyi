@@ -49,7 +49,7 @@ TRANSCRIPT_FORMAT_SRT: TranscriptFormat
 TRANSCRIPT_FORMAT_VTT: TranscriptFormat
 
 class JobOptions(_message.Message):
-    __slots__ = ("language", "task", "webhook_url", "beam_size", "temperature", "temperature_increment", "initial_prompt", "word_timestamps", "vad", "filename")
+    __slots__ = ("language", "task", "webhook_url", "beam_size", "temperature", "temperature_increment", "initial_prompt", "word_timestamps", "vad", "filename", "request_id")
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     WEBHOOK_URL_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class JobOptions(_message.Message):
     WORD_TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
     VAD_FIELD_NUMBER: _ClassVar[int]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     language: str
     task: Task
     webhook_url: str
@@ -70,7 +71,8 @@ class JobOptions(_message.Message):
     word_timestamps: bool
     vad: bool
     filename: str
-    def __init__(self, language: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., webhook_url: _Optional[str] = ..., beam_size: _Optional[int] = ..., temperature: _Optional[float] = ..., temperature_increment: _Optional[float] = ..., initial_prompt: _Optional[str] = ..., word_timestamps: _Optional[bool] = ..., vad: _Optional[bool] = ..., filename: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, language: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., webhook_url: _Optional[str] = ..., beam_size: _Optional[int] = ..., temperature: _Optional[float] = ..., temperature_increment: _Optional[float] = ..., initial_prompt: _Optional[str] = ..., word_timestamps: _Optional[bool] = ..., vad: _Optional[bool] = ..., filename: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("options", "chunk")
@@ -109,7 +111,7 @@ class Segment(_message.Message):
     def __init__(self, index: _Optional[int] = ..., start: _Optional[float] = ..., end: _Optional[float] = ..., text: _Optional[str] = ..., words: _Optional[_Iterable[_Union[Word, _Mapping]]] = ..., no_speech_prob: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "status", "language", "task", "duration_secs", "progress", "segments", "error", "created_at", "started_at", "completed_at", "model", "options", "language_probability", "attempts")
+    __slots__ = ("id", "status", "language", "task", "duration_secs", "progress", "segments", "error", "created_at", "started_at", "completed_at", "model", "options", "language_probability", "attempts", "warnings")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +127,7 @@ class Job(_message.Message):
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: JobStatus
     language: str
@@ -140,7 +143,8 @@ class Job(_message.Message):
     options: JobOptions
     language_probability: float
     attempts: int
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., language: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., duration_secs: _Optional[float] = ..., progress: _Optional[float] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., language_probability: _Optional[float] = ..., attempts: _Optional[int] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., language: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., duration_secs: _Optional[float] = ..., progress: _Optional[float] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., options: _Optional[_Union[JobOptions, _Mapping]] = ..., language_probability: _Optional[float] = ..., attempts: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("id",)

@@ -156,7 +156,7 @@ type TranscriptFormat int32
 const (
 	// Same as TRANSCRIPT_FORMAT_JSON.
 	TranscriptFormat_TRANSCRIPT_FORMAT_UNSPECIFIED TranscriptFormat = 0
-	// The whisperd JSON document (language, duration, text, segments with words).
+	// The whisperd JSON document (language, duration_secs, text, segments with words).
 	TranscriptFormat_TRANSCRIPT_FORMAT_JSON TranscriptFormat = 1
 	// Plain text, one segment a line.
 	TranscriptFormat_TRANSCRIPT_FORMAT_TEXT TranscriptFormat = 2
@@ -234,7 +234,12 @@ type JobOptions struct {
 	// Skip non-speech with Silero VAD: faster on sparse audio, fewer hallucinations.
 	Vad bool `protobuf:"varint,9,opt,name=vad,proto3" json:"vad,omitempty"`
 	// A name for the upload, kept with the job (for example the file name).
-	Filename      string `protobuf:"bytes,10,opt,name=filename,proto3" json:"filename,omitempty"`
+	Filename string `protobuf:"bytes,10,opt,name=filename,proto3" json:"filename,omitempty"`
+	// Idempotency key, at most 128 characters, chosen by the client (a UUID): a Submit
+	// whose request_id matches a job the server still keeps (JOB_RETENTION_SECS) returns
+	// that job instead of creating another, so a Submit retried after a lost answer is
+	// safe. Empty = no key; every Submit creates a job.
+	RequestId     string `protobuf:"bytes,12,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -335,6 +340,13 @@ func (x *JobOptions) GetVad() bool {
 func (x *JobOptions) GetFilename() string {
 	if x != nil {
 		return x.Filename
+	}
+	return ""
+}
+
+func (x *JobOptions) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
 	}
 	return ""
 }
@@ -622,7 +634,10 @@ type Job struct {
 	// Probability of the detected language, 0..1 (1 when the language was given).
 	LanguageProbability float32 `protobuf:"fixed32,14,opt,name=language_probability,json=languageProbability,proto3" json:"language_probability,omitempty"`
 	// How many times a worker started it (more than 1 after a restart or an unload).
-	Attempts      uint32 `protobuf:"varint,15,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	Attempts uint32 `protobuf:"varint,15,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// What the user should know about the job's input, e.g. that the file ends before
+	// its header says (a truncated upload: what it holds is transcribed). Empty if none.
+	Warnings      []string `protobuf:"bytes,16,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -760,6 +775,13 @@ func (x *Job) GetAttempts() uint32 {
 		return x.Attempts
 	}
 	return 0
+}
+
+func (x *Job) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
 }
 
 // Get's request.
@@ -1336,7 +1358,7 @@ var File_whisperd_v1_transcription_proto protoreflect.FileDescriptor
 
 const file_whisperd_v1_transcription_proto_rawDesc = "" +
 	"\n" +
-	"\x1fwhisperd/v1/transcription.proto\x12\vwhisperd.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x03\n" +
+	"\x1fwhisperd/v1/transcription.proto\x12\vwhisperd.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa0\x03\n" +
 	"\n" +
 	"JobOptions\x12\x1a\n" +
 	"\blanguage\x18\x01 \x01(\tR\blanguage\x12%\n" +
@@ -1350,7 +1372,9 @@ const file_whisperd_v1_transcription_proto_rawDesc = "" +
 	"\x0fword_timestamps\x18\b \x01(\bR\x0ewordTimestamps\x12\x10\n" +
 	"\x03vad\x18\t \x01(\bR\x03vad\x12\x1a\n" +
 	"\bfilename\x18\n" +
-	" \x01(\tR\bfilenameB\x18\n" +
+	" \x01(\tR\bfilename\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\f \x01(\tR\trequestIdB\x18\n" +
 	"\x16_temperature_increment\"g\n" +
 	"\rSubmitRequest\x123\n" +
 	"\aoptions\x18\x01 \x01(\v2\x17.whisperd.v1.JobOptionsH\x00R\aoptions\x12\x16\n" +
@@ -1367,7 +1391,7 @@ const file_whisperd_v1_transcription_proto_rawDesc = "" +
 	"\x03end\x18\x03 \x01(\x01R\x03end\x12\x12\n" +
 	"\x04text\x18\x04 \x01(\tR\x04text\x12'\n" +
 	"\x05words\x18\x05 \x03(\v2\x11.whisperd.v1.WordR\x05words\x12$\n" +
-	"\x0eno_speech_prob\x18\x06 \x01(\x02R\fnoSpeechProb\"\xde\x04\n" +
+	"\x0eno_speech_prob\x18\x06 \x01(\x02R\fnoSpeechProb\"\xfa\x04\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x16.whisperd.v1.JobStatusR\x06status\x12\x1a\n" +
@@ -1386,7 +1410,8 @@ const file_whisperd_v1_transcription_proto_rawDesc = "" +
 	"\x05model\x18\f \x01(\tR\x05model\x121\n" +
 	"\aoptions\x18\r \x01(\v2\x17.whisperd.v1.JobOptionsR\aoptions\x121\n" +
 	"\x14language_probability\x18\x0e \x01(\x02R\x13languageProbability\x12\x1a\n" +
-	"\battempts\x18\x0f \x01(\rR\battempts\"\x1f\n" +
+	"\battempts\x18\x0f \x01(\rR\battempts\x12\x1a\n" +
+	"\bwarnings\x18\x10 \x03(\tR\bwarnings\"\x1f\n" +
 	"\rGetJobRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\xac\x01\n" +
 	"\x0fListJobsRequest\x122\n" +
