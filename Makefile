@@ -16,6 +16,7 @@ NATIVE_SRC  := $(wildcard native/src/*) $(wildcard native/patches/*.patch) nativ
 STAMP_SYS   := $(VENV)/.stamp-system-2
 STAMP_DEPS  := $(VENV)/.stamp-deps
 STAMP_GW_DEPS := $(VENV)/.stamp-deps-gateway-1
+STAMP_DOCS_DEPS := $(VENV)/.stamp-deps-docs-1
 STAMP_BUILD := $(VENV)/.stamp-build-$(WHISPERD_CUDA)-$(CMAKE_CUDA_ARCHITECTURES)
 MODEL       := models/ggml-tiny.en.bin
 GO_TOOLS    := $(addprefix .cache/gobin/,buf grpcurl protoc-gen-go protoc-gen-go-grpc protoc-gen-grpc-gateway protoc-gen-openapiv2)
@@ -27,9 +28,9 @@ GO          ?= go
 # Go never downloads another toolchain; modules come through the Go module proxy.
 GOENV       := GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
 
-.PHONY: setup run run-gateway run-all test test-fast bench bench-cpu gpu clean native model info gen lint gateway
+.PHONY: setup run run-gateway run-all test test-fast bench bench-cpu gpu clean native model info gen lint gateway docs docs-serve
 
-setup: $(STAMP_BUILD) $(MODEL) $(GO_TOOLS) $(BUF_DEPS) $(STAMP_GW_DEPS) $(GATEWAY)
+setup: $(STAMP_BUILD) $(MODEL) $(GO_TOOLS) $(BUF_DEPS) $(STAMP_GW_DEPS) $(STAMP_DOCS_DEPS) $(GATEWAY)
 
 # System packages the tests need: espeak-ng speaks the German and Spanish test clips;
 # chromium (headless) screenshots the gateway's /docs page. Installed only when missing.
@@ -62,6 +63,12 @@ $(STAMP_DEPS): pyproject.toml | $(STAMP_SYS)
 # without rebuilding the extension.
 $(STAMP_GW_DEPS): | $(STAMP_DEPS)
 	$(PIP) install "openai==3.54.0" "openapi-spec-validator==0.9.0"
+	@touch $@
+
+# The documentation site's tools (mkdocs.yml, docs/): MkDocs and its Material theme,
+# pinned; a stamp of their own, so adding them does not rebuild the extension.
+$(STAMP_DOCS_DEPS): | $(STAMP_DEPS)
+	$(PIP) install "mkdocs==1.6.1" "mkdocs-material==9.8.1" "pymdown-extensions==13.1.2"
 	@touch $@
 
 # buf (proto lint), grpcurl and the protoc plugins of `make gen`, pinned, built with the
@@ -126,6 +133,15 @@ lint: $(GO_TOOLS) $(STAMP_DEPS) $(BUF_DEPS) $(SWAGGER_UI)
 	cd gateway && $(GOENV) $(GO) vet ./...
 	@test -z "$$(gofmt -l gateway)" || { echo "gofmt: run gofmt -w on:"; gofmt -l gateway; exit 1; }
 
+# The site into site/, strict (mkdocs.yml): a broken link, a missing page or anchor fails.
+# The reference sections are generated from the proto, the gateway's OpenAPI document and
+# server/config.py while it builds (tools/mkdocs_hooks.py); no extension build needed.
+docs: $(STAMP_DOCS_DEPS)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: $(STAMP_DOCS_DEPS)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
 test: setup
 	$(PY) -m pytest -q
 
@@ -143,4 +159,4 @@ gpu:
 	bash bench/gpu.sh
 
 clean:
-	rm -rf build $(VENV) .pytest_cache bin
+	rm -rf build $(VENV) .pytest_cache bin site

@@ -19,7 +19,7 @@ class ConfigError(ValueError):
 class Settings:
     host: str = "0.0.0.0"
     port: int = 50051  # PORT
-    log_level: str = "INFO"  # LOG_LEVEL
+    log_level: str = "INFO"  # LOG_LEVEL: DEBUG (adds whisper.cpp's own lines), INFO, WARNING, ERROR
     data_dir: Path = Path("data")  # DATA_DIR: SQLite store and spooled uploads
     whisper_model: str = "tiny.en"  # WHISPER_MODEL: a name in the models folder
     whisper_model_path: Path | None = None  # WHISPER_MODEL_PATH: overrides WHISPER_MODEL
