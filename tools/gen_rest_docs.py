@@ -56,8 +56,10 @@ def _text(text: str) -> str:
 
 
 def _cell(text: str) -> str:
-    # Enum lists in descriptions (" - NAME: text" lines) read fine run together in a cell.
-    return _text(re.sub(r"\s*\n+\s*", " ", text.strip())).replace("|", "\\|") or "—"
+    # protoc-gen-openapiv2 lists an enum's values as " - NAME: text" lines: one a line.
+    text = _text(text.strip())
+    text = re.sub(r"\n\s*-\s+([A-Z0-9_]+):", r"<br>`\1`:", text)
+    return re.sub(r"\s*\n+\s*", " ", text).replace("|", "\\|") or "—"
 
 
 def _anchor(name: str) -> str:
@@ -92,7 +94,13 @@ def _operation(lines: list[str], path: str, method: str, op: dict[str, Any]) -> 
     if params:
         lines += ["| parameter | in | type | required | description |", "|---|---|---|---|---|"]
         for p in params:
-            kind = _schema(p.get("schema") or p)
+            schema = p.get("schema") or p
+            if re.search(r"\n\s*-\s+[A-Z0-9_]+:", p.get("description", "")):
+                # The description lists the values with their meaning; the type need not.
+                schema = {k: v for k, v in schema.items() if k != "enum"}
+                if "items" in schema:
+                    schema["items"] = {k: v for k, v in schema["items"].items() if k != "enum"}
+            kind = _schema(schema)
             if "default" in p:
                 kind += f" (default `{p['default']}`)"
             lines.append(f"| `{p['name']}` | {p['in']} | {kind} | {'yes' if p.get('required') else 'no'} | "
