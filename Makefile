@@ -16,6 +16,7 @@ NATIVE_SRC  := $(wildcard native/src/*) $(wildcard native/patches/*.patch) nativ
 STAMP_SYS   := $(VENV)/.stamp-system-2
 STAMP_DEPS  := $(VENV)/.stamp-deps
 STAMP_GW_DEPS := $(VENV)/.stamp-deps-gateway-1
+STAMP_METRICS_DEPS := $(VENV)/.stamp-deps-metrics-1
 STAMP_DOCS_DEPS := $(VENV)/.stamp-deps-docs-1
 STAMP_BUILD := $(VENV)/.stamp-build-$(WHISPERD_CUDA)-$(CMAKE_CUDA_ARCHITECTURES)
 MODEL       := models/ggml-tiny.en.bin
@@ -30,7 +31,7 @@ GOENV       := GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
 
 .PHONY: setup run run-gateway run-all test test-fast bench bench-cpu gpu clean native model info gen lint gateway docs docs-serve
 
-setup: $(STAMP_BUILD) $(MODEL) $(GO_TOOLS) $(BUF_DEPS) $(STAMP_GW_DEPS) $(STAMP_DOCS_DEPS) $(GATEWAY)
+setup: $(STAMP_BUILD) $(MODEL) $(GO_TOOLS) $(BUF_DEPS) $(STAMP_GW_DEPS) $(STAMP_DOCS_DEPS) $(STAMP_METRICS_DEPS) $(GATEWAY)
 
 # System packages the tests need: espeak-ng speaks the German and Spanish test clips;
 # chromium (headless) screenshots the gateway's /docs page. Installed only when missing.
@@ -69,6 +70,13 @@ $(STAMP_GW_DEPS): | $(STAMP_DEPS)
 # pinned; a stamp of their own, so adding them does not rebuild the extension.
 $(STAMP_DOCS_DEPS): | $(STAMP_DEPS)
 	$(PIP) install "mkdocs==1.6.1" "mkdocs-material==9.8.1" "pymdown-extensions==13.1.2"
+	@touch $@
+
+# Prometheus metrics (prometheus-client, a runtime dependency of the server) and the PromQL
+# parser the dashboard test checks every query with; a stamp of their own, so adding them
+# does not rebuild the extension.
+$(STAMP_METRICS_DEPS): | $(STAMP_DEPS)
+	$(PIP) install "prometheus-client==0.26.0" "promql-parser==0.11.0"
 	@touch $@
 
 # buf (proto lint), grpcurl and the protoc plugins of `make gen`, pinned, built with the

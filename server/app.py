@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from whisperd import _native
 from whisperd.model_resolver import resolve_model
 from whisperd.models.ggml_file import read_header
+from whisperd.server import metrics
 from whisperd.server.api import convert
 from whisperd.server.api.auth import BearerTokenInterceptor
 from whisperd.server.api.model_control import ModelControlService, ModelEvents
@@ -158,6 +159,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
     await webhooks.start()
 
     def job_finished(job: JobRecord) -> None:  # on a worker thread
+        metrics.job_finished(job)
         if job.options.webhook_url:
             webhooks.job_finished_threadsafe(
                 job.id, job.options.webhook_url, convert.job_json(job), job.status.value
@@ -195,13 +197,19 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         webhooks.model_event_threadsafe(name, body)
 
     host.add_listener(model_webhook)
+    host.add_listener(metrics.ModelMetrics())
     pool = WorkerPool(
         store=store, host=host, hub=hub,
         workers=settings.parallel_jobs, threads_per_job=settings.threads_per_job,
         bench_tokens_per_window=settings.bench_tokens_per_window,
         keep_spare_state=gpu,
         on_finished=job_finished,
+        on_started=metrics.job_started,
     )
+    metrics.bind(metrics.Sources(
+        queued=store.queue_depth, running=pool.running_count, model_state=lambda: host.state,
+        model=path.name, device="gpu" if gpu else "cpu",
+    ))
     draining = False
     admission = Admission(
         strict=settings.admission == "strict",
@@ -245,6 +253,16 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not listen on {settings.host}:{settings.port} (port in use?)")
+    metrics_server = None
+    if settings.metrics_port:
+        try:
+            metrics_server = metrics.serve(settings.host, settings.metrics_port)
+        except OSError as exc:
+            raise OSError(
+                f"could not serve metrics on {settings.host}:{settings.metrics_port} ({exc.strerror or exc}); "
+                "set METRICS_PORT to a free port, or 0 for none"
+            ) from None
+        log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
     await server.start()
     pool.start()
     for name in ("",) + services:
@@ -277,6 +295,9 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         await asyncio.to_thread(host.stop)
         await server.stop(grace=2)
         await webhooks.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
         outbox.close()
         store.close()
         log.info("stopped")

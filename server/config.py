@@ -20,6 +20,8 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 50051  # PORT
     log_level: str = "INFO"  # LOG_LEVEL: DEBUG (adds whisper.cpp's own lines), INFO, WARNING, ERROR
+    log_format: str = "text"  # LOG_FORMAT: text (readable lines) or json (one object per line)
+    metrics_port: int = 9464  # METRICS_PORT: Prometheus /metrics over HTTP; 0 = off
     data_dir: Path = Path("data")  # DATA_DIR: SQLite store and spooled uploads
     whisper_model: str = "tiny.en"  # WHISPER_MODEL: a name in the models folder
     whisper_model_path: Path | None = None  # WHISPER_MODEL_PATH: overrides WHISPER_MODEL
@@ -83,6 +85,8 @@ _ENV: dict[str, str] = {
     "port": "PORT",
     "host": "HOST",
     "log_level": "LOG_LEVEL",
+    "log_format": "LOG_FORMAT",
+    "metrics_port": "METRICS_PORT",
     "data_dir": "DATA_DIR",
     "whisper_model": "WHISPER_MODEL",
     "whisper_model_path": "WHISPER_MODEL_PATH",
@@ -147,6 +151,12 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(f"PORT must be between 0 and 65535, got {s.port}")
     if s.log_level.upper() not in _LEVELS:
         raise ConfigError(f"LOG_LEVEL must be one of {', '.join(_LEVELS)}, got {s.log_level!r}")
+    if s.log_format.lower() not in ("text", "json"):
+        raise ConfigError(f"LOG_FORMAT must be 'text' or 'json', got {s.log_format!r}")
+    if not 0 <= s.metrics_port <= 65535:
+        raise ConfigError(f"METRICS_PORT must be 0 (off) or a port up to 65535, got {s.metrics_port}")
+    if s.metrics_port and s.metrics_port == s.port:
+        raise ConfigError(f"METRICS_PORT and PORT must differ, both are {s.port}")
     if s.idle_timeout_secs < 0:
         raise ConfigError(f"IDLE_TIMEOUT_SECS must be 0 (never) or more, got {s.idle_timeout_secs}")
     if s.gpu_poll_interval_secs < 1:
@@ -177,4 +187,6 @@ def validate(s: Settings) -> Settings:
             raise ConfigError(f"{name} points at {value}, which is not a file")
     if s.whisper_model_path is not None and not s.whisper_model_path.is_file():
         raise ConfigError(f"WHISPER_MODEL_PATH points at {s.whisper_model_path}, which is not a file")
-    return replace(s, log_level=s.log_level.upper(), admission=s.admission.lower())
+    return replace(
+        s, log_level=s.log_level.upper(), admission=s.admission.lower(), log_format=s.log_format.lower()
+    )

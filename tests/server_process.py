@@ -87,7 +87,8 @@ class ServerProcess:
 
     def start(self, timeout: float = 120.0) -> ServerProcess:
         env = dict(os.environ)
-        env.update({"IDLE_TIMEOUT_SECS": "0", "LOG_LEVEL": "INFO"})
+        # No metrics port unless a test asks: servers of parallel runs would fight over 9464.
+        env.update({"IDLE_TIMEOUT_SECS": "0", "LOG_LEVEL": "INFO", "METRICS_PORT": "0"})
         env.update(self.env)
         cmd = [
             sys.executable, "-m", "whisperd.cli", "serve", "--port", "0", "--host", "127.0.0.1",

@@ -113,6 +113,8 @@ def serve(
     job_retention: Optional[int] = typer.Option(None, "--job-retention", help="Seconds finished jobs are kept (JOB_RETENTION_SECS, 7 days)."),
     admission: Optional[str] = typer.Option(None, "--admission", help="queue (default) or strict: UNAVAILABLE + RetryInfo while the model is not ready (ADMISSION)."),
     cpu: bool = typer.Option(False, "--cpu", help="Do not use the GPU (USE_GPU=0)."),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Prometheus /metrics over HTTP (METRICS_PORT, default 9464; 0 = off)."),
+    log_format: Optional[str] = typer.Option(None, "--log-format", help="text (default) or json: one JSON object per line (LOG_FORMAT)."),
 ) -> None:
     """Run the gRPC service (settings from the environment; flags override them)."""
     import asyncio
@@ -128,10 +130,13 @@ def serve(
             idle_timeout_secs=idle_timeout, gpu_poll_interval_secs=gpu_poll_interval,
             max_upload_bytes=max_upload_bytes, job_retention_secs=job_retention,
             use_gpu=False if cpu else None, admission=admission,
+            metrics_port=metrics_port, log_format=log_format,
         )
     except ConfigError as exc:
         _fail(f"bad configuration: {exc}", 2)
-    logging.getLogger().setLevel(settings.log_level)
+    from whisperd.server import logs
+
+    logs.configure(settings.log_level, settings.log_format)
 
     def listening(bound: int) -> None:
         # One line on stdout that scripts (and the tests) can wait for.

@@ -9,6 +9,7 @@ from typing import AsyncIterator, Callable
 
 import grpc
 
+from whisperd.server import metrics
 from whisperd.server.api import convert
 from whisperd.server.api.errors import InvalidArgument, ServiceUnavailable, streaming, unary
 from whisperd.server.api.options import options_from_pb
@@ -97,6 +98,7 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
 
         suffix = Path(options.filename).suffix if options.filename else ""
         path, size = await self._spool.receive(chunks(), suffix)
+        metrics.upload_received(size)
         try:
             if size == 0:
                 raise InvalidArgument("no audio: the upload had no 'chunk' bytes")
@@ -112,6 +114,7 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
             "job %s: queued (%s, %d bytes, %.1f s of %s audio)",
             job.id, options.filename or "unnamed upload", size, info.duration_secs, info.codec,
         )
+        metrics.job_submitted()
         self._host.request_load("job submitted")
         self._pool.wake()
         return convert.job_to_pb(job)
@@ -184,6 +187,7 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
             if job.audio_path:
                 Path(job.audio_path).unlink(missing_ok=True)
             self._hub.publish(FinishedEvent(job.id))
+            metrics.job_finished(job)
             if job.options.webhook_url:
                 await self._webhooks.job_finished(
                     job.id, job.options.webhook_url, convert.job_json(job), job.status.value

@@ -55,6 +55,7 @@ class WorkerPool:
         bench_tokens_per_window: int = 0,
         keep_spare_state: bool = False,
         on_finished: Callable[[JobRecord], None] = lambda job: None,
+        on_started: Callable[[JobRecord], None] = lambda job: None,
     ) -> None:
         self._store = store
         self._host = host
@@ -65,6 +66,7 @@ class WorkerPool:
         # while warming a spare runs the encoder (~1 s on 2 cores) in the way of the next job.
         self._spare = SpareState(enabled=keep_spare_state)
         self._on_finished = on_finished
+        self._on_started = on_started  # metrics: a claimed job's wait in the queue
         self._stop = threading.Event()
         self._no_new_jobs = threading.Event()
         self._wake = threading.Condition()
@@ -190,6 +192,7 @@ class WorkerPool:
                 running = _Running(job.id)
                 with self._running_lock:
                     self._running[job.id] = running
+            self._on_started(job)
             try:
                 # A new state per job: whisper.cpp 1.8.5's results on a reused state depend
                 # on what that state decoded before (even with no_context), so the same

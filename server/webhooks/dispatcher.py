@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
+from whisperd.server import metrics
+
 from .outbox import Delivery, NewDelivery, Outbox
 from .sender import Sender
 from .urls import redact, resolve_url
@@ -186,14 +188,17 @@ class WebhookDispatcher:
                     return  # removed meanwhile
                 result = await self._sender.send(d, attempt)
                 if result.ok:
+                    metrics.webhook_attempt("delivered")
                     await asyncio.to_thread(self._outbox.remove, d.id)
                     log.info("%s: delivered on attempt %d", _describe(d), attempt)
                     return
                 if result.permanent or attempt >= self.max_attempts:
+                    metrics.webhook_attempt("dropped")
                     await asyncio.to_thread(self._outbox.remove, d.id)
                     why = "refused" if result.permanent else f"failed {attempt} attempts"
                     log.warning("%s: dropped, %s; last error: %s", _describe(d), why, result.error)
                     return
+                metrics.webhook_attempt("retrying")
                 retry_in = self._retry_delay(attempt)
                 retry_at = time.time() + retry_in
                 await asyncio.to_thread(self._outbox.reschedule, d.id, retry_at, result.error or "")

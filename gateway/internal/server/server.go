@@ -19,6 +19,7 @@ import (
 	"whisperd/gateway/internal/docs"
 	"whisperd/gateway/internal/health"
 	"whisperd/gateway/internal/jobs"
+	"whisperd/gateway/internal/metrics"
 	"whisperd/gateway/internal/openai"
 	"whisperd/gateway/internal/sse"
 
@@ -34,7 +35,9 @@ type Options struct {
 // New returns the gateway's whole HTTP handler.
 func New(ctx context.Context, b *backend.Backend, opts Options) (http.Handler, error) {
 	errs := apierr.Mapper{Target: b.Target}
+	m := metrics.New()
 	gw := runtime.NewServeMux(
+		runtime.WithMiddlewares(metrics.GatewayRoutes),
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, newMarshaler()),
 		runtime.WithErrorHandler(func(_ context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, _ *http.Request, err error) {
 			errs.Write(w, err, false)
@@ -74,7 +77,8 @@ func New(ctx context.Context, b *backend.Backend, opts Options) (http.Handler, e
 	mux.HandleFunc("GET /docs", docs.Page)
 	mux.HandleFunc("GET /docs/{$}", docs.Page)
 	mux.Handle("GET /docs/{file}", docs.Assets())
-	return logRequests(legacyPaths(mux)), nil
+	mux.Handle("GET /metrics", m.Handler())
+	return logRequests(legacyPaths(m.Instrument(mux))), nil
 }
 
 // legacyPaths serves the earlier service's unversioned routes (/jobs, /jobs/{id}/stream,
