@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "batch_decoder.hpp"
 #include "errors.hpp"
 #include "ggml-backend.h"
 #include "ggml.h"
@@ -168,7 +169,7 @@ ContextHandle::~ContextHandle() {
 
 Model::Model(const std::string &path, bool use_gpu, bool flash_attn, int gpu_device,
              bool decode_batching)
-    : path_(path), use_gpu_(use_gpu), flash_attn_(flash_attn) {
+    : path_(path), use_gpu_(use_gpu), flash_attn_(flash_attn), gpu_device_(gpu_device) {
     std::error_code ec;
     if (!std::filesystem::is_regular_file(path, ec)) {
         throw ModelLoadError("model file not found: " + path +
@@ -245,6 +246,23 @@ std::unique_ptr<State> Model::new_state() {
     }
 #endif
     return std::make_unique<State>(handle_, st);
+}
+
+std::unique_ptr<BatchDecoder> Model::new_batch_decoder(int n_slots, int n_cells, int n_threads,
+                                                       int max_encode_batch) {
+    handle();  // throws when closed
+    LogCapture capture;
+    try {
+        return std::make_unique<BatchDecoder>(handle_, use_gpu_, gpu_device_, n_slots, n_cells,
+                                              n_threads, max_encode_batch);
+    } catch (const OutOfMemoryError &) {
+        throw;
+    } catch (const std::exception &e) {
+        if (capture.mentions_out_of_memory()) {
+            throw OutOfMemoryError(std::string("out of memory for the batched decoder: ") + e.what());
+        }
+        throw;
+    }
 }
 
 void Model::close() { handle_.reset(); }
@@ -575,6 +593,49 @@ std::string quantize_rows(const std::string &qtype, const float *data, int64_t n
         ggml_quantize_chunk(type, data, out.data(), 0, n_rows, n_per_row, nullptr);
     out.resize(written);
     return out;
+}
+
+}  // namespace whisperd
+
+namespace whisperd {
+
+std::vector<std::pair<int64_t, int64_t>> vad_speech_spans(const float *samples, size_t n_samples,
+                                                          const Options &opts, int threads) {
+    whisper_vad_context_params vp = whisper_vad_default_context_params();
+    vp.n_threads = threads > 0 ? threads : default_threads();
+    vp.use_gpu = false;  // Silero is tiny: the CPU avoids a second CUDA context
+    LogCapture capture;
+    whisper_vad_context *vad = whisper_vad_init_from_file_with_params(opts.vad_model_path.c_str(), vp);
+    if (vad == nullptr) {
+        throw WhisperError("could not load the VAD model " + opts.vad_model_path);
+    }
+    whisper_vad_params params = whisper_vad_default_params();
+    params.threshold = opts.vad_threshold;
+    params.min_speech_duration_ms = opts.vad_min_speech_ms;
+    params.min_silence_duration_ms = opts.vad_min_silence_ms;
+    params.speech_pad_ms = opts.vad_speech_pad_ms;
+    whisper_vad_segments *segments =
+        whisper_vad_segments_from_samples(vad, params, samples, static_cast<int>(n_samples));
+    if (segments == nullptr) {
+        whisper_vad_free(vad);
+        throw WhisperError("voice activity detection failed");
+    }
+    std::vector<std::pair<int64_t, int64_t>> spans;
+    const int n = whisper_vad_segments_n_segments(segments);
+    for (int i = 0; i < n; ++i) {
+        const int64_t start = std::clamp<int64_t>(
+            static_cast<int64_t>(whisper_vad_segments_get_segment_t0(segments, i) * kSampleRate / 100), 0,
+            static_cast<int64_t>(n_samples));
+        const int64_t end = std::clamp<int64_t>(
+            static_cast<int64_t>(whisper_vad_segments_get_segment_t1(segments, i) * kSampleRate / 100), 0,
+            static_cast<int64_t>(n_samples));
+        if (end > start) {
+            spans.emplace_back(start, end);
+        }
+    }
+    whisper_vad_free_segments(segments);
+    whisper_vad_free(vad);
+    return spans;
 }
 
 }  // namespace whisperd

@@ -108,6 +108,7 @@ struct ContextHandle {
 };
 
 class State;
+class BatchDecoder;
 
 class Model {
 public:
@@ -121,6 +122,10 @@ public:
     bool decode_batching() const { return decode_batching_; }
 
     std::unique_ptr<State> new_state();
+    // One batched decoder over these weights (see batch_decoder.hpp).
+    std::unique_ptr<BatchDecoder> new_batch_decoder(int n_slots, int n_cells, int n_threads,
+                                                    int max_encode_batch);
+    int gpu_device() const { return gpu_device_; }
     // Drop the model's own hold on the weights; memory is freed once every state is closed.
     void close();
     bool closed() const { return handle_ == nullptr; }
@@ -139,6 +144,7 @@ private:
     std::string path_;
     bool use_gpu_;
     bool flash_attn_;
+    int gpu_device_ = 0;
     bool decode_batching_ = false;
 };
 
@@ -179,6 +185,10 @@ private:
     whisper_vad_context *vad_ = nullptr;
     std::vector<SpeechSpan> spans_;  // of the call in progress; empty without VAD
 };
+
+// Speech found by Silero VAD: (start, end) sample offsets.
+std::vector<std::pair<int64_t, int64_t>> vad_speech_spans(const float *samples, size_t n_samples,
+                                                          const Options &opts, int threads);
 
 std::string system_info();
 std::string whisper_version();

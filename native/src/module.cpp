@@ -5,6 +5,7 @@
 #include <nanobind/stl/unique_ptr.h>
 #include <nanobind/stl/vector.h>
 
+#include "batch_bindings.hpp"
 #include "engine.hpp"
 #include "errors.hpp"
 #include "log_bridge.hpp"
@@ -130,8 +131,8 @@ NB_MODULE(_native, m) {
         .def("close", &State::close, "Free this state's memory now.")
         .def_prop_ro("closed", &State::closed);
 
-    nb::class_<Model>(m, "Model", "Loaded whisper.cpp weights, shared by every state made from them.")
-        .def(nb::init<const std::string &, bool, bool, int, bool>(), "path"_a, "use_gpu"_a = true,
+    auto model = nb::class_<Model>(m, "Model", "Loaded whisper.cpp weights, shared by every state made from them.");
+    model.def(nb::init<const std::string &, bool, bool, int, bool>(), "path"_a, "use_gpu"_a = true,
              "flash_attn"_a = true, "gpu_device"_a = 0, "decode_batching"_a = false,
              nb::call_guard<nb::gil_scoped_release>())
         .def("new_state", &Model::new_state, nb::call_guard<nb::gil_scoped_release>())
@@ -150,6 +151,7 @@ NB_MODULE(_native, m) {
         .def_prop_ro("n_text_layer", &Model::n_text_layer)
         .def_prop_ro("token_eot", &Model::token_eot)
         .def_prop_ro("use_gpu", &Model::use_gpu);
+    bind_batch(m, model);
 
     nb::class_<Device>(m, "Device")
         .def_ro("name", &Device::name)

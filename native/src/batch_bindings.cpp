@@ -1,0 +1,88 @@
+// Python bindings for the batched decoder (whisperd._native.BatchDecoder and its data).
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/unique_ptr.h>
+#include <nanobind/stl/vector.h>
+
+#include "batch_bindings.hpp"
+#include "batch_decoder.hpp"
+#include "engine.hpp"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace whisperd {
+
+using Audio = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+void bind_batch(nb::module_ &m, nb::class_<Model> &model) {
+    nb::class_<WindowSpec>(m, "WindowSpec", "One window (<= 30 s) for the batched decoder.")
+        .def(nb::init<>())
+        .def_rw("id", &WindowSpec::id)
+        .def_prop_rw(
+            "samples", [](const WindowSpec &w) { return w.samples.size(); },
+            [](WindowSpec &w, Audio a) { w.samples.assign(a.data(), a.data() + a.shape(0)); },
+            "16 kHz mono float32 (copied); reads back the number of samples")
+        .def_rw("language", &WindowSpec::language)
+        .def_rw("translate", &WindowSpec::translate)
+        .def_rw("beam_size", &WindowSpec::beam_size)
+        .def_rw("best_of", &WindowSpec::best_of)
+        .def_rw("temperature", &WindowSpec::temperature)
+        .def_rw("temperature_increment", &WindowSpec::temperature_increment)
+        .def_rw("no_speech_threshold", &WindowSpec::no_speech_threshold)
+        .def_rw("logprob_threshold", &WindowSpec::logprob_threshold)
+        .def_rw("entropy_threshold", &WindowSpec::entropy_threshold)
+        .def_rw("prompt_tokens", &WindowSpec::prompt_tokens)
+        .def_rw("forced_tokens", &WindowSpec::forced_tokens);
+
+    nb::class_<WindowOutput>(m, "WindowOutput", "A decoded window; times in centiseconds from its start.")
+        .def_ro("id", &WindowOutput::id)
+        .def_ro("segments", &WindowOutput::segments)
+        .def_ro("language", &WindowOutput::language)
+        .def_ro("language_probability", &WindowOutput::language_probability)
+        .def_ro("no_speech_prob", &WindowOutput::no_speech_prob)
+        .def_ro("n_tokens", &WindowOutput::n_tokens)
+        .def_ro("n_fallbacks", &WindowOutput::n_fallbacks)
+        .def_ro("end_cs", &WindowOutput::end_cs)
+        .def_ro("text_tokens", &WindowOutput::text_tokens);
+
+    nb::class_<BatchStats>(m, "BatchStats")
+        .def_ro("steps", &BatchStats::steps)
+        .def_ro("rows", &BatchStats::rows)
+        .def_ro("encodes", &BatchStats::encodes)
+        .def_ro("encode_ms", &BatchStats::encode_ms)
+        .def_ro("decode_ms", &BatchStats::decode_ms)
+        .def_ro("sample_ms", &BatchStats::sample_ms)
+        .def_ro("graph_builds", &BatchStats::graph_builds);
+
+    nb::class_<BatchDecoder>(m, "BatchDecoder", "Windows of any jobs decoded together, one graph per step.")
+        .def_prop_ro("capacity", &BatchDecoder::capacity)
+        .def("free_slots", &BatchDecoder::free_slots)
+        .def("active", &BatchDecoder::active)
+        .def_prop_ro("memory_bytes", &BatchDecoder::memory_bytes)
+        .def("add", &BatchDecoder::add, "windows"_a, "token"_a.none() = nb::none(),
+             nb::call_guard<nb::gil_scoped_release>())
+        .def("step", &BatchDecoder::step, "token"_a.none() = nb::none(),
+             nb::call_guard<nb::gil_scoped_release>())
+        .def("drop", &BatchDecoder::drop, "id"_a)
+        .def("close", &BatchDecoder::close, nb::call_guard<nb::gil_scoped_release>())
+        .def("stats", &BatchDecoder::stats)
+        .def("mel", &BatchDecoder::mel, "samples"_a);
+
+    model.def("new_batch_decoder", &Model::new_batch_decoder, "n_slots"_a, "n_cells"_a,
+              "n_threads"_a, "max_encode_batch"_a, nb::call_guard<nb::gil_scoped_release>(),
+              "A batched decoder of n_slots windows over these weights.");
+
+    m.def(
+        "vad_speech_spans",
+        [](Audio audio, const Options &opts, int threads) {
+            nb::gil_scoped_release release;
+            return vad_speech_spans(audio.data(), audio.shape(0), opts, threads);
+        },
+        "audio"_a, "options"_a, "threads"_a = 0,
+        "Speech found by Silero VAD (options.vad_model_path, thresholds) as (start, end) samples.");
+}
+
+}  // namespace whisperd

@@ -1,0 +1,96 @@
+// One batched decoder over the weights whisper.cpp loaded: a fixed number of slots, each
+// holding one window (<= 30 s) of any job. Encoder: several windows in one graph, their
+// cross-attention keys/values written into their slots. Decoder: one graph per step for
+// every slot in flight, the slots in ggml's batch dimension and one flash-attention call
+// per layer for all of them; beams are rows of their window's slot that see their own
+// KV cells through a mask, so a beam reorder moves no memory.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine.hpp"
+#include "window_decoder.hpp"
+
+struct ggml_backend;
+struct ggml_context;
+struct ggml_gallocr;
+struct ggml_cgraph;
+struct ggml_tensor;
+struct ggml_backend_buffer;
+
+namespace whisperd {
+
+struct BatchStats {
+    int64_t steps = 0;
+    int64_t rows = 0;          // rows computed (padding included)
+    int64_t encodes = 0;       // windows encoded
+    double encode_ms = 0;
+    double decode_ms = 0;      // graph compute + logits read back
+    double sample_ms = 0;      // logit rules and sampling on the CPU
+    int64_t graph_builds = 0;  // steps whose graph shape was new
+};
+
+class BatchDecoder {
+public:
+    // n_slots windows at once, each with n_cells self-attention KV cells (beams share
+    // a window's cells). Throws OutOfMemoryError when the caches do not fit.
+    BatchDecoder(std::shared_ptr<ContextHandle> handle, bool use_gpu, int gpu_device,
+                 int n_slots, int n_cells, int n_threads, int max_encode_batch);
+    ~BatchDecoder();
+    BatchDecoder(const BatchDecoder &) = delete;
+    BatchDecoder &operator=(const BatchDecoder &) = delete;
+
+    int capacity() const { return n_slots_; }
+    int free_slots() const;
+    int active() const;
+    size_t memory_bytes() const;
+    // Encodes the windows (in groups of max_encode_batch) into free slots.
+    void add(std::vector<WindowSpec> windows, CancelToken *token);
+    // One decoder step for every window in flight; returns the windows that ended.
+    std::vector<WindowOutput> step(CancelToken *token);
+    void drop(int64_t id);
+    void close();
+    BatchStats stats() const { return stats_; }
+    // The log-mel frames of a window, as the encoder gets them (tests).
+    std::vector<float> mel(const std::vector<float> &samples) const;
+
+private:
+    struct Layer {
+        ggml_tensor *ck, *cv, *sk, *sv;  // cross and self caches: [n_state, cells, n_slots]
+    };
+    void encode_group(std::vector<WindowSpec> &group, const std::vector<int> &slots,
+                      CancelToken *token);
+    ggml_cgraph *build_encoder(ggml_context *ctx, int n, const std::vector<int> &slots,
+                               ggml_tensor **mel);
+    ggml_cgraph *build_decoder(ggml_context *ctx, int w, int r, int n_kv, int r_out);
+    ggml_tensor *w(const std::string &name) const;
+    ggml_tensor *conv(ggml_context *ctx, const std::string &name, ggml_tensor *x, int stride) const;
+    void compute(ggml_cgraph *gf, CancelToken *token);
+
+    std::shared_ptr<ContextHandle> handle_;
+    whisper_context *wctx_;
+    Vocab vocab_;
+    ggml_backend *backend_ = nullptr;
+    ggml_context *cache_ctx_ = nullptr;
+    ggml_backend_buffer *cache_buf_ = nullptr;
+    std::vector<Layer> layers_;
+    ggml_tensor *pad_k_ = nullptr, *pad_v_ = nullptr;  // encoder K/V padded to 256 rows
+    ggml_gallocr *enc_alloc_ = nullptr;
+    ggml_gallocr *dec_alloc_ = nullptr;
+    std::vector<uint8_t> enc_meta_, dec_meta_;
+    ggml_context *dec_ctx_ = nullptr;
+    ggml_cgraph *dec_graph_ = nullptr;
+    int dec_key_[4] = {-1, -1, -1, -1};
+
+    int n_slots_, n_cells_, n_threads_, max_encode_batch_;
+    int n_state_, n_head_, n_text_layer_, n_audio_layer_, n_mels_, n_audio_ctx_, n_audio_pad_,
+        n_text_ctx_;
+    std::vector<std::unique_ptr<WindowDecoder>> slots_;
+    BatchStats stats_;
+    std::vector<float> logits_;
+};
+
+}  // namespace whisperd

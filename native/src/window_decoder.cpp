@@ -1,0 +1,596 @@
+#include "window_decoder.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <numeric>
+
+#include "whisper.h"
+
+namespace whisperd {
+
+namespace {
+
+constexpr int kDeltaMin = 10;             // centiseconds: stop when 0.1 s is left
+constexpr float kMaxInitialTs = 1.0f;     // seconds
+constexpr float kPromptTempCutoff = 0.5f; // no conditioning text above this temperature
+constexpr int kEntropyWindow = 32;
+
+float neg_inf() { return -INFINITY; }
+
+}  // namespace
+
+Vocab::Vocab(whisper_context *c) : ctx(c) {
+    n_vocab = whisper_n_vocab(c);
+    eot = whisper_token_eot(c);
+    sot = whisper_token_sot(c);
+    prev = whisper_token_prev(c);
+    solm = whisper_token_solm(c);
+    not_ts = whisper_token_not(c);
+    beg = whisper_token_beg(c);
+    nosp = whisper_token_nosp(c);
+    translate = whisper_token_translate(c);
+    transcribe = whisper_token_transcribe(c);
+    multilingual = whisper_is_multilingual(c) != 0;
+    whisper_token sp[4];
+    space = whisper_tokenize(c, " ", sp, 4) == 1 ? sp[0] : -1;
+    for (int i = 0; i <= whisper_lang_max_id(); ++i) {
+        lang_tokens.push_back(whisper_token_lang(c, i));
+    }
+}
+
+std::string Vocab::text(int token) const {
+    const char *s = whisper_token_to_str(ctx, token);
+    return s == nullptr ? std::string() : std::string(s);
+}
+
+WindowDecoder::WindowDecoder(const Vocab &vocab, WindowSpec spec, int n_cells, int n_text_ctx)
+    : v_(vocab), spec_(std::move(spec)), n_cells_(n_cells) {
+    n_max_ = n_text_ctx / 2 - 4;
+    seek_end_ = static_cast<int>(spec_.samples.size() / 160);
+    if (spec_.forced_tokens > 0) {
+        spec_.temperature_increment = 0.0f;  // nothing to fall back from
+    }
+    if (spec_.temperature_increment > 0.0f) {
+        for (float t = spec_.temperature; t < 1.0f + 1e-6f; t += spec_.temperature_increment) {
+            temperatures_.push_back(t);
+        }
+    }
+    if (temperatures_.empty()) {
+        temperatures_.push_back(spec_.temperature);
+    }
+    out_.id = spec_.id;
+    if (!spec_.language.empty()) {
+        lang_id_ = whisper_lang_id(spec_.language.c_str());
+        out_.language = spec_.language;
+        out_.language_probability = 1.0f;
+    } else if (!v_.multilingual) {
+        lang_id_ = whisper_lang_id("en");
+        out_.language = "en";
+        out_.language_probability = 1.0f;
+    }
+    if (lang_id_ < 0 && v_.multilingual) {
+        phase_ = Phase::Detect;
+        next_cell_ = 0;
+        prompt_ = {v_.sot};
+        prompt_cells_ = {new_cell()};
+        prompt_visible_ = {prompt_cells_};
+        rows_ = {Row{v_.sot, 0, prompt_cells_[0], &prompt_visible_[0], true}};
+    } else {
+        start_attempt();
+    }
+}
+
+int WindowDecoder::new_cell() { return next_cell_++; }
+
+void WindowDecoder::start_attempt() {
+    const float t = temperatures_[attempt_];
+    next_cell_ = 0;
+    prompt_.clear();
+    if (!spec_.prompt_tokens.empty() && t < kPromptTempCutoff) {
+        prompt_.push_back(v_.prev);
+        const int take = std::min<int>(n_max_ + 4 - 1, spec_.prompt_tokens.size());
+        prompt_.insert(prompt_.end(), spec_.prompt_tokens.end() - take, spec_.prompt_tokens.end());
+    }
+    prompt_.push_back(v_.sot);
+    if (v_.multilingual) {
+        prompt_.push_back(v_.lang_tokens[lang_id_]);
+        prompt_.push_back(spec_.translate ? v_.translate : v_.transcribe);
+    }
+    const int n = static_cast<int>(prompt_.size());
+    prompt_cells_.clear();
+    prompt_visible_.assign(n, {});
+    rows_.clear();
+    for (int i = 0; i < n; ++i) {
+        prompt_cells_.push_back(new_cell());
+        prompt_visible_[i].assign(prompt_cells_.begin(), prompt_cells_.end());
+    }
+    for (int i = 0; i < n; ++i) {
+        rows_.push_back(Row{prompt_[i], i, prompt_cells_[i], &prompt_visible_[i], i == n - 1});
+    }
+    const int n_seq = t > 0.0f ? std::max(1, spec_.best_of) : std::max(1, spec_.beam_size);
+    seqs_.assign(n_seq, Seq{});
+    for (int j = 0; j < n_seq; ++j) {
+        seqs_[j].cells = prompt_cells_;
+        seqs_[j].rng = std::mt19937(j);
+    }
+    // Every sequence takes a cell per token: stop before the pool runs out.
+    n_max_ = std::min(n_max_, (n_cells_ - 1 - n) / n_seq);
+    step_ = 0;
+    phase_ = Phase::Prompt;
+}
+
+void WindowDecoder::forced(const Seq &s, std::vector<float> &logits) const {
+    const int n = spec_.forced_tokens;
+    const int k = static_cast<int>(s.tokens.size());
+    int want;
+    if (k == 0) {
+        want = v_.beg;
+    } else if (k >= n - 1) {
+        want = v_.eot;
+    } else if (k == n - 2) {
+        want = std::min(v_.beg + 1500, v_.n_vocab - 1);
+    } else {
+        want = 1000 + (k * 97) % 20000;
+    }
+    std::fill(logits.begin(), logits.end(), neg_inf());
+    logits[want] = 0.0f;
+}
+
+void WindowDecoder::process_logits(const Seq &s, const float *raw, float temperature,
+                                   std::vector<float> &logits,
+                                   std::vector<float> &logprobs) const {
+    const int n = v_.n_vocab;
+    logits.assign(raw, raw + n);
+    if (temperature > 0.0f) {
+        for (float &x : logits) {
+            x /= temperature;
+        }
+    }
+    const bool is_initial = s.tokens.empty();
+    if (is_initial) {
+        logits[v_.eot] = neg_inf();
+        if (v_.space >= 0) {
+            logits[v_.space] = neg_inf();
+        }
+    }
+    logits[v_.not_ts] = neg_inf();
+    logits[v_.sot] = neg_inf();
+    logits[v_.nosp] = neg_inf();
+    logits[v_.solm] = neg_inf();
+    logits[v_.translate] = neg_inf();
+    logits[v_.transcribe] = neg_inf();
+    logits[v_.prev] = neg_inf();
+    for (int t : v_.lang_tokens) {
+        if (t < n) {
+            logits[t] = neg_inf();
+        }
+    }
+    if (spec_.forced_tokens > 0) {
+        forced(s, logits);
+    }
+    // Timestamps come in pairs, except right before the end of text.
+    const size_t k = s.tokens.size();
+    const bool last_ts = k > 0 && s.tokens.back().id >= v_.beg;
+    const bool penult_ts = k < 2 || s.tokens[k - 2].id >= v_.beg;
+    if (last_ts) {
+        if (penult_ts) {
+            std::fill(logits.begin() + v_.beg, logits.end(), neg_inf());
+        } else {
+            std::fill(logits.begin(), logits.begin() + v_.eot, neg_inf());
+        }
+    }
+    if (is_initial) {
+        const int tid0 = static_cast<int>(std::round(kMaxInitialTs / 0.02f));
+        if (v_.beg + tid0 + 1 < n) {
+            std::fill(logits.begin() + v_.beg + tid0 + 1, logits.end(), neg_inf());
+        }
+    }
+    if (s.has_ts) {
+        const int tid0 = s.seek_delta / 2;
+        std::fill(logits.begin() + v_.beg, logits.begin() + std::min(n, v_.beg + tid0), neg_inf());
+    }
+    // log_softmax
+    logprobs.resize(n);
+    const float mx = *std::max_element(logits.begin(), logits.end());
+    float sum = 0.0f;
+    for (int i = 0; i < n; ++i) {
+        if (logits[i] > -INFINITY) {
+            sum += expf(logits[i] - mx);
+        }
+    }
+    const float lse = logf(sum) + mx;
+    for (int i = 0; i < n; ++i) {
+        logprobs[i] = logits[i] > -INFINITY ? logits[i] - lse : neg_inf();
+    }
+    // A timestamp when all timestamps together are likelier than any text token.
+    float ts_logprob = neg_inf();
+    {
+        const float ts_max = *std::max_element(logprobs.begin() + v_.beg, logprobs.end());
+        float acc = 0.0f;
+        for (int i = v_.beg; i < n; ++i) {
+            if (logprobs[i] > -INFINITY) {
+                acc += expf(logprobs[i] - ts_max);
+            }
+        }
+        if (acc > 0.0f) {
+            ts_logprob = logf(acc) + ts_max;
+        }
+    }
+    const float text_max = *std::max_element(logprobs.begin(), logprobs.begin() + v_.beg);
+    if (ts_logprob > text_max) {
+        std::fill(logits.begin(), logits.begin() + v_.beg, neg_inf());
+        std::fill(logprobs.begin(), logprobs.begin() + v_.beg, neg_inf());
+    }
+}
+
+namespace {
+
+void timestamp_stats(const std::vector<float> &logprobs, int beg, int &tid, float &pt) {
+    double sum = 0.0, mx = 0.0;
+    tid = beg;
+    for (size_t i = beg; i < logprobs.size(); ++i) {
+        if (logprobs[i] == -INFINITY) {
+            continue;
+        }
+        const double p = std::exp(logprobs[i]);
+        sum += p;
+        if (mx < p) {
+            mx = p;
+            tid = static_cast<int>(i);
+        }
+    }
+    pt = static_cast<float>(mx / (sum + 1e-10));
+}
+
+}  // namespace
+
+WindowDecoder::Tok WindowDecoder::sample_best(const std::vector<float> &logprobs) const {
+    Tok t{0, v_.beg, 0.0f, 0.0f, 0.0f};
+    timestamp_stats(logprobs, v_.beg, t.tid, t.pt);
+    float best = -INFINITY;
+    for (int i = 0; i < v_.n_vocab; ++i) {
+        if (logprobs[i] > best) {
+            best = logprobs[i];
+            t.id = i;
+        }
+    }
+    t.plog = best;
+    t.p = expf(best);
+    if (t.id >= v_.beg) {
+        t.tid = t.id;
+        t.pt = t.p;
+    }
+    return t;
+}
+
+WindowDecoder::Tok WindowDecoder::sample_random(const std::vector<float> &logprobs,
+                                                std::mt19937 &rng) const {
+    Tok t{0, v_.beg, 0.0f, 0.0f, 0.0f};
+    timestamp_stats(logprobs, v_.beg, t.tid, t.pt);
+    std::vector<float> probs(logprobs.size());
+    for (size_t i = 0; i < probs.size(); ++i) {
+        probs[i] = logprobs[i] == -INFINITY ? 0.0f : expf(logprobs[i]);
+    }
+    std::discrete_distribution<> dist(probs.begin(), probs.end());
+    t.id = dist(rng);
+    t.p = probs[t.id];
+    t.plog = logprobs[t.id];
+    if (t.id >= v_.beg) {
+        t.tid = t.id;
+        t.pt = t.p;
+    }
+    return t;
+}
+
+void WindowDecoder::after_token(Seq &s, int i) {
+    const Tok &tok = s.tokens.back();
+    if (tok.id > v_.beg) {
+        const int seek_delta_new = 2 * (tok.id - v_.beg);
+        if (s.has_ts && s.seek_delta > seek_delta_new && s.result_len < i) {
+            s.failed = true;
+            return;
+        }
+        s.seek_delta = seek_delta_new;
+        s.result_len = i + 1;
+        s.has_ts = true;
+    }
+    if (tok.id == v_.eot || (s.has_ts && s.seek_delta + kDeltaMin >= seek_end_)) {
+        if (s.result_len == 0) {
+            if (s.seek_delta + kDeltaMin >= seek_end_) {
+                s.result_len = i + 1;
+            } else {
+                s.failed = true;
+                return;
+            }
+        }
+        s.completed = true;
+        return;
+    }
+    if (i == n_max_ - 1 && (s.result_len == 0 || s.seek_delta < 100 * 30 / 2)) {
+        s.failed = true;
+    }
+}
+
+void WindowDecoder::feed(const std::vector<const float *> &logits) {
+    if (phase_ == Phase::Detect) {
+        // Language: the likeliest language token after <|startoftranscript|>.
+        const float *raw = logits.at(0);
+        float mx = -INFINITY;
+        for (int t : v_.lang_tokens) {
+            mx = std::max(mx, raw[t]);
+        }
+        double sum = 0.0;
+        for (int t : v_.lang_tokens) {
+            sum += std::exp(raw[t] - mx);
+        }
+        int best = 0;
+        for (size_t i = 0; i < v_.lang_tokens.size(); ++i) {
+            if (raw[v_.lang_tokens[i]] > raw[v_.lang_tokens[best]]) {
+                best = static_cast<int>(i);
+            }
+        }
+        lang_id_ = best;
+        out_.language = whisper_lang_str(best);
+        out_.language_probability = static_cast<float>(std::exp(raw[v_.lang_tokens[best]] - mx) / sum);
+        start_attempt();
+        return;
+    }
+    const float temperature = temperatures_[attempt_];
+    std::vector<float> lg, lp;
+    if (phase_ == Phase::Prompt) {
+        const float *raw = logits.at(0);
+        // No-speech probability: the plain softmax of the prompt's last position.
+        const float mx = *std::max_element(raw, raw + v_.n_vocab);
+        double sum = 0.0;
+        for (int i = 0; i < v_.n_vocab; ++i) {
+            sum += std::exp(raw[i] - mx);
+        }
+        out_.no_speech_prob = static_cast<float>(std::exp(raw[v_.nosp] - mx) / sum);
+        phase_ = Phase::Decode;
+        // Every sequence starts from the same prompt, hence the same logits.
+        std::vector<const float *> same(seqs_.size(), raw);
+        row_seq_.resize(seqs_.size());
+        std::iota(row_seq_.begin(), row_seq_.end(), 0);
+        feed(same);
+        return;
+    }
+    // Decode: one output row per live sequence, in row_seq_ order.
+    const bool beam = temperature <= 0.0f && seqs_.size() > 1;
+    if (!beam) {
+        for (size_t r = 0; r < row_seq_.size(); ++r) {
+            Seq &s = seqs_[row_seq_[r]];
+            process_logits(s, logits[r], temperature, lg, lp);
+            Tok t = temperature > 0.0f ? sample_random(lp, s.rng) : sample_best(lp);
+            s.tokens.push_back(t);
+            s.sum_logprobs_all += t.plog;
+            out_.n_tokens++;
+        }
+    } else {
+        struct Cand {
+            int parent;
+            Tok tok;
+            double sum;
+        };
+        std::vector<Cand> cands;
+        const int k = static_cast<int>(seqs_.size());
+        for (size_t r = 0; r < row_seq_.size(); ++r) {
+            const int j = row_seq_[r];
+            const Seq &s = seqs_[j];
+            process_logits(s, logits[r], temperature, lg, lp);
+            int tid;
+            float pt;
+            timestamp_stats(lp, v_.beg, tid, pt);
+            std::vector<int> idx(v_.n_vocab);
+            std::iota(idx.begin(), idx.end(), 0);
+            std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                              [&](int a, int b) { return lp[a] > lp[b]; });
+            for (int c = 0; c < k; ++c) {
+                const int id = idx[c];
+                if (lp[id] == -INFINITY) {
+                    break;
+                }
+                Tok t{id, tid, expf(lp[id]), lp[id], pt};
+                if (id >= v_.beg) {
+                    t.tid = id;
+                    t.pt = t.p;
+                }
+                cands.push_back({j, t, s.sum_logprobs_all + t.plog});
+            }
+        }
+        std::stable_sort(cands.begin(), cands.end(),
+                         [](const Cand &a, const Cand &b) { return a.sum > b.sum; });
+        std::vector<Seq> next = seqs_;
+        std::vector<std::vector<int>> taken;
+        size_t c = 0;
+        for (int j : row_seq_) {
+            // The next candidate whose token sequence no live sequence holds yet.
+            while (c < cands.size()) {
+                std::vector<int> ids;
+                for (const Tok &t : seqs_[cands[c].parent].tokens) {
+                    ids.push_back(t.id);
+                }
+                ids.push_back(cands[c].tok.id);
+                if (std::find(taken.begin(), taken.end(), ids) == taken.end()) {
+                    taken.push_back(ids);
+                    break;
+                }
+                ++c;
+            }
+            if (c >= cands.size()) {
+                next[j].failed = true;  // fewer distinct continuations than beams
+                continue;
+            }
+            const Cand &cand = cands[c++];
+            Seq s = seqs_[cand.parent];
+            s.rng = seqs_[j].rng;
+            s.tokens.push_back(cand.tok);
+            s.sum_logprobs_all = cand.sum;
+            next[j] = std::move(s);
+            out_.n_tokens++;
+        }
+        seqs_ = std::move(next);
+    }
+    for (int j : row_seq_) {
+        if (!seqs_[j].failed) {
+            after_token(seqs_[j], step_);
+        }
+    }
+    ++step_;
+    const bool all_done = std::all_of(seqs_.begin(), seqs_.end(),
+                                      [](const Seq &s) { return s.completed || s.failed; });
+    if (all_done || step_ >= n_max_) {
+        end_attempt();
+        return;
+    }
+    build_rows();
+}
+
+void WindowDecoder::build_rows() {
+    rows_.clear();
+    row_seq_.clear();
+    const int pos = static_cast<int>(prompt_.size()) + step_ - 1;
+    for (size_t j = 0; j < seqs_.size(); ++j) {
+        Seq &s = seqs_[j];
+        if (s.completed || s.failed) {
+            continue;
+        }
+        const int cell = new_cell();
+        s.cells.push_back(cell);
+        rows_.push_back(Row{s.tokens.back().id, pos, cell, &s.cells, true});
+        row_seq_.push_back(static_cast<int>(j));
+    }
+}
+
+void WindowDecoder::end_attempt() {
+    double best_score = -INFINITY;
+    int best = 0;
+    for (size_t j = 0; j < seqs_.size(); ++j) {
+        Seq &s = seqs_[j];
+        if (s.failed) {
+            continue;
+        }
+        if (s.result_len == 0) {
+            s.result_len = static_cast<int>(s.tokens.size());
+        }
+        s.tokens.resize(s.result_len);
+        if (s.result_len == 0) {
+            continue;
+        }
+        double sum = 0.0;
+        for (const Tok &t : s.tokens) {
+            sum += t.plog;
+        }
+        s.avg_logprobs = sum / s.result_len;
+        s.score = sum / s.result_len;  // length penalty off: the mean, as whisper.cpp
+        std::map<int, int> counts;
+        int cnt = 0;
+        for (int i = std::max(0, s.result_len - kEntropyWindow); i < s.result_len; ++i) {
+            counts[s.tokens[i].id]++;
+            cnt++;
+        }
+        double entropy = 0.0;
+        for (const auto &kv : counts) {
+            const double p = kv.second / static_cast<double>(cnt);
+            entropy -= p * std::log(p);
+        }
+        s.entropy = entropy;
+        if (s.result_len > kEntropyWindow && entropy < spec_.entropy_threshold) {
+            s.failed = true;
+            continue;
+        }
+        if (best_score < s.score) {
+            best_score = s.score;
+            best = static_cast<int>(j);
+        }
+    }
+    const Seq &b = seqs_[best];
+    const bool last = attempt_ + 1 >= static_cast<int>(temperatures_.size());
+    if (!last && (b.failed || (b.avg_logprobs < spec_.logprob_threshold &&
+                               out_.no_speech_prob < spec_.no_speech_threshold))) {
+        ++attempt_;
+        ++out_.n_fallbacks;
+        start_attempt();
+        return;
+    }
+    finish_segments(b);
+}
+
+void WindowDecoder::finish_segments(const Seq &best) {
+    phase_ = Phase::Done;
+    finished_ = true;
+    rows_.clear();
+    out_.end_cs = std::min(best.seek_delta, seek_end_);
+    const bool no_speech = out_.no_speech_prob > spec_.no_speech_threshold &&
+                           best.avg_logprobs < spec_.logprob_threshold;
+    const auto &toks = best.tokens;
+    if (no_speech || toks.empty()) {
+        return;
+    }
+    for (const Tok &t : toks) {
+        if (t.id < v_.eot) {
+            out_.text_tokens.push_back(t.id);
+        }
+    }
+    auto emit = [&](int64_t t0, int64_t t1, const std::string &text, int i0, int i1) {
+        SegmentData seg;
+        seg.index = static_cast<int>(out_.segments.size());
+        seg.t0 = t0;
+        seg.t1 = t1;
+        seg.text = text;
+        seg.no_speech_prob = out_.no_speech_prob;
+        // Token times: the segment's span shared out by the length of each token's text
+        // (the batched path has no alignment heads; words come out monotone).
+        size_t total = 0;
+        for (int j = i0; j < i1; ++j) {
+            if (toks[j].id < v_.eot) {
+                total += std::max<size_t>(1, v_.text(toks[j].id).size());
+            }
+        }
+        size_t acc = 0;
+        for (int j = i0; j < i1; ++j) {
+            Token tk;
+            tk.id = toks[j].id;
+            tk.p = toks[j].p;
+            if (toks[j].id < v_.eot) {
+                tk.text = v_.text(toks[j].id);
+                const size_t len = std::max<size_t>(1, tk.text.size());
+                tk.t0 = t0 + (total ? (t1 - t0) * static_cast<int64_t>(acc) / static_cast<int64_t>(total) : 0);
+                acc += len;
+                tk.t1 = t0 + (total ? (t1 - t0) * static_cast<int64_t>(acc) / static_cast<int64_t>(total) : 0);
+            } else {
+                tk.t0 = tk.t1 = t0;
+            }
+            seg.tokens.push_back(std::move(tk));
+        }
+        out_.segments.push_back(std::move(seg));
+    };
+    int i0 = 0;
+    int64_t t0 = 2 * (toks.front().tid - v_.beg);
+    std::string text;
+    for (int i = 0; i < static_cast<int>(toks.size()); ++i) {
+        if (toks[i].id < v_.eot) {
+            text += v_.text(toks[i].id);
+        }
+        if (toks[i].id > v_.beg) {
+            const int64_t t1 = 2 * (toks[i].tid - v_.beg);
+            if (!text.empty()) {
+                emit(t0, t1, text, i0, i + 1);
+            }
+            text.clear();
+            t0 = t1;
+            while (i + 1 < static_cast<int>(toks.size()) && toks[i + 1].id > v_.beg) {
+                ++i;
+                t0 = 2 * (toks[i].tid - v_.beg);
+            }
+            i0 = i + 1;
+        }
+    }
+    if (!text.empty()) {
+        emit(t0, best.seek_delta, text, i0, static_cast<int>(toks.size()));
+    }
+}
+
+WindowOutput WindowDecoder::result() const { return out_; }
+
+}  // namespace whisperd
