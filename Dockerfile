@@ -133,8 +133,9 @@ ENV PATH=/app/.venv/bin:$PATH \
 VOLUME ["/data", "/models"]
 
 # 50051: whisperd (gRPC); 8080: whisperd-gateway (REST, SSE, OpenAI routes, /docs), when
-# the container runs the gateway instead (its own flags/env: GATEWAY_LISTEN, WHISPERD_ADDR).
-EXPOSE 50051 8080
+# the container runs the gateway instead (its own flags/env: GATEWAY_LISTEN, WHISPERD_ADDR);
+# 9464: whisperd's Prometheus metrics (METRICS_PORT).
+EXPOSE 50051 8080 9464
 
 # Numeric, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
