@@ -74,7 +74,7 @@ $(STAMP_DOCS_DEPS): | $(STAMP_DEPS)
 
 # Prometheus metrics (prometheus-client, a runtime dependency of the server) and the PromQL
 # parser the dashboard test checks every query with; a stamp of their own, so adding them
-# does not rebuild the extension.
+# does not rebuild the extension (which needs them installed first: see STAMP_BUILD).
 $(STAMP_METRICS_DEPS): | $(STAMP_DEPS)
 	$(PIP) install "prometheus-client==0.26.0" "promql-parser==0.11.0"
 	@touch $@
@@ -100,7 +100,10 @@ $(GATEWAY): $(GATEWAY_SRC) $(SWAGGER_UI)
 gateway: $(GATEWAY)
 
 # The extension: fetches the pinned whisper.cpp source itself, builds it and our module.
-$(STAMP_BUILD): $(STAMP_DEPS) $(NATIVE_SRC)
+# Order-only on the metrics stamp: prometheus-client is a runtime dependency, so every
+# place that builds the extension (CI, the image's `make native`) has it, and adding it
+# did not rebuild anything.
+$(STAMP_BUILD): $(STAMP_DEPS) $(NATIVE_SRC) | $(STAMP_METRICS_DEPS)
 	$(PIP) install --no-build-isolation -e .
 	@rm -f $(VENV)/.stamp-build-*
 	@touch $@
