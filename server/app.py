@@ -29,12 +29,14 @@ from whisperd.server.api import convert
 from whisperd.server.api.auth import BearerTokenInterceptor
 from whisperd.server.api.model_control import ModelControlService, ModelEvents
 from whisperd.server.api.transcription import Admission, TranscriptionService
+from whisperd.server import cluster
 from whisperd.server.config import Settings
 from whisperd.server.engine.lifecycle import ModelHost, ModelState, Transition
 from whisperd.server.engine.workers import WorkerPool
 from whisperd.server.jobs.events import EventHub
 from whisperd.server.jobs.model import JobRecord
-from whisperd.server.jobs.spool import Spool
+from whisperd.server.jobs.backends import open_store
+from whisperd.server.jobs.blobs import BlobStore, open_blobs
 from whisperd.server.jobs.store import JobStore
 from whisperd.server.webhooks import Outbox, WebhookDispatcher
 from whisperd.v1 import model_control_pb2, model_control_pb2_grpc, transcription_pb2, transcription_pb2_grpc
@@ -126,13 +128,13 @@ class _DocumentedPool:
         return getattr(self._pool, name)
 
 
-async def _purge_loop(store: JobStore, retention: int, spool: Spool) -> None:
+async def _purge_loop(store: JobStore, retention: int, spool: BlobStore) -> None:
     while True:
         cutoff = time.time() - retention
         purged = await asyncio.to_thread(store.purge_finished, cutoff)
         for job in purged:
             if job.audio_path:
-                Path(job.audio_path).unlink(missing_ok=True)
+                await asyncio.to_thread(spool.delete, job.audio_path)
         if purged:
             log.info("purged %d finished jobs older than %d s", len(purged), retention)
         await asyncio.sleep(min(_PURGE_EVERY_SECS, max(1.0, retention / 2)))
@@ -143,12 +145,16 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     path = model_file(settings)
     multilingual = read_header(path).hparams.is_multilingual
-    store = JobStore(settings.db_path)
+    store = open_store(settings)  # SQLite in DATA_DIR, or PostgreSQL (DATABASE_URL)
+    # On PostgreSQL only jobs whose lease ran out: other replicas' running jobs are alive.
     requeued, failed = store.recover_interrupted(settings.max_attempts)
     if requeued or failed:
         log.info("start-up: %d interrupted jobs back in the queue, %d failed after %d attempts",
                  len(requeued), len(failed), settings.max_attempts)
-    spool = Spool(settings.uploads_dir, settings.max_upload_bytes)
+    spool = open_blobs(
+        settings.blob_url, settings.uploads_dir, settings.max_upload_bytes,
+        endpoint_url=settings.s3_endpoint_url,
+    )
     if (removed := spool.clean_partials()):
         log.info("start-up: removed %d half-written uploads", removed)
 
@@ -158,7 +164,14 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
     )
     await webhooks.start()
 
+    # On PostgreSQL: job events to and from the other replicas (None with SQLite).
+    cluster_hub = cluster.make_hub(loop, store, cancel=lambda job_id: pool.cancel(job_id))
+
     def job_finished(job: JobRecord) -> None:  # on a worker thread
+        if cluster_hub is not None and cluster_hub.ended_elsewhere(job.id):
+            return  # cancelled through another replica, which told the webhook
+        if job.audio_path:
+            spool.delete(job.audio_path)  # an object store's copy (the spool's is gone already)
         metrics.job_finished(job)
         if job.options.webhook_url:
             webhooks.job_finished_threadsafe(
@@ -171,7 +184,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
 
     gpu = gpu_available(settings)
     settings = settings.with_device(gpu)
-    hub = EventHub(loop)
+    hub = cluster_hub or EventHub(loop)
     events = ModelEvents(loop)
     host = ModelHost(
         path,
@@ -205,6 +218,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         keep_spare_state=gpu,
         on_finished=job_finished,
         on_started=metrics.job_started,
+        localise=spool.localise,
     )
     metrics.bind(metrics.Sources(
         queued=store.queue_depth, running=pool.running_count, model_state=lambda: host.state,
@@ -265,6 +279,10 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
     await server.start()
     pool.start()
+    heartbeat = cluster.start_heartbeat(
+        store, cluster_hub, settings=settings, port=port, host=host, pool=pool, gpu=gpu,
+        on_failed=job_finished,
+    )
     for name in ("",) + services:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     if store.queue_depth() > 0:
@@ -292,6 +310,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         purge.cancel()
         await asyncio.to_thread(pool.stop, settings.shutdown_grace_secs)
+        await cluster.stop_heartbeat(heartbeat, store, cluster_hub)
         await asyncio.to_thread(host.stop)
         await server.stop(grace=2)
         await webhooks.stop()

@@ -54,6 +54,17 @@ class Settings:
     # WHISPERD_BENCH_TOKENS_PER_WINDOW, benchmarks only: every job decodes exactly this many
     # tokens per 30 s window (models with random weights); 0 = normal decoding.
     bench_tokens_per_window: int = 0
+    # DATABASE_URL: unset = SQLite in DATA_DIR; postgresql://user:pass@host/db = a job store
+    # that several replicas share (never logged with its password).
+    database_url: str = ""
+    # BLOB_URL: unset = uploads in DATA_DIR/uploads; s3://bucket/prefix = an S3-compatible
+    # object store (S3_ENDPOINT_URL and the AWS_* credential variables say where and who).
+    blob_url: str = ""
+    s3_endpoint_url: str = ""  # S3_ENDPOINT_URL: e.g. http://objects:7070; empty = AWS
+    # LEASE_SECS: a replica holds each running job for this long and renews it every third
+    # of it; a job whose lease runs out (its host died) goes back to the queue.
+    lease_secs: int = 30
+    host_id: str = ""  # HOST_ID: this replica's name in the fleet; empty = hostname-pid
 
     @property
     def db_path(self) -> Path:
@@ -108,6 +119,11 @@ _ENV: dict[str, str] = {
     "batch_decoding": "BATCH_DECODING",
     "fault_oom_loads": "WHISPERD_FAULT_OOM_LOADS",
     "bench_tokens_per_window": "WHISPERD_BENCH_TOKENS_PER_WINDOW",
+    "database_url": "DATABASE_URL",
+    "blob_url": "BLOB_URL",
+    "s3_endpoint_url": "S3_ENDPOINT_URL",
+    "lease_secs": "LEASE_SECS",
+    "host_id": "HOST_ID",
 }
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -180,6 +196,17 @@ def validate(s: Settings) -> Settings:
             "WHISPERD_BENCH_TOKENS_PER_WINDOW must be 0 (off) or between 3 and 200, got "
             f"{s.bench_tokens_per_window}"
         )
+    if s.database_url and not s.database_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            "DATABASE_URL must be a postgresql://user:password@host:port/database URL "
+            "(or unset for SQLite in DATA_DIR)"
+        )
+    if s.blob_url and not (s.blob_url.startswith("s3://") and s.blob_url[5:].split("/")[0]):
+        raise ConfigError(
+            f"BLOB_URL must be s3://bucket or s3://bucket/prefix (or unset for DATA_DIR/uploads), got {s.blob_url!r}"
+        )
+    if not 3 <= s.lease_secs <= 3600:
+        raise ConfigError(f"LEASE_SECS must be between 3 and 3600, got {s.lease_secs}")
     if (s.tls_cert is None) != (s.tls_key is None):
         raise ConfigError("TLS_CERT and TLS_KEY go together: set both to serve TLS, or neither")
     for name, value in (("TLS_CERT", s.tls_cert), ("TLS_KEY", s.tls_key)):

@@ -59,3 +59,28 @@ def base_model() -> Path:
     from whisperd.models.bundled import ensure_base
 
     return ensure_base(paths.models_dir())
+
+
+@pytest.fixture(scope="session")
+def postgres():  # type: ignore[no-untyped-def]
+    """A real PostgreSQL server for this test session (tests/cluster_infra.py); each test
+    takes a database of its own with `postgres.create_database()`."""
+    from cluster_infra import Postgres, pg_bindir
+
+    if pg_bindir() is None:
+        pytest.skip("PostgreSQL is not installed (Debian package postgresql; `make setup` installs it)")
+    server = Postgres().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real S3-compatible server (versitygw) for this test session."""
+    from cluster_infra import VERSITYGW, ObjectStore
+
+    if not VERSITYGW.exists():
+        pytest.skip(f"{VERSITYGW} is not built (`make setup` runs tools/versitygw.sh)")
+    server = ObjectStore(tmp_path_factory.mktemp("objects")).start()
+    yield server
+    server.stop()

@@ -1,4 +1,5 @@
-"""The job store on a real SQLite file: lifecycle, queue order, concurrency, restarts."""
+"""The job store on a real SQLite file and on a real PostgreSQL server (the same tests
+for both, through the `store` fixture): lifecycle, queue order, concurrency, restarts."""
 from __future__ import annotations
 
 import sqlite3
@@ -11,6 +12,7 @@ import pytest
 
 from whisperd.server.jobs.errors import InvalidCursor, InvalidOptions, JobNotFound, JobStateError
 from whisperd.server.jobs.model import JobOptions, JobRecord, JobStatus
+from whisperd.server.jobs.pg_store import PgJobStore
 from whisperd.server.jobs.store import JobStore
 from whisperd.transcript import Segment, Word
 
@@ -37,11 +39,28 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def store(db_path: Path, clock: FakeClock) -> Iterator[JobStore]:
-    s = JobStore(db_path, clock=clock)
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, db_path: Path, clock: FakeClock) -> Iterator[JobStore]:
+    if request.param == "sqlite":
+        s = JobStore(db_path, clock=clock)
+    else:
+        server = request.getfixturevalue("postgres")
+        s = PgJobStore(server.create_database(), host_id="test-host", clock=clock)
     yield s
     s.close()
+
+
+def orphan_running_jobs(store: JobStore) -> None:
+    """What a dead process leaves: for SQLite nothing to do (recover_interrupted treats
+    every running job as orphaned); on PostgreSQL the dead host's leases run out."""
+    if isinstance(store, PgJobStore):
+        with store._write() as db:
+            db.execute("UPDATE jobs SET lease_expires_at = 0 WHERE status = 'running'")
+
+
+def segment_rows(store: JobStore) -> int:
+    with store._read() as db:
+        return int(db.execute("SELECT COUNT(*) FROM segments").fetchone()[0])
 
 
 def submit(store: JobStore, n: int = 1, **options: object) -> list[str]:
@@ -229,6 +248,7 @@ def test_recover_keeps_the_order_of_several_interrupted_jobs(store: JobStore) ->
     waiting = submit(store)[0]
     for _ in range(3):
         store.claim_next(MODEL)
+    orphan_running_jobs(store)
     assert store.recover_interrupted() == ([a, b, c], [])
     assert [claim(store).id for _ in range(4)] == [a, b, c, waiting]
 
@@ -325,12 +345,11 @@ def test_purge_finished_by_age(store: JobStore, clock: FakeClock) -> None:
     assert [j.id for j in store.purge_finished(older_than_epoch=clock.now + 10**9)] == [recent]
     assert {j.id for j in store.list(limit=100)[0]} == {running, queued}
     # Their segments went with them (ON DELETE CASCADE).
-    raw = sqlite3.connect(store.path)
-    assert raw.execute("SELECT COUNT(*) FROM segments").fetchone()[0] == 0
-    raw.close()
+    assert segment_rows(store) == 0
 
 
-def test_wal_mode_and_schema_version(store: JobStore, db_path: Path) -> None:
+def test_wal_mode_and_schema_version(db_path: Path) -> None:
+    JobStore(db_path).close()
     raw = sqlite3.connect(db_path)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

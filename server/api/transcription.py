@@ -18,7 +18,7 @@ from whisperd.server.engine.workers import WorkerPool
 from whisperd.server.jobs.errors import InvalidCursor, JobNotFound, JobStateError
 from whisperd.server.jobs.events import EventHub, FinishedEvent, ProgressEvent, RequeuedEvent, SegmentEvent
 from whisperd.server.jobs.model import JobRecord, JobStatus
-from whisperd.server.jobs.spool import Spool
+from whisperd.server.jobs.blobs import BlobStore
 from whisperd.server.jobs.store import JobStore
 from whisperd.server.webhooks import WebhookDispatcher, WebhookUrlRefused
 from whisperd import formats
@@ -46,7 +46,7 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
         self,
         *,
         store: JobStore,
-        spool: Spool,
+        spool: BlobStore,
         hub: EventHub,
         pool: WorkerPool,
         host: ModelHost,
@@ -104,9 +104,11 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
                 raise InvalidArgument("no audio: the upload had no 'chunk' bytes")
             info = await asyncio.to_thread(probe_audio, path)
         except BaseException:
-            path.unlink(missing_ok=True)
+            await self._spool.discard(path)
             raise
-        job = await asyncio.to_thread(self._store.create, options, str(path), info.duration_secs)
+        # The stored upload's reference: the spool path, or s3://... in an object store.
+        audio_ref = await self._spool.commit(path)
+        job = await asyncio.to_thread(self._store.create, options, audio_ref, info.duration_secs)
         if options.webhook_url:
             # Registered before the load starts, so the model_ready it causes reaches it.
             await self._webhooks.register_url(options.webhook_url)
@@ -185,7 +187,7 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
         if not self._pool.cancel(job.id):
             # It was queued: nothing runs it, so clean up here.
             if job.audio_path:
-                Path(job.audio_path).unlink(missing_ok=True)
+                await asyncio.to_thread(self._spool.delete, job.audio_path)
             self._hub.publish(FinishedEvent(job.id))
             metrics.job_finished(job)
             if job.options.webhook_url:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -56,6 +57,7 @@ class WorkerPool:
         keep_spare_state: bool = False,
         on_finished: Callable[[JobRecord], None] = lambda job: None,
         on_started: Callable[[JobRecord], None] = lambda job: None,
+        localise: Callable[[JobRecord], AbstractContextManager[JobRecord]] = nullcontext,
     ) -> None:
         self._store = store
         self._host = host
@@ -67,6 +69,9 @@ class WorkerPool:
         self._spare = SpareState(enabled=keep_spare_state)
         self._on_finished = on_finished
         self._on_started = on_started  # metrics: a claimed job's wait in the queue
+        # The job with its audio as a local file for the length of the job (an upload in
+        # an object store is downloaded; a spooled one is already local).
+        self._localise = localise
         self._stop = threading.Event()
         self._no_new_jobs = threading.Event()
         self._wake = threading.Condition()
@@ -198,8 +203,8 @@ class WorkerPool:
                 # on what that state decoded before (even with no_context), so the same
                 # audio could come back different; a fresh one matches whisper-cli. The
                 # spare is one made (and warmed up the same way each time) ahead of time.
-                with self._spare.take(model) as state:
-                    self._transcribe(job, state, running)
+                with self._localise(job) as local_job, self._spare.take(model) as state:
+                    self._transcribe(local_job, state, running)
             except OutOfMemoryError as exc:
                 self._requeue_after_oom(job, exc)
             except Exception:  # never let a worker die; the job ends with a reason

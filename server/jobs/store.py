@@ -425,9 +425,13 @@ class JobStore(SqliteFile):
 
 # --------------------------------------------------------------------- row codecs
 
+# Plain SQL that PostgreSQL runs too (pg_store.py shares these queries): ON CONFLICT,
+# not SQLite's INSERT OR REPLACE.
 _INSERT_SEGMENT = (
-    'INSERT OR REPLACE INTO segments (job_id, idx, start, "end", text, no_speech_prob, words) '
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+    'INSERT INTO segments (job_id, idx, start, "end", text, no_speech_prob, words) '
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, idx) DO UPDATE SET "
+    'start = excluded.start, "end" = excluded."end", text = excluded.text, '
+    "no_speech_prob = excluded.no_speech_prob, words = excluded.words"
 )
 
 

@@ -1,0 +1,144 @@
+"""This replica's part in a fleet sharing one PostgreSQL store: every third of LEASE_SECS
+it renews the leases of the jobs it runs and its row in the hosts table, and sweeps the
+queue for jobs whose lease ran out (their host died): those go back to the queue, or
+fail after MAX_ATTEMPTS, whichever replica notices first."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any, Callable
+
+from whisperd.server.config import Settings
+from whisperd.server.engine import gpu_info
+from whisperd.server.engine.lifecycle import ModelHost, ModelState
+from whisperd.server.engine.workers import WorkerPool
+from whisperd.server.jobs.events import FinishedEvent, RequeuedEvent
+from whisperd.server.jobs.model import JobRecord
+from whisperd.server.jobs.pg_events import ClusterHub
+from whisperd.server.jobs.pg_store import PgJobStore
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    def __init__(
+        self,
+        store: PgJobStore,
+        hub: ClusterHub,
+        *,
+        max_attempts: int,
+        info: Callable[[], dict[str, Any]],
+        on_requeued: Callable[[], None],
+        on_failed: Callable[[JobRecord], None],
+        on_waiting: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self._max_attempts = max_attempts
+        self._info = info
+        self._on_requeued = on_requeued
+        self._on_failed = on_failed
+        self._on_waiting = on_waiting
+        self.interval = max(1.0, store.lease_secs / 3)
+
+    async def beat(self) -> None:
+        """One round: renew, sweep, and load the model if others' jobs wait (jobs
+        submitted through another replica never asked this one to load)."""
+        await asyncio.to_thread(self._store.heartbeat, self._info())
+        if await asyncio.to_thread(self._store.queue_depth):
+            self._on_waiting()
+        requeued, failed = await asyncio.to_thread(self._store.recover_interrupted, self._max_attempts)
+        for job_id in requeued:
+            self._hub.publish(RequeuedEvent(job_id))
+        if requeued:
+            log.warning("took over %d jobs whose host stopped renewing its lease", len(requeued))
+            self._on_requeued()
+        for job_id in failed:
+            record = await asyncio.to_thread(self._store.get, job_id)
+            self._hub.publish(FinishedEvent(job_id))
+            if record is not None:
+                self._on_failed(record)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.beat()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database is away: keep trying, leases may lapse
+                log.warning("heartbeat failed (%s); next try in %g s", exc, self.interval)
+            await asyncio.sleep(self.interval)
+
+
+def make_hub(
+    loop: asyncio.AbstractEventLoop, store: Any, *, cancel: Callable[[str], object]
+) -> ClusterHub | None:
+    """The cross-replica event hub, listening already; None for a SQLite store. `cancel`
+    stops a job here that a client cancelled through another replica."""
+    if not isinstance(store, PgJobStore):
+        return None
+    hub = ClusterHub(loop, store, on_remote_finished=cancel)
+    hub.start()
+    return hub
+
+
+def fleet_info(*, settings: Settings, port: int, host: ModelHost, pool: WorkerPool, gpu: bool) -> dict[str, Any]:
+    """What this replica's row in the hosts table says about it."""
+    return {
+        "address": f"{socket.gethostname()}:{port}",
+        "model": host.model_path.name,
+        "state": host.state.value,
+        "device": "gpu" if gpu else "cpu",
+        "gpus": [g.name for g in gpu_info.gpus()] if gpu else [],
+        "parallel_jobs": settings.parallel_jobs,
+        "running_jobs": pool.running_count(),
+    }
+
+
+def start_heartbeat(
+    store: Any,
+    hub: ClusterHub | None,
+    *,
+    settings: Settings,
+    port: int,
+    host: ModelHost,
+    pool: WorkerPool,
+    gpu: bool,
+    on_failed: Callable[[JobRecord], None],
+) -> asyncio.Task[None] | None:
+    if hub is None or not isinstance(store, PgJobStore):
+        return None
+
+    def requeued() -> None:
+        host.request_load("jobs taken over from a stopped replica")
+        pool.wake()
+
+    def waiting() -> None:
+        if host.state == ModelState.UNLOADED:
+            host.request_load("jobs waiting in the shared queue")
+        pool.wake()
+
+    beat = Heartbeat(
+        store, hub, max_attempts=settings.max_attempts,
+        info=lambda: fleet_info(settings=settings, port=port, host=host, pool=pool, gpu=gpu),
+        on_requeued=requeued, on_failed=on_failed, on_waiting=waiting,
+    )
+    log.info(
+        "replica %s on the shared store %s (lease %d s, renewed every %g s)",
+        store.host_id, store.path, settings.lease_secs, beat.interval,
+    )
+    return asyncio.get_running_loop().create_task(beat.run(), name="heartbeat")
+
+
+async def stop_heartbeat(task: asyncio.Task[None] | None, store: Any, hub: ClusterHub | None) -> None:
+    """After the workers stopped: leave the fleet (the jobs left running were requeued)."""
+    if task is None or hub is None:
+        return
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    try:
+        await asyncio.to_thread(store.leave)
+    except Exception as exc:
+        log.warning("could not leave the hosts table: %s", exc)
+    await asyncio.to_thread(hub.stop)

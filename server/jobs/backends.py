@@ -1,0 +1,30 @@
+"""Which job store this server uses: SQLite in DATA_DIR (DATABASE_URL unset), or the
+PostgreSQL store that several replicas share."""
+from __future__ import annotations
+
+import os
+import socket
+
+from whisperd.server.config import Settings
+
+from .store import JobStore
+
+
+def host_id(settings: Settings) -> str:
+    """This replica's name in the fleet: HOST_ID, or hostname-pid (unique per process, so
+    a restarted replica never inherits the leases of the one that died)."""
+    return settings.host_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def open_store(settings: Settings) -> JobStore:
+    if not settings.database_url:
+        return JobStore(settings.db_path)
+    from .pg_store import PgJobStore  # psycopg only where it is used
+
+    # Workers, the loop's to_thread calls and the heartbeat share the pool.
+    return PgJobStore(
+        settings.database_url,
+        host_id=host_id(settings),
+        lease_secs=settings.lease_secs,
+        pool_size=max(4, settings.parallel_jobs + 4),
+    )
