@@ -18,6 +18,9 @@ STAMP_DEPS  := $(VENV)/.stamp-deps
 STAMP_GW_DEPS := $(VENV)/.stamp-deps-gateway-1
 STAMP_METRICS_DEPS := $(VENV)/.stamp-deps-metrics-1
 STAMP_DOCS_DEPS := $(VENV)/.stamp-deps-docs-1
+STAMP_CLUSTER_DEPS := $(VENV)/.stamp-deps-cluster-1
+STAMP_PG    := $(VENV)/.stamp-system-postgresql-1
+VERSITYGW   := .cache/gobin/versitygw
 STAMP_BUILD := $(VENV)/.stamp-build-$(WHISPERD_CUDA)-$(CMAKE_CUDA_ARCHITECTURES)
 MODEL       := models/ggml-tiny.en.bin
 GO_TOOLS    := $(addprefix .cache/gobin/,buf grpcurl protoc-gen-go protoc-gen-go-grpc protoc-gen-grpc-gateway protoc-gen-openapiv2)
@@ -31,7 +34,8 @@ GOENV       := GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
 
 .PHONY: setup run run-gateway run-all test test-fast bench bench-cpu gpu clean native model info gen lint gateway docs docs-serve
 
-setup: $(STAMP_BUILD) $(MODEL) $(GO_TOOLS) $(BUF_DEPS) $(STAMP_GW_DEPS) $(STAMP_DOCS_DEPS) $(STAMP_METRICS_DEPS) $(GATEWAY)
+setup: $(STAMP_BUILD) $(MODEL) $(GO_TOOLS) $(BUF_DEPS) $(STAMP_GW_DEPS) $(STAMP_DOCS_DEPS) $(STAMP_METRICS_DEPS) $(GATEWAY) \
+  $(STAMP_CLUSTER_DEPS) $(STAMP_PG) $(VERSITYGW)
 
 # System packages the tests need: espeak-ng speaks the German and Spanish test clips;
 # chromium (headless) screenshots the gateway's /docs page. Installed only when missing.
@@ -77,6 +81,29 @@ $(STAMP_DOCS_DEPS): | $(STAMP_DEPS)
 # does not rebuild the extension (which needs them installed first: see STAMP_BUILD).
 $(STAMP_METRICS_DEPS): | $(STAMP_DEPS)
 	$(PIP) install "prometheus-client==0.26.0" "promql-parser==0.11.0"
+	@touch $@
+
+# Many replicas on shared infrastructure (DATABASE_URL, BLOB_URL): psycopg 3 with its
+# pool, and boto3 for S3; a stamp of their own, so adding them does not rebuild the
+# extension.
+$(STAMP_CLUSTER_DEPS): | $(STAMP_DEPS)
+	$(PIP) install "psycopg[binary]==3.3.9" "psycopg-pool==3.3.3" "boto3==1.44.5"
+	@touch $@
+
+# PostgreSQL (Debian's package) for the tests of the shared job store: they run initdb
+# in a temporary folder themselves. Installed only when missing.
+$(STAMP_PG): | $(STAMP_SYS)
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing postgresql (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null || exit 1; \
+	fi
+	@touch $@
+
+# versitygw (Apache-2.0), the S3-compatible object store of the replica tests and of
+# docker-compose's cluster profile, pinned, built with the Go toolchain.
+$(VERSITYGW): tools/versitygw.sh
+	bash tools/versitygw.sh
 	@touch $@
 
 # buf (proto lint), grpcurl and the protoc plugins of `make gen`, pinned, built with the
