@@ -275,14 +275,29 @@ def test_bad_uploads_are_400(http: httpx.Client, gateway: GatewayProcess, jfk_wa
                       files={"audio": ("jfk.wav", f, "audio/wav")})
     body = assert_error(r, 400, "INVALID_ARGUMENT", gateway)
     assert "webhook" in body["error"], body
-    # An option after the audio part comes too late (the audio is already streaming to
-    # whisperd): refused, naming the field, and no job is left behind.
+    # Options on both sides of the audio part: the late one comes too late (the audio is
+    # already streaming to whisperd): refused, naming the field, and no job is left behind.
     before = {j["id"] for j in http.get("/v1/jobs").json()["jobs"]}
     with jfk_wav.open("rb") as f:
-        r = http.post("/v1/jobs", files=[("audio", ("jfk.wav", f, "audio/wav")), ("language", (None, "en"))])
+        r = http.post("/v1/jobs", files=[("beam_size", (None, "1")), ("audio", ("jfk.wav", f, "audio/wav")),
+                                         ("language", (None, "en"))])
     body = assert_error(r, 400, "INVALID_ARGUMENT", gateway)
     assert "language" in body["error"], body
     assert {j["id"] for j in http.get("/v1/jobs").json()["jobs"]} == before
+
+
+def test_the_earlier_curl_order_audio_first_then_options_works(http: httpx.Client, gateway: GatewayProcess, jfk_wav: Path) -> None:
+    """`curl -F audio=@f.mp3 -F language=en .../jobs`: the earlier service's clients put
+    the file first; both the legacy and the versioned route take it, options and all."""
+    for route in ("/jobs", "/v1/jobs"):
+        with jfk_wav.open("rb") as f:
+            r = http.post(route, files=[("audio", ("jfk.wav", f, "audio/wav")), ("language", (None, "en")),
+                                        ("beam_size", (None, "2"))])
+        assert r.status_code == 200, why(r, gateway)
+        answer = r.json()  # the legacy route answers in the earlier service's shape
+        job = http.get(f"/v1/jobs/{answer.get('id') or answer['job_id']}").json()
+        assert job["options"]["language"] == "en" and job["options"]["beam_size"] == 2, job
+        assert job["options"]["filename"] == "jfk.wav"
 
 
 def test_transcript_format_unknown_is_400(http: httpx.Client, gateway: GatewayProcess, done_job: dict[str, Any]) -> None:

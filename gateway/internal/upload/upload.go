@@ -6,12 +6,15 @@
 //
 // Two ways, by Form.Spool:
 //
-//   - Streamed (POST /v1/jobs): the file part goes to whisperd as it arrives. Submit takes
-//     the options first, so option fields must come before the file part; every common
-//     client (curl -F in order, requests, httpx and so the openai SDK) sends form fields
-//     before files. An option field after the file is refused with 400 rather than
-//     silently ignored; fields the dialect does not know are ignored wherever they are.
-//   - Spooled (OpenAI's routes): the file part is copied to a temporary file on disk
+//   - Streamed (POST /v1/jobs when option fields come first): the file part goes to
+//     whisperd as it arrives. Submit takes the options first; requests, httpx (and so the
+//     openai SDK) and curl with -F in that order send form fields before files. When the
+//     file is the first part (the earlier service's curl examples: -F audio=@f.mp3 -F
+//     language=en), the upload is spooled as below instead, so that order works too. Only
+//     a form with option fields on both sides of the file is refused (400: the file was
+//     already on its way); fields the dialect does not know are ignored wherever they are.
+//   - Spooled (OpenAI's routes, and /v1/jobs when the file comes first): the file part is
+//     copied to a temporary file on disk
 //     (os.CreateTemp in the default temporary folder, $TMPDIR or /tmp), the rest of the
 //     form is read, and then the temporary file is submitted with the complete options,
 //     so fields may come in any order (OpenAI's own curl examples put -F file=@... first).
@@ -88,13 +91,14 @@ func Submit(r *http.Request, b *backend.Backend, form Form) (job *pb.Job, err er
 		opts = form.Defaults()
 	}
 	if form.Spool {
-		return spooled(r, b, form, reader, opts)
+		return spooled(r, b, form, reader, opts, nil)
 	}
 	// Cancelling this context aborts the Submit stream: whisperd then drops the spool.
 	ctx, cancel := context.WithCancel(backend.Outgoing(r))
 	defer cancel()
 
 	var stream pb.Transcription_SubmitClient
+	fields := 0
 	for {
 		part, err := reader.NextPart()
 		if errors.Is(err, io.EOF) {
@@ -104,6 +108,10 @@ func Submit(r *http.Request, b *backend.Backend, form Form) (job *pb.Job, err er
 			return nil, apierr.BadRequest("reading the multipart body: %v", err)
 		}
 		name := part.FormName()
+		if name == form.FileField && fields == 0 && stream == nil {
+			// The file comes first: the options (if any) follow it, so it waits on disk.
+			return spooled(r, b, form, reader, opts, part)
+		}
 		if name == form.FileField {
 			if stream != nil {
 				return nil, apierr.BadRequest("more than one %q part: send one file per request", name)
@@ -123,6 +131,7 @@ func Submit(r *http.Request, b *backend.Backend, form Form) (job *pb.Job, err er
 			}
 			continue
 		}
+		fields++
 		value, err := readField(part)
 		if err != nil {
 			return nil, err
@@ -142,9 +151,10 @@ func Submit(r *http.Request, b *backend.Backend, form Form) (job *pb.Job, err er
 }
 
 // spooled reads the whole form, the file part into a temporary file, and then submits
-// that file with the complete options. On any failure nothing is submitted, or the Submit
-// stream is cancelled, so no job is created.
-func spooled(r *http.Request, b *backend.Backend, form Form, reader *multipart.Reader, opts *pb.JobOptions) (*pb.Job, error) {
+// that file with the complete options. first, when not nil, is a part already taken from
+// reader. On any failure nothing is submitted, or the Submit stream is cancelled, so no
+// job is created.
+func spooled(r *http.Request, b *backend.Backend, form Form, reader *multipart.Reader, opts *pb.JobOptions, first *multipart.Part) (*pb.Job, error) {
 	var spool *os.File
 	defer func() {
 		if spool != nil {
@@ -154,7 +164,11 @@ func spooled(r *http.Request, b *backend.Backend, form Form, reader *multipart.R
 	}()
 	filename := ""
 	for {
-		part, err := reader.NextPart()
+		part, err := first, error(nil)
+		if part == nil {
+			part, err = reader.NextPart()
+		}
+		first = nil
 		if errors.Is(err, io.EOF) {
 			break
 		}

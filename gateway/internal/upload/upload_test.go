@@ -122,13 +122,37 @@ func TestNotMultipartIs400(t *testing.T) {
 	}
 }
 
-// An option after the audio cannot reach whisperd any more: 400, and the Submit stream
-// is cancelled rather than closed, so whisperd creates no job.
-func TestOptionAfterAudioIs400AndNoJob(t *testing.T) {
+// The earlier service's curl order, the file first and its options after it: the file
+// waits in a temporary file until the form ends, then goes to whisperd with every option.
+func TestAudioFirstThenOptionsIsSpooledAndKeepsTheOptions(t *testing.T) {
 	f := &fake.Whisperd{}
 	srv := httptest.NewServer(handler(fake.Start(t, f)))
 	defer srv.Close()
-	ctype, body := form(t, part{name: "audio", file: "a.wav", value: "RIFF"}, part{name: "language", value: "en"})
+	audio := strings.Repeat("a", 2*upload.ChunkSize+7)
+	ctype, body := form(t, part{name: "audio", file: "a.wav", value: audio}, part{name: "language", value: "en"},
+		part{name: "beam_size", value: "2"})
+	code, out := post(t, srv.URL, ctype, body)
+	if code != 200 || out != "job-1" {
+		t.Fatalf("%d %s", code, out)
+	}
+	up := f.Uploads()[0]
+	if o := up.Options; o.GetLanguage() != "en" || o.GetBeamSize() != 2 || o.GetFilename() != "a.wav" {
+		t.Fatalf("options %v", o)
+	}
+	if up.Bytes != len(audio) || !up.Completed {
+		t.Fatalf("upload %+v", up)
+	}
+}
+
+// Options on both sides of the file: the file was already streaming when the late option
+// came, so it cannot reach whisperd any more: 400, and the Submit stream is cancelled
+// rather than closed, so whisperd creates no job.
+func TestOptionsOnBothSidesOfTheAudioIs400AndNoJob(t *testing.T) {
+	f := &fake.Whisperd{}
+	srv := httptest.NewServer(handler(fake.Start(t, f)))
+	defer srv.Close()
+	ctype, body := form(t, part{name: "beam_size", value: "2"}, part{name: "audio", file: "a.wav", value: "RIFF"},
+		part{name: "language", value: "en"})
 	code, out := post(t, srv.URL, ctype, body)
 	if code != 400 || !strings.Contains(out, "must come before") {
 		t.Fatalf("%d %s", code, out)
