@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from whisperd.model_resolver import resolve_model
 from whisperd.models.ggml_file import read_header
 from whisperd.server import metrics
 from whisperd.server.api import convert
+from whisperd.server.api import lenient
 from whisperd.server.api.auth import BearerTokenInterceptor
 from whisperd.server.api.model_control import ModelControlService, ModelEvents
 from whisperd.server.api.transcription import Admission, TranscriptionService
@@ -34,6 +36,9 @@ from whisperd.server.config import Settings
 from whisperd.server.engine.lifecycle import ModelHost, ModelState, Transition
 from whisperd.server.engine.workers import WorkerPool
 from whisperd.server.jobs.events import EventHub
+from whisperd.server.jobs.health_guard import StorageGuard
+from whisperd.server.jobs.orphans import remove_orphan_uploads
+from whisperd import audio_limits
 from whisperd.server.jobs.model import JobRecord
 from whisperd.server.jobs.backends import open_store
 from whisperd.server.jobs.blobs import BlobStore, open_blobs
@@ -142,7 +147,11 @@ async def _purge_loop(store: JobStore, retention: int, spool: BlobStore) -> None
 
 async def serve(settings: Settings, *, on_listening: Callable[[int], None] | None = None) -> None:
     loop = asyncio.get_running_loop()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Uploads and transcripts are private: files this process creates (the store, the
+    # spool) are readable by its user only, whatever the umask it was started with.
+    os.umask(0o077)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    audio_limits.configure(audio_limits.AudioLimits(max_secs=float(settings.max_audio_secs)))
     path = model_file(settings)
     multilingual = read_header(path).hparams.is_multilingual
     store = open_store(settings)  # SQLite in DATA_DIR, or PostgreSQL (DATABASE_URL)
@@ -157,6 +166,10 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
     )
     if (removed := spool.clean_partials()):
         log.info("start-up: removed %d half-written uploads", removed)
+    # A crash between an upload's rename and its job's insert leaves a file no job
+    # references; nothing else would ever delete it.
+    if (orphans := remove_orphan_uploads(settings.uploads_dir, store.audio_in_use())):
+        log.info("start-up: removed %d uploads that no waiting job references", orphans)
 
     outbox = Outbox(settings.data_dir / "webhooks.db")
     webhooks = WebhookDispatcher(
@@ -211,8 +224,20 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
 
     host.add_listener(model_webhook)
     host.add_listener(metrics.ModelMetrics())
+    def storage_changed(writable: bool) -> None:  # on the guard's or a worker's thread
+        def apply() -> None:
+            if not draining:
+                status = health_pb2.HealthCheckResponse.SERVING if writable else health_pb2.HealthCheckResponse.NOT_SERVING
+                for name in ("",) + services:
+                    loop.create_task(health_servicer.set(name, status))
+            if writable:
+                pool.wake()
+
+        loop.call_soon_threadsafe(apply)
+
+    storage = StorageGuard(settings.data_dir, on_change=storage_changed)
     pool = WorkerPool(
-        store=store, host=host, hub=hub,
+        store=store, host=host, hub=hub, storage=storage,
         workers=settings.parallel_jobs, threads_per_job=settings.threads_per_job,
         bench_tokens_per_window=settings.bench_tokens_per_window,
         keep_spare_state=gpu,
@@ -238,14 +263,17 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
         ]
     )
-    transcription_pb2_grpc.add_TranscriptionServicer_to_server(
+    # Registered with deserializers that turn a malformed message into INVALID_ARGUMENT.
+    lenient.add_servicer(
+        transcription_pb2_grpc.add_TranscriptionServicer_to_server,
         TranscriptionService(
             store=store, spool=spool, hub=hub, pool=pool, host=host,
             admission=admission, multilingual=multilingual, webhooks=webhooks,
         ),
         server,
     )
-    model_control_pb2_grpc.add_ModelControlServicer_to_server(
+    lenient.add_servicer(
+        model_control_pb2_grpc.add_ModelControlServicer_to_server,
         ModelControlService(host=host, pool=pool, store=store, events=events, gpu=gpu), server
     )
     health_servicer = health.aio.HealthServicer()
@@ -279,6 +307,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
     await server.start()
     pool.start()
+    storage.start()
     heartbeat = cluster.start_heartbeat(
         store, cluster_hub, settings=settings, port=port, host=host, pool=pool, gpu=gpu,
         on_failed=job_finished,
@@ -310,6 +339,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         purge.cancel()
         await asyncio.to_thread(pool.stop, settings.shutdown_grace_secs)
+        await asyncio.to_thread(storage.stop)
         await cluster.stop_heartbeat(heartbeat, store, cluster_hub)
         await asyncio.to_thread(host.stop)
         await server.stop(grace=2)

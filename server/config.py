@@ -32,6 +32,9 @@ class Settings:
     # a CPU (where a second job halves the first one's threads).
     parallel_jobs: int = 0
     max_upload_bytes: int = 0  # MAX_UPLOAD_BYTES; 0 = unlimited
+    # MAX_AUDIO_SECS: longest audio accepted, measured from the stream (not its header);
+    # bounds the memory a job's decoded samples take (4 h = 920 MB). 0 = unlimited.
+    max_audio_secs: int = 4 * 3600
     job_retention_secs: int = 7 * 24 * 3600  # JOB_RETENTION_SECS
     use_gpu: bool = True  # USE_GPU; ignored on a CPU build
     threads: int = 0  # THREADS per job; 0 = every CPU / PARALLEL_JOBS
@@ -105,6 +108,7 @@ _ENV: dict[str, str] = {
     "gpu_poll_interval_secs": "GPU_POLL_INTERVAL_SECS",
     "parallel_jobs": "PARALLEL_JOBS",
     "max_upload_bytes": "MAX_UPLOAD_BYTES",
+    "max_audio_secs": "MAX_AUDIO_SECS",
     "job_retention_secs": "JOB_RETENTION_SECS",
     "use_gpu": "USE_GPU",
     "threads": "THREADS",
@@ -181,6 +185,8 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(f"PARALLEL_JOBS must be 0 (automatic) or between 1 and 64, got {s.parallel_jobs}")
     if s.max_upload_bytes < 0:
         raise ConfigError(f"MAX_UPLOAD_BYTES must be 0 (unlimited) or more, got {s.max_upload_bytes}")
+    if s.max_audio_secs < 0:
+        raise ConfigError(f"MAX_AUDIO_SECS must be 0 (unlimited) or more, got {s.max_audio_secs}")
     if s.job_retention_secs < 0:
         raise ConfigError(f"JOB_RETENTION_SECS must be 0 or more, got {s.job_retention_secs}")
     if s.threads < 0:

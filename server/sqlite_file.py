@@ -114,7 +114,11 @@ class SqliteFile:
             try:
                 yield self._db
             finally:
-                self._db.execute("COMMIT")
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error:
+                    _rollback(self._db)
+                    raise
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -123,7 +127,19 @@ class SqliteFile:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                # Inside the try: a COMMIT that fails (disk full) must not leave the
+                # transaction open, or every later BEGIN on this connection would fail.
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                _rollback(self._db)
                 raise
-            self._db.execute("COMMIT")
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """End the open transaction, if any. SQLite may already have rolled it back itself (it
+    does on SQLITE_FULL), and that error must not hide the one that caused it."""
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass

@@ -13,7 +13,7 @@ import pytest
 from whisperd.server.jobs.errors import InvalidCursor, InvalidOptions, JobNotFound, JobStateError
 from whisperd.server.jobs.model import JobOptions, JobRecord, JobStatus
 from whisperd.server.jobs.pg_store import PgJobStore
-from whisperd.server.jobs.store import JobStore
+from whisperd.server.jobs.store import MIGRATIONS, JobStore
 from whisperd.transcript import Segment, Word
 
 MODEL = "ggml-tiny.en.bin"
@@ -353,7 +353,7 @@ def test_wal_mode_and_schema_version(db_path: Path) -> None:
     raw = sqlite3.connect(db_path)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         raw.execute("PRAGMA user_version = 99")
     finally:
         raw.close()

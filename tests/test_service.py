@@ -330,7 +330,7 @@ def test_a_500_mb_upload_keeps_server_memory_flat(
     # stays queued and nothing but the upload path touches the audio.
     server = ServerProcess(
         tmp_path / "data", tiny_en_model,
-        env={"WHISPERD_FAULT_OOM_LOADS": "1000", "GPU_POLL_INTERVAL_SECS": "3600"},
+        env={"WHISPERD_FAULT_OOM_LOADS": "1000", "GPU_POLL_INTERVAL_SECS": "3600", "MAX_AUDIO_SECS": "0"},
     ).start()
     try:
         warm = submit(server, jfk_bytes)  # the upload path's imports and buffers, once

@@ -20,6 +20,9 @@ from typing import BinaryIO
 
 import numpy as np
 
+from whisperd import audio_limits
+from whisperd.audio_limits import AudioLimits
+
 try:
     import av
     import av.error
@@ -62,6 +65,8 @@ class AudioInfo:
     sample_rate: int  # of the source, before resampling
     channels: int
     format: str  # FFmpeg's container name, e.g. "wav", "mp3", "mov,mp4,m4a,3gp,3g2,mj2"
+    # What a user should know about the file, e.g. that it ends before its header says.
+    warnings: tuple[str, ...] = ()
 
 
 class DecodeCancelled(Exception):
@@ -82,18 +87,30 @@ def decode_audio(
     FFmpeg recognises, or the stream decodes to no samples at all; DecodeCancelled when
     `should_stop()` turns true between decoded chunks (hours of compressed audio take
     seconds to decode, and a cancelled job must stop within one).
+
+    The process's AudioLimits (audio_limits.current()) bound the input: an implausible
+    rate or channel count is refused, and decoding stops at MAX_AUDIO_SECS, so no header
+    can make the buffer larger than that.
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
+    limits = audio_limits.current()
     plain = _read_plain_wav(source, sample_rate)
     if plain is not None:
+        if (problem := limits.too_long(plain.size / sample_rate)) is not None:
+            raise AudioDecodeError(problem)
         return plain
     with _open(source) as container:
         stream = _audio_stream(container)
-        buffer = _SampleBuffer(_initial_capacity(container, stream, sample_rate))
+        _check_format(stream, limits)
+        most = math.ceil(limits.max_secs * sample_rate) if limits.max_secs else 0
+        buffer = _SampleBuffer(_initial_capacity(container, stream, sample_rate, most))
         for chunk in _resampled_chunks(container, stream, sample_rate):
             if should_stop is not None and should_stop():
                 raise DecodeCancelled("stopped while decoding the audio")
+            if most and buffer.size + chunk.size > most + sample_rate:
+                # Past the maximum (plus resampler slack): a header lied to the probe.
+                raise AudioDecodeError(limits.too_long(most / sample_rate + 1) or "too long")
             buffer.append(chunk)
     samples = buffer.finish()
     if samples.size == 0:
@@ -101,24 +118,31 @@ def decode_audio(
     return samples
 
 
-def probe_audio(path: str | Path) -> AudioInfo:
-    """Check that `path` holds decodable audio and describe it, without decoding it all.
+def probe_audio(path: str | Path, limits: AudioLimits | None = None) -> AudioInfo:
+    """Check that `path` holds decodable audio within `limits` and describe it.
 
     Meant for rejecting a bad upload before a job is created: it opens the container,
-    finds the audio stream and decodes its first second. Only when the container does not
-    record a duration is the whole stream decoded, to count its samples.
+    checks the stream's rate and channels, decodes its first second, then walks the rest
+    of the stream's packets without decoding them (fast: milliseconds per hour of mp3)
+    to measure how long it really is. The duration returned is that measure, not the
+    header's claim; a file that ends well before its header says gets a warning, and
+    one that holds (almost) nothing, or more than the maximum, is refused.
     """
+    limits = limits or audio_limits.current()
     if av is None:
         samples = _read_plain_wav(path, WHISPER_SAMPLE_RATE)
         if samples is not None:
             return AudioInfo(len(samples) / WHISPER_SAMPLE_RATE, "pcm_s16le", WHISPER_SAMPLE_RATE, 1, "wav")
     with _open(path) as container:
         stream = _audio_stream(container)
+        _check_format(stream, limits)
         ctx = stream.codec_context
         first_rate, first_channels, decoded = 0, 0, 0
         for frame in _frames(container, stream):
             if not first_rate:
                 first_rate, first_channels = frame.sample_rate, frame.layout.nb_channels
+                if (problem := limits.format_problem(first_rate, first_channels)) is not None:
+                    raise AudioDecodeError(problem)
             decoded += frame.samples
             if decoded >= first_rate * _PROBE_DECODE_SECS:
                 break
@@ -126,19 +150,63 @@ def probe_audio(path: str | Path) -> AudioInfo:
             raise AudioDecodeError(
                 "empty audio: the file has an audio stream but it holds no samples"
             )
-        duration = _declared_duration(container, stream)
-        if duration is None:
-            # Nothing in the headers: count every sample (still streaming, nothing kept).
-            for frame in _frames(container, stream):
-                decoded += frame.samples
-            duration = decoded / first_rate
+        declared = _declared_duration(container, stream)
+        duration = float(Fraction(decoded, first_rate) + _measure_rest(container, stream, limits, decoded / first_rate))
+        for problem in (limits.too_long(duration), limits.too_short(duration, declared)):
+            if problem is not None:
+                raise AudioDecodeError(problem)
+        warning = limits.early_end_warning(duration, declared)
         return AudioInfo(
             duration_secs=duration,
             codec=ctx.codec.canonical_name if ctx.codec else ctx.name,
             sample_rate=first_rate or ctx.sample_rate,
             channels=first_channels or ctx.channels,
             format=container.format.name,
+            warnings=(warning,) if warning else (),
         )
+
+
+def _measure_rest(
+    container: av.container.InputContainer,
+    stream: av.audio.stream.AudioStream,
+    limits: AudioLimits,
+    so_far: float,
+) -> Fraction:
+    """Seconds of audio in the packets not yet read: their durations where the demuxer
+    knows them, else the samples they decode to. Stops past limits.max_secs."""
+    time_base = Fraction(stream.time_base) if stream.time_base else None
+    # Exact sums (ticks and samples are integers), so an 11 s WAV measures 11.0, not
+    # 11.000000000000007.
+    ticks = 0
+    samples = Fraction(0)
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue  # the demuxer's end-of-stream marker
+            if packet.duration and time_base is not None:
+                ticks += packet.duration
+            else:
+                try:
+                    samples += sum(
+                        (Fraction(f.samples, f.sample_rate) for f in packet.decode() if f.sample_rate),
+                        Fraction(0),
+                    )
+                except av.error.FFmpegError:
+                    continue  # a damaged packet holds no audio, as in decoding
+            if limits.max_secs and so_far + float(ticks * (time_base or 0) + samples) > limits.max_secs:
+                break
+    except av.error.FFmpegError as exc:
+        # Damage after some audio: what came before it is what the worker will decode.
+        log.info("audio stream ends early after a read error: %s", _reason(exc))
+    return ticks * (time_base or 0) + samples
+
+
+def _check_format(stream: av.audio.stream.AudioStream, limits: AudioLimits) -> None:
+    ctx = stream.codec_context
+    # Zero = not known until the first frame decodes (mp3 and others); checked then.
+    problem = limits.format_problem(ctx.sample_rate or limits.min_rate, ctx.channels or 1)
+    if problem is not None:
+        raise AudioDecodeError(problem)
 
 
 def write_wav(
@@ -233,6 +301,15 @@ def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.Aud
             f"with stream types {', '.join(kinds)}; send an audio or video file with sound"
         )
     stream = container.streams.audio[0]
+    if stream.codec_context is None or stream.codec_context.codec is None:
+        # FFmpeg knows the container but has no decoder for what is inside (a WAV with
+        # 0 or 33 bits per sample, an unknown format tag).
+        name = stream.codec_context.name if stream.codec_context is not None else ""
+        raise AudioDecodeError(
+            f"unsupported audio encoding: FFmpeg has no decoder for this "
+            f"{container.format.name} stream ({name or 'unknown codec'}); "
+            "send PCM, MP3, AAC, FLAC, Opus, Vorbis or another common codec"
+        )
     # Let FFmpeg use several threads for codecs that can (no effect on simple PCM).
     stream.codec_context.thread_type = "AUTO"
     return stream
@@ -324,6 +401,10 @@ class _SampleBuffer:
         self._data = np.empty(max(capacity, 1), dtype=np.float32)
         self._size = 0
 
+    @property
+    def size(self) -> int:
+        return self._size
+
     def append(self, chunk: np.ndarray) -> None:
         end = self._size + chunk.size
         if end > self._data.size:
@@ -351,13 +432,18 @@ def _declared_duration(
 
 
 def _initial_capacity(
-    container: av.container.InputContainer, stream: av.audio.stream.AudioStream, sample_rate: int
+    container: av.container.InputContainer,
+    stream: av.audio.stream.AudioStream,
+    sample_rate: int,
+    most: int = 0,
 ) -> int:
     duration = _declared_duration(container, stream)
     if duration is None:
         return int(_DEFAULT_CAPACITY_SECS * sample_rate)
-    # A little headroom: headers round, and resampler flushes add a few samples.
-    return math.ceil(duration * sample_rate * 1.01) + sample_rate
+    # A little headroom: headers round, and resampler flushes add a few samples. A header
+    # can lie, so never more than the maximum length allows; the buffer grows if needed.
+    wanted = math.ceil(duration * sample_rate * 1.01) + sample_rate
+    return min(wanted, most + sample_rate) if most else wanted
 
 
 def _reason(exc: BaseException | None) -> str:

@@ -52,7 +52,10 @@ def transcribe(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
 ) -> None:
     """Transcribe FILE offline, with no server, and print the transcript."""
+    import dataclasses
+
     from whisperd import audio, formats
+    from whisperd.nonspeech import speech_only
     from whisperd.inference import TranscribeOptions, WhisperError, WhisperModel
     from whisperd.model_resolver import ModelNotFound, resolve_model
 
@@ -91,6 +94,8 @@ def transcribe(
         _fail(str(exc), 2)
     except WhisperError as exc:
         _fail(str(exc), 1)
+    # Whisper's [BLANK_AUDIO]-style markers are not speech (as in the server's answers).
+    result = dataclasses.replace(result, segments=tuple(speech_only(result.segments)))
     text = formats.render(result, fmt)
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
@@ -110,6 +115,7 @@ def serve(
     idle_timeout: Optional[int] = typer.Option(None, "--idle-timeout", help="Unload after this many idle seconds (IDLE_TIMEOUT_SECS, 300; 0 = never)."),
     gpu_poll_interval: Optional[int] = typer.Option(None, "--gpu-poll-interval", help="Seconds between load retries when the GPU is full (GPU_POLL_INTERVAL_SECS, 30)."),
     max_upload_bytes: Optional[int] = typer.Option(None, "--max-upload-bytes", help="Largest upload (MAX_UPLOAD_BYTES, 0 = unlimited)."),
+    max_audio_secs: Optional[int] = typer.Option(None, "--max-audio-secs", help="Longest audio accepted, in seconds (MAX_AUDIO_SECS, 0 = unlimited)."),
     job_retention: Optional[int] = typer.Option(None, "--job-retention", help="Seconds finished jobs are kept (JOB_RETENTION_SECS, 7 days)."),
     admission: Optional[str] = typer.Option(None, "--admission", help="queue (default) or strict: UNAVAILABLE + RetryInfo while the model is not ready (ADMISSION)."),
     cpu: bool = typer.Option(False, "--cpu", help="Do not use the GPU (USE_GPU=0)."),
@@ -128,7 +134,7 @@ def serve(
             port=port, host=host, data_dir=data_dir, whisper_model=model,
             whisper_model_path=model_path, parallel_jobs=parallel_jobs,
             idle_timeout_secs=idle_timeout, gpu_poll_interval_secs=gpu_poll_interval,
-            max_upload_bytes=max_upload_bytes, job_retention_secs=job_retention,
+            max_upload_bytes=max_upload_bytes, max_audio_secs=max_audio_secs, job_retention_secs=job_retention,
             use_gpu=False if cpu else None, admission=admission,
             metrics_port=metrics_port, log_format=log_format,
         )

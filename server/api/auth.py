@@ -20,15 +20,19 @@ _MESSAGE = "missing or wrong bearer token: send 'authorization: Bearer <token>' 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     def _allowed(self, details: grpc.HandlerCallDetails) -> bool:
         if details.method.startswith(_OPEN_PREFIXES):
             return True
         for key, value in details.invocation_metadata or ():
             if key == "authorization":
-                given = value.encode() if isinstance(value, str) else value
-                return hmac.compare_digest(given, self._expected)
+                text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+                # The scheme is case-insensitive (RFC 9110 11.1): "bearer" is fine too.
+                scheme, _, credentials = text.strip().partition(" ")
+                return scheme.lower() == "bearer" and hmac.compare_digest(
+                    credentials.strip().encode(), self._expected
+                )
         return False
 
     async def intercept_service(

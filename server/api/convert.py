@@ -62,6 +62,7 @@ def options_to_pb(o: JobOptions) -> pb.JobOptions:
         word_timestamps=o.word_timestamps,
         vad=o.vad,
         filename=o.filename or "",
+        request_id=o.request_id or "",
     )
     msg.temperature_increment = o.temperature_increment
     return msg
@@ -84,6 +85,7 @@ def job_to_pb(job: JobRecord, *, with_segments: bool = True) -> pb.Job:
         options=options_to_pb(job.options),
         language_probability=job.language_probability or 0.0,
         attempts=job.attempts,
+        warnings=list(job.warnings),
     )
 
 

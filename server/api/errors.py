@@ -5,7 +5,6 @@ traceback (and the job id, when the request names one).
 """
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
@@ -15,7 +14,9 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from whisperd.server.api.lenient import MalformedRequest, check as check_request
 from whisperd.server.jobs.errors import InvalidOptions, JobNotFound, JobStateError
+from whisperd.server.jobs.health_guard import is_storage_error
 from whisperd.server.jobs.spool import UploadTooLarge
 from whisperd.server.webhooks import WebhookUrlRefused
 from whisperd.audio import AudioDecodeError
@@ -41,6 +42,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (JobStateError, grpc.StatusCode.FAILED_PRECONDITION),
     (AudioDecodeError, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (MalformedRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidOptions, grpc.StatusCode.INVALID_ARGUMENT),
     (WebhookUrlRefused, grpc.StatusCode.INVALID_ARGUMENT),
     (UploadTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -49,7 +51,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode | None:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+    if is_storage_error(exc):  # disk full, for the spool or the job store
         return grpc.StatusCode.RESOURCE_EXHAUSTED
     for kind, code in ERROR_TABLE:
         if isinstance(exc, kind):
@@ -58,8 +60,9 @@ def status_for(exc: BaseException) -> grpc.StatusCode | None:
 
 
 def _message(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return "the server's disk is full: no room to store the upload"
+    if is_storage_error(exc):
+        log.warning("request refused: the server's storage cannot be written: %s", exc)
+        return "the server's disk is full (or failing): no room to store the upload or the job; retry later"
     return str(exc)
 
 
@@ -106,6 +109,7 @@ def unary(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
+            check_request(request)
             return await fn(self, request, context)
         except grpc.aio.AbortError:
             raise
@@ -122,6 +126,7 @@ def streaming(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterato
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[T]:
         try:
+            check_request(request)
             async for item in fn(self, request, context):
                 yield item
         except grpc.aio.AbortError:

@@ -18,6 +18,9 @@ from whisperd.v1 import model_control_pb2_grpc as mpb_grpc
 
 log = logging.getLogger(__name__)
 
+# Unloads answered before they finish (see Unload); kept referenced until done.
+_BACKGROUND: set[asyncio.Future[None]] = set()
+
 STATE_TO_PB = {
     ModelState.UNLOADED: mpb.MODEL_STATE_UNLOADED,
     ModelState.LOADING: mpb.MODEL_STATE_LOADING,
@@ -98,6 +101,13 @@ class ModelControlService(mpb_grpc.ModelControlServicer):
 
     @unary
     async def Unload(self, request: mpb.UnloadModelRequest, context: grpc.aio.ServicerContext) -> mpb.ModelStatus:
+        if self._host.state in (ModelState.LOADING, ModelState.WAITING_FOR_GPU):
+            # A load in flight is abandoned only when its native call returns (seconds):
+            # answer now; the model is unloaded as soon as the load ends.
+            task = asyncio.ensure_future(asyncio.to_thread(self._host.unload, "unload requested"))
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
+            return await self.status()
         await asyncio.to_thread(self._host.unload, "unload requested")
         return await self.status()
 

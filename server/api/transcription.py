@@ -10,7 +10,7 @@ from typing import AsyncIterator, Callable
 import grpc
 
 from whisperd.server import metrics
-from whisperd.server.api import convert
+from whisperd.server.api import convert, lenient
 from whisperd.server.api.errors import InvalidArgument, ServiceUnavailable, streaming, unary
 from whisperd.server.api.options import options_from_pb
 from whisperd.server.engine.lifecycle import ModelHost, ModelState
@@ -72,6 +72,7 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
         if self._admission.draining():
             raise ServiceUnavailable("the server is shutting down; submit to another one or retry", 5)
         first = await anext(aiter(request_iterator), None)
+        lenient.check(first)
         if first is None or first.WhichOneof("payload") != "options":
             raise InvalidArgument(
                 "the first Submit message must carry 'options'; audio 'chunk' messages follow it"
@@ -89,9 +90,17 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
                 f"retry in {self._admission.retry_after:g} s",
                 self._admission.retry_after,
             )
+        if options.request_id and (
+            known := await asyncio.to_thread(self._store.find_request, options.request_id)
+        ) is not None:
+            # A retry of a Submit whose answer was lost: the job exists; the rest of this
+            # upload is not needed.
+            log.info("job %s: Submit repeated with its request_id; the same job returned", known.id)
+            return convert.job_to_pb(known)
 
         async def chunks() -> AsyncIterator[bytes]:
             async for message in request_iterator:
+                lenient.check(message)
                 if message.WhichOneof("payload") != "chunk":
                     raise InvalidArgument("after the first message, every Submit message must carry an audio 'chunk'")
                 yield message.chunk
@@ -108,7 +117,17 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
             raise
         # The stored upload's reference: the spool path, or s3://... in an object store.
         audio_ref = await self._spool.commit(path)
-        job = await asyncio.to_thread(self._store.create, options, audio_ref, info.duration_secs)
+        try:
+            job = await asyncio.to_thread(
+                self._store.create, options, audio_ref, info.duration_secs, info.warnings
+            )
+        except BaseException:
+            await asyncio.to_thread(self._spool.delete, audio_ref)  # no job will use it
+            raise
+        if job.audio_path != audio_ref:
+            # The same request_id arrived twice at once; the other one made the job.
+            await asyncio.to_thread(self._spool.delete, audio_ref)
+            return convert.job_to_pb(job)
         if options.webhook_url:
             # Registered before the load starts, so the model_ready it causes reaches it.
             await self._webhooks.register_url(options.webhook_url)

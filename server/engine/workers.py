@@ -15,6 +15,7 @@ from whisperd.server.engine.lifecycle import ModelHost, ModelState, Transition
 from whisperd.server.engine.spare import SpareState
 from whisperd.server.jobs.errors import JobStateError
 from whisperd.server.jobs.events import EventHub, FinishedEvent, ProgressEvent, RequeuedEvent, SegmentEvent
+from whisperd.server.jobs.health_guard import StorageGuard
 from whisperd.server.jobs.model import JobRecord, JobStatus
 from whisperd.server.jobs.store import JobStore
 from whisperd.audio import AudioDecodeError, DecodeCancelled, decode_audio
@@ -26,6 +27,7 @@ from whisperd.inference import (
     TranscriptionAborted,
     WhisperError,
 )
+from whisperd.nonspeech import SpeechOnly, speech_only
 from whisperd.transcript import Segment
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class WorkerPool:
         on_finished: Callable[[JobRecord], None] = lambda job: None,
         on_started: Callable[[JobRecord], None] = lambda job: None,
         localise: Callable[[JobRecord], AbstractContextManager[JobRecord]] = nullcontext,
+        storage: StorageGuard | None = None,
     ) -> None:
         self._store = store
         self._host = host
@@ -72,6 +75,9 @@ class WorkerPool:
         # The job with its audio as a local file for the length of the job (an upload in
         # an object store is downloaded; a spooled one is already local).
         self._localise = localise
+        # A full disk: no claims meanwhile, and job endings that could not be written
+        # wait there until they can.
+        self._storage = storage
         self._stop = threading.Event()
         self._no_new_jobs = threading.Event()
         self._wake = threading.Condition()
@@ -100,6 +106,11 @@ class WorkerPool:
     def running_count(self) -> int:
         with self._running_lock:
             return len(self._running)
+
+    def running_ids(self) -> list[str]:
+        """The jobs running here now (a shared store's heartbeat renews their leases)."""
+        with self._running_lock:
+            return list(self._running)
 
     def busy(self) -> bool:
         return self.running_count() > 0 or self._store.queue_depth() > 0
@@ -178,8 +189,23 @@ class WorkerPool:
     # ------------------------------------------------------------------ the loop
 
     def _loop(self) -> None:
+        """A worker outlives every exception (a full disk, a store error): a dead worker
+        would leave accepted jobs queued until a restart."""
         while not self._stop.is_set():
-            if self._no_new_jobs.is_set() or self._store.queue_depth() == 0:
+            try:
+                self._serve_jobs()
+            except Exception as exc:
+                if not self._storage_failed(exc, "a worker's store access"):
+                    log.exception("worker: unexpected error outside a job; carrying on")
+                self._stop.wait(1.0)
+
+    def _storage_failed(self, exc: BaseException, what: str) -> bool:
+        return self._storage is not None and self._storage.report(exc, what)
+
+    def _serve_jobs(self) -> None:
+        while not self._stop.is_set():
+            storage_ok = self._storage is None or self._storage.writable
+            if self._no_new_jobs.is_set() or not storage_ok or self._store.queue_depth() == 0:
                 with self._wake:
                     self._wake.wait(timeout=0.5)
                 continue
@@ -207,9 +233,13 @@ class WorkerPool:
                     self._transcribe(local_job, state, running)
             except OutOfMemoryError as exc:
                 self._requeue_after_oom(job, exc)
-            except Exception:  # never let a worker die; the job ends with a reason
-                log.exception("job %s: unexpected error", job.id)
-                self._finish(job, JobStatus.FAILED, error="internal error (see the server log)")
+            except Exception as exc:  # never let a worker die; the job ends with a reason
+                if self._storage_failed(exc, f"job {job.id}"):
+                    # Not the job's fault: it runs again once the disk has room.
+                    self._defer(f"job {job.id}: back to the queue", lambda j=job: self._requeue_now(j.id, "the disk was full"))
+                else:
+                    log.exception("job %s: unexpected error", job.id)
+                    self._finish(job, JobStatus.FAILED, error="internal error (see the server log)")
             finally:
                 with self._running_lock:
                     self._running.pop(job.id, None)
@@ -262,7 +292,11 @@ class WorkerPool:
                 last_write = now
                 self._store.update_progress(job.id, float(percent))
 
-        def on_segment(segment: Segment) -> None:
+        speech = SpeechOnly()  # [BLANK_AUDIO] and the like are not transcript text
+
+        def on_segment(raw: Segment) -> None:
+            if (segment := speech.keep(raw)) is None:
+                return
             self._store.add_segments(job.id, [segment])
             self._hub.publish_threadsafe(SegmentEvent(job.id, segment))
 
@@ -307,14 +341,40 @@ class WorkerPool:
             return
         reason = running.stop_reason or "interrupted"
         try:
-            self._store.requeue(job.id, at_head=True, reason=reason)
+            self._requeue_now(job.id, reason)
+        except Exception as exc:
+            if not self._storage_failed(exc, f"job {job.id}: requeue"):
+                raise
+            self._defer(f"job {job.id}: back to the queue", lambda: self._requeue_now(job.id, reason))
+
+    def _requeue_now(self, job_id: str, reason: str) -> None:
+        try:
+            self._store.requeue(job_id, at_head=True, reason=reason)
         except JobStateError:  # a client cancelled it meanwhile: that wins
-            self._ended(job.id)
+            self._ended(job_id)
             return
-        log.info("job %s: back to the head of the queue (%s)", job.id, reason)
-        self._hub.publish_threadsafe(RequeuedEvent(job.id))
+        log.info("job %s: back to the head of the queue (%s)", job_id, reason)
+        self._hub.publish_threadsafe(RequeuedEvent(job_id))
+        self.wake()
+
+    def _defer(self, what: str, action: Callable[[], None]) -> None:
+        assert self._storage is not None  # only after _storage_failed said yes
+        self._storage.defer(what, action)
 
     def _finish(self, job: JobRecord, status: JobStatus, **fields: object) -> None:
+        try:
+            self._finish_now(job, status, fields)
+        except Exception as exc:
+            if not self._storage_failed(exc, f"job {job.id}: recording its end"):
+                raise
+            # The ending is kept and written once the disk has room (the job stays
+            # running in the store meanwhile; a restart would requeue it).
+            self._defer(f"job {job.id}: record it {status.value}", lambda: self._finish_now(job, status, fields))
+
+    def _finish_now(self, job: JobRecord, status: JobStatus, fields: dict[str, object]) -> None:
+        if isinstance(segments := fields.get("segments"), list):
+            # Numbered as on_segment streamed them (same filter, same order).
+            fields = {**fields, "segments": speech_only(segments)}
         try:
             final = self._store.finish(job.id, status, **fields)  # type: ignore[arg-type]
         except JobStateError:
@@ -327,7 +387,11 @@ class WorkerPool:
 
     def _ended(self, job_id: str, final: JobRecord | None = None) -> None:
         """A job reached a terminal state: drop its audio, tell subscribers and hooks."""
-        record = final or self._store.get(job_id)
+        try:
+            record = final or self._store.get(job_id)
+        except Exception:
+            log.exception("job %s: could not read it back after it ended", job_id)
+            record = None
         if record is not None and record.audio_path:
             Path(record.audio_path).unlink(missing_ok=True)
         self._hub.publish_threadsafe(FinishedEvent(job_id))

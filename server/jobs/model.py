@@ -54,6 +54,8 @@ class JobOptions:
     word_timestamps: bool = False
     vad: bool = False
     filename: str | None = None
+    # The client's idempotency key: a second Submit with it returns the first one's job.
+    request_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -108,3 +110,4 @@ class JobRecord:
     completed_at: float | None = None
     model: str | None = None  # the model that last ran it
     attempts: int = 0  # how many times a worker started it
+    warnings: tuple[str, ...] = ()  # what a user should know, e.g. the file ends early

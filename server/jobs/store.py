@@ -71,11 +71,20 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (job_id, idx)
     ) WITHOUT ROWID;
     """,
+    """
+    -- JSON list of what a user should know about the job (e.g. the file ends early).
+    ALTER TABLE jobs ADD COLUMN warnings TEXT;
+    -- The client's idempotency key (JobOptions.request_id): a retried Submit with the
+    -- same key gets the same job back, for as long as the job is kept.
+    ALTER TABLE jobs ADD COLUMN request_id TEXT;
+    CREATE UNIQUE INDEX jobs_request_id ON jobs (request_id) WHERE request_id IS NOT NULL;
+    """,
 )
 
 _JOB_COLUMNS = (
     "seq, id, status, options, audio_path, duration_secs, progress, language, "
-    "language_probability, error, created_at, started_at, completed_at, model, attempts"
+    "language_probability, error, created_at, started_at, completed_at, model, attempts, "
+    "warnings"
 )
 _CURSOR_PREFIX = "j1:"  # versioned, so a later cursor format can refuse old tokens clearly
 _ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -105,15 +114,30 @@ class JobStore(SqliteFile):
     # ----------------------------------------------------------------- jobs
 
     def create(
-        self, options: JobOptions, audio_path: str | None, duration_secs: float
+        self,
+        options: JobOptions,
+        audio_path: str | None,
+        duration_secs: float,
+        warnings: Sequence[str] = (),
     ) -> JobRecord:
-        """A new job at the tail of the queue."""
+        """A new job at the tail of the queue.
+
+        When options.request_id names a job already stored, that job is returned instead
+        and nothing is created (a retried Submit); the caller sees this by its audio_path
+        not being the one it passed.
+        """
         now = self._clock()
         job_id = new_job_id()
         with self._write() as db:
+            if options.request_id and (
+                existing := db.execute(
+                    "SELECT id FROM jobs WHERE request_id = ?", (options.request_id,)
+                ).fetchone()
+            ):
+                return self._load(db, existing[0], with_segments=True)
             db.execute(
                 "INSERT INTO jobs (id, status, options, audio_path, duration_secs, language, "
-                f"created_at, queue_pos) VALUES (?, ?, ?, ?, ?, ?, ?, {_TAIL})",
+                f"created_at, warnings, request_id, queue_pos) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, {_TAIL})",
                 (
                     job_id,
                     JobStatus.QUEUED.value,
@@ -122,9 +146,26 @@ class JobStore(SqliteFile):
                     float(duration_secs),
                     options.language,
                     now,
+                    json.dumps(list(warnings)) if warnings else None,
+                    options.request_id,
                 ),
             )
             return self._load(db, job_id, with_segments=False)
+
+    def find_request(self, request_id: str) -> JobRecord | None:
+        """The job a Submit with this idempotency key created, if it is still kept."""
+        with self._read() as db:
+            row = db.execute("SELECT id FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
+            return self._find(db, row[0], with_segments=True) if row else None
+
+    def audio_in_use(self) -> set[str]:
+        """Audio files of queued and running jobs: every other upload file is an orphan."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT audio_path FROM jobs WHERE status IN (?, ?) AND audio_path IS NOT NULL",
+                tuple(s.value for s in _ACTIVE),
+            ).fetchall()
+        return {r[0] for r in rows}
 
     def get(self, job_id: str, *, with_segments: bool = True) -> JobRecord | None:
         with self._read() as db:
@@ -324,6 +365,8 @@ class JobStore(SqliteFile):
                             job_id,
                         ),
                     )
+                    # The last attempt's partial transcript is not a result.
+                    db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
                     failed.append(job_id)
                 else:
                     db.execute(
@@ -460,6 +503,7 @@ def _job_from_row(row: Sequence[Any], segments: tuple[Segment, ...]) -> JobRecor
     (
         _seq, job_id, status, options, audio_path, duration_secs, progress, language,
         language_probability, error, created_at, started_at, completed_at, model, attempts,
+        warnings,
     ) = row
     return JobRecord(
         id=job_id,
@@ -477,6 +521,7 @@ def _job_from_row(row: Sequence[Any], segments: tuple[Segment, ...]) -> JobRecor
         completed_at=completed_at,
         model=model,
         attempts=attempts,
+        warnings=tuple(json.loads(warnings)) if warnings else (),
     )
 
 
@@ -489,6 +534,9 @@ def _decode_cursor(cursor: str) -> int:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         if not text.startswith(_CURSOR_PREFIX):
             raise ValueError(text)
-        return int(text[len(_CURSOR_PREFIX):])
+        seq = int(text[len(_CURSOR_PREFIX):])
+        if not 0 < seq < 2**63:  # SQLite integers are 64-bit; beyond is no position
+            raise ValueError(seq)
+        return seq
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidCursor(cursor) from None
