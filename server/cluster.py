@@ -29,6 +29,7 @@ class Heartbeat:
         *,
         max_attempts: int,
         info: Callable[[], dict[str, Any]],
+        running: Callable[[], list[str]],
         on_requeued: Callable[[], None],
         on_failed: Callable[[JobRecord], None],
         on_waiting: Callable[[], None] = lambda: None,
@@ -37,6 +38,7 @@ class Heartbeat:
         self._hub = hub
         self._max_attempts = max_attempts
         self._info = info
+        self._running = running
         self._on_requeued = on_requeued
         self._on_failed = on_failed
         self._on_waiting = on_waiting
@@ -45,7 +47,7 @@ class Heartbeat:
     async def beat(self) -> None:
         """One round: renew, sweep, and load the model if others' jobs wait (jobs
         submitted through another replica never asked this one to load)."""
-        await asyncio.to_thread(self._store.heartbeat, self._info())
+        await asyncio.to_thread(self._store.heartbeat, self._running(), self._info())
         if await asyncio.to_thread(self._store.queue_depth):
             self._on_waiting()
         requeued, failed = await asyncio.to_thread(self._store.recover_interrupted, self._max_attempts)
@@ -122,6 +124,7 @@ def start_heartbeat(
     beat = Heartbeat(
         store, hub, max_attempts=settings.max_attempts,
         info=lambda: fleet_info(settings=settings, port=port, host=host, pool=pool, gpu=gpu),
+        running=pool.running_ids,
         on_requeued=requeued, on_failed=on_failed, on_waiting=waiting,
     )
     log.info(

@@ -94,6 +94,10 @@ class PgDatabase:
         self.path = redact_url(url)  # what logs and errors name
         self._clock = clock
         self._local = threading.local()
+        try:  # one plain connection first: a wrong URL fails now, not after the pool's retries
+            psycopg.connect(url, connect_timeout=10).close()
+        except psycopg.Error as exc:
+            raise RuntimeError(f"cannot reach PostgreSQL at {self.path}: {exc}") from None
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, kwargs={"autocommit": True},
             open=False, name=self.SCHEMA,

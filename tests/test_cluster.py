@@ -46,7 +46,7 @@ class Cluster:
     def __init__(self, tmp: Path, model: Path, db_url: str, bucket: str, s3_env: dict[str, str], s3: object) -> None:
         env = {
             "DATABASE_URL": db_url, "BLOB_URL": f"s3://{bucket}/uploads", "LEASE_SECS": "3",
-            "THREADS": "1", "PARALLEL_JOBS": "1", **s3_env,
+            "THREADS": "1", "PARALLEL_JOBS": "1", "SHUTDOWN_GRACE_SECS": "1", **s3_env,
         }
         self.db_url = db_url
         self.bucket = bucket
@@ -155,3 +155,43 @@ def test_kill_9_of_a_replica_its_jobs_finish_on_the_other(cluster: Cluster, jfk_
     assert attempts[victim] == 2
     assert any("lease of host replica-b expired" in line for line in cluster.a.log_lines)
     print(f"failover: B's job done on A {failover:.1f} s after kill -9 (LEASE_SECS=3)")
+
+
+def test_rolling_restart_under_a_trickle_of_submissions(cluster: Cluster, jfk_wav: Path) -> None:
+    """Each replica in turn is stopped (SIGTERM) and started again while a client keeps
+    submitting, going to the other replica when one refuses, as a load balancer would:
+    every accepted job ends done, none is lost or run twice at once."""
+    audio = jfk_wav.read_bytes()
+    accepted: list[str] = []
+    stop = threading.Event()
+
+    def trickle() -> None:
+        n = 0
+        while not stop.is_set():
+            for server in ((cluster.a, cluster.b) if n % 2 == 0 else (cluster.b, cluster.a)):
+                try:
+                    job = server.jobs.Submit(submit_requests(audio, pb.JobOptions(filename="jfk.wav")), timeout=30)
+                except (grpc.RpcError, AssertionError, ValueError):  # refused, or restarting
+                    continue
+                accepted.append(job.id)
+                break
+            n += 1
+            stop.wait(1.0)
+
+    client = threading.Thread(target=trickle)
+    client.start()
+    try:
+        time.sleep(4)
+        for replica in (cluster.a, cluster.b):
+            replica.stop()  # SIGTERM: stops taking jobs, requeues what runs after 1 s
+            replica.start()
+            time.sleep(3)
+    finally:
+        stop.set()
+        client.join(60)
+    assert len(accepted) >= 8, f"only {len(accepted)} submissions were accepted"
+    for job_id in accepted:
+        done = wait_for_status(cluster.a, job_id, {pb.JOB_STATUS_DONE, pb.JOB_STATUS_FAILED}, 300)
+        assert done.status == pb.JOB_STATUS_DONE, done.error
+        assert normalise(" ".join(s.text for s in done.segments)) == normalise(EXPECTED_JFK)
+    assert cluster.rows("SELECT COUNT(*) FROM jobs WHERE status <> 'done'") == [(0,)]

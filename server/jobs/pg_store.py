@@ -19,15 +19,17 @@ import builtins
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import psycopg
 
 from whisperd.server.postgres import DB_NOW, PgConnection, PgDatabase
 from whisperd.transcript import Segment
 
 from .errors import JobStateError
-from .model import JobRecord, JobStatus
+from .model import JobOptions, JobRecord, JobStatus
 from .store import MIGRATIONS, JobStore
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,22 @@ class PgJobStore(PgDatabase, JobStore):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ the queue
 
+    def create(self, options: JobOptions, audio_path: str | None, duration_secs: float, *args: Any, **kw: Any) -> JobRecord:
+        """As JobStore.create. Two replicas that take the same request_id at once both
+        pass the existence check (row locks cannot lock a row not yet there); the unique
+        index refuses the second insert, which then returns the first one's job."""
+        try:
+            return super().create(options, audio_path, duration_secs, *args, **kw)
+        except psycopg.errors.UniqueViolation:
+            request_id = getattr(options, "request_id", None)
+            if not request_id:
+                raise
+            with self._read() as db:
+                row = db.execute("SELECT id FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
+                if row is None:
+                    raise
+                return self._load(db, row[0], with_segments=True)  # type: ignore[arg-type]
+
     def claim_next(self, model: str) -> JobRecord | None:
         """The head of the queue, now running here under a fresh lease; None if none
         waits. SKIP LOCKED: a row another replica is claiming right now is passed over
@@ -103,14 +121,15 @@ class PgJobStore(PgDatabase, JobStore):  # type: ignore[misc]
                 return None
             return self._load(db, row[0], with_segments=False)  # type: ignore[arg-type]
 
-    def heartbeat(self, info: dict[str, Any] | None = None) -> int:
-        """Renew the leases of every job running here and this host's row in `hosts`;
-        returns how many leases were renewed."""
+    def heartbeat(self, running: Collection[str], info: dict[str, Any] | None = None) -> int:
+        """Renew the leases of the jobs `running` here and this host's row in `hosts`;
+        returns how many leases were renewed. By id, not by owner: a replica restarted
+        under the same HOST_ID must not keep alive the jobs its dead predecessor held."""
         with self._write() as db:
             renewed = db.execute(
                 f"UPDATE jobs SET lease_expires_at = {DB_NOW} + ? "
-                "WHERE status = 'running' AND lease_owner = ?",
-                (self.lease_secs, self.host_id),
+                "WHERE status = 'running' AND lease_owner = ? AND id = ANY(?)",
+                (self.lease_secs, self.host_id, list(running)),
             ).rowcount
             db.execute(
                 f"INSERT INTO hosts (id, started_at, heartbeat_at, info) VALUES (?, ?, {DB_NOW}, ?) "
@@ -146,6 +165,8 @@ class PgJobStore(PgDatabase, JobStore):  # type: ignore[misc]
                         (now, f"interrupted {attempts} times (its server stopped: restarts, "
                               "crashes or a lost lease); giving up", job_id),
                     )
+                    # As in the SQLite store: the last attempt's partial transcript is not a result.
+                    db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
                     failed.append(job_id)
                 else:
                     db.execute(
