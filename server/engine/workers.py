@@ -7,7 +7,6 @@ import logging
 import threading
 import time
 from contextlib import AbstractContextManager, nullcontext
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -61,7 +60,6 @@ class WorkerPool:
         on_finished: Callable[[JobRecord], None] = lambda job: None,
         on_started: Callable[[JobRecord], None] = lambda job: None,
         localise: Callable[[JobRecord], AbstractContextManager[JobRecord]] = nullcontext,
-        localise: Callable[[JobRecord], AbstractContextManager[JobRecord]] = nullcontext,
         storage: StorageGuard | None = None,
     ) -> None:
         self._store = store
@@ -74,9 +72,6 @@ class WorkerPool:
         self._spare = SpareState(enabled=keep_spare_state)
         self._on_finished = on_finished
         self._on_started = on_started  # metrics: a claimed job's wait in the queue
-        # The job with its audio as a local file for the length of the job (an upload in
-        # an object store is downloaded; a spooled one is already local).
-        self._localise = localise
         # The job with its audio as a local file for the length of the job (an upload in
         # an object store is downloaded; a spooled one is already local).
         self._localise = localise
@@ -111,11 +106,6 @@ class WorkerPool:
     def running_count(self) -> int:
         with self._running_lock:
             return len(self._running)
-
-    def running_ids(self) -> list[str]:
-        """The jobs running here now (a shared store's heartbeat renews their leases)."""
-        with self._running_lock:
-            return list(self._running)
 
     def running_ids(self) -> list[str]:
         """The jobs running here now (a shared store's heartbeat renews their leases)."""
