@@ -249,6 +249,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         queued=store.queue_depth, running=pool.running_count, model_state=lambda: host.state,
         model=path.name, device="gpu" if gpu else "cpu",
     ))
+    cluster_view = cluster.ClusterView(store, settings=settings, host=host, pool=pool, gpu=gpu)
     draining = False
     admission = Admission(
         strict=settings.admission == "strict",
@@ -264,17 +265,16 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         ]
     )
     # Registered with deserializers that turn a malformed message into INVALID_ARGUMENT.
-    lenient.add_servicer(
-        transcription_pb2_grpc.add_TranscriptionServicer_to_server,
-        TranscriptionService(
-            store=store, spool=spool, hub=hub, pool=pool, host=host,
-            admission=admission, multilingual=multilingual, webhooks=webhooks,
-        ),
-        server,
+    transcription = TranscriptionService(
+        store=store, spool=spool, hub=hub, pool=pool, host=host,
+        admission=admission, multilingual=multilingual, webhooks=webhooks,
     )
+    lenient.add_servicer(transcription_pb2_grpc.add_TranscriptionServicer_to_server, transcription, server)
     lenient.add_servicer(
         model_control_pb2_grpc.add_ModelControlServicer_to_server,
-        ModelControlService(host=host, pool=pool, store=store, events=events, gpu=gpu), server
+        ModelControlService(
+            host=host, pool=pool, store=store, events=events, gpu=gpu, cluster=cluster_view.status
+        ), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -305,6 +305,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
                 "set METRICS_PORT to a free port, or 0 for none"
             ) from None
         log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
+    cluster_view.port = port
     await server.start()
     pool.start()
     storage.start()
@@ -342,6 +343,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         await asyncio.to_thread(storage.stop)
         await cluster.stop_heartbeat(heartbeat, store, cluster_hub)
         await asyncio.to_thread(host.stop)
+        transcription.close_streams()
         await server.stop(grace=2)
         await webhooks.stop()
         if metrics_server is not None:

@@ -5,6 +5,7 @@ traceback (and the job id, when the request names one).
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
@@ -131,6 +132,10 @@ def streaming(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterato
                 yield item
         except grpc.aio.AbortError:
             raise
+        except asyncio.CancelledError:
+            # The server is stopping (or the client went away) while the stream waits for
+            # events: the call is over, which is not an error to log with a traceback.
+            return
         except Exception as exc:
             await abort_for(exc, context, _job_id(request))
 

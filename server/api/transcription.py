@@ -218,6 +218,29 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
 
     # ------------------------------------------------------------------ StreamProgress
 
+    def close_streams(self) -> None:
+        """Shutdown: end every open StreamProgress with UNAVAILABLE (follow the job again
+        elsewhere or later) before the server stops, rather than have grpcio cancel them
+        mid-wait and log each as an error."""
+        if not self._closing().done():
+            self._closing().set_result(None)
+
+    def _closing(self) -> asyncio.Future[None]:
+        if getattr(self, "_closed", None) is None:
+            self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        return self._closed
+
+    async def _next_event(self, queue: asyncio.Queue[object]) -> object:
+        getter = asyncio.ensure_future(queue.get())
+        done, _ = await asyncio.wait({getter, self._closing()}, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+        raise ServiceUnavailable(
+            "the server is shutting down: follow the job again in a few seconds (it is kept)",
+            self._admission.retry_after,
+        )
+
     @streaming
     async def StreamProgress(
         self, request: pb.StreamProgressRequest, context: grpc.aio.ServicerContext
@@ -234,7 +257,7 @@ class TranscriptionService(pb_grpc.TranscriptionServicer):
                 return
             next_index = len(job.segments)
             while True:
-                event = await queue.get()
+                event = await self._next_event(queue)
                 if isinstance(event, ProgressEvent):
                     yield pb.JobEvent(progress=pb.Progress(percent=event.percent))
                 elif isinstance(event, SegmentEvent):
