@@ -249,7 +249,6 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         queued=store.queue_depth, running=pool.running_count, model_state=lambda: host.state,
         model=path.name, device="gpu" if gpu else "cpu",
     ))
-    cluster_view = cluster.ClusterView(store, settings=settings, host=host, pool=pool, gpu=gpu)
     draining = False
     admission = Admission(
         strict=settings.admission == "strict",
@@ -272,9 +271,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
     lenient.add_servicer(transcription_pb2_grpc.add_TranscriptionServicer_to_server, transcription, server)
     lenient.add_servicer(
         model_control_pb2_grpc.add_ModelControlServicer_to_server,
-        ModelControlService(
-            host=host, pool=pool, store=store, events=events, gpu=gpu, cluster=cluster_view.status
-        ), server
+        ModelControlService(host=host, pool=pool, store=store, events=events, gpu=gpu), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -305,7 +302,6 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
                 "set METRICS_PORT to a free port, or 0 for none"
             ) from None
         log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
-    cluster_view.port = port
     await server.start()
     pool.start()
     storage.start()
