@@ -18,6 +18,7 @@ import io
 import os
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -76,6 +77,7 @@ class Upload:
         self._file: IO[bytes] | None = None
         self._start: int | None = None
         self.finished = False  # the current attempt handed every byte to gRPC
+        self.idempotent = False  # its options carry a request_id (options_for sets one)
         if isinstance(source, (str, os.PathLike)):
             self._path = Path(source)
             self.total: int | None = self._path.stat().st_size  # FileNotFoundError before any call
@@ -102,8 +104,9 @@ class Upload:
     def may_retry(self, error: WhisperdError) -> bool:
         """A retry re-sends the audio, so the source must go back to its start; and unless
         the server said "come back later" (RetryInfo, no job made), only an upload that did
-        not reach its end is known not to have made a job."""
-        return self.rewindable and (error.retry_after is not None or not self.finished)
+        not reach its end is known not to have made a job, or one with a request_id: the
+        server answers its retry with the job the first attempt made, if it made one."""
+        return self.rewindable and (error.retry_after is not None or not self.finished or self.idempotent)
 
     def _begin(self) -> int:
         with self._lock:
@@ -166,9 +169,13 @@ class Upload:
                 f.close()
 
     def options_for(self, options: JobOptions) -> pb.JobOptions:
-        """Options with the upload's file name filled in when none was given."""
+        """Options with the upload's file name filled in when none was given, and a fresh
+        request_id (the same for every retry of this upload) when none was given."""
         if options.filename is None and self.name:
             options = replace(options, filename=self.name)
+        if options.request_id is None:
+            options = replace(options, request_id=str(uuid.uuid4()))
+        self.idempotent = True
         return options.to_pb()
 
 

@@ -106,6 +106,9 @@ class JobOptions:
     vad: bool = False
     webhook_url: str | None = None
     filename: str | None = None
+    # Idempotency key; None = the client makes one per submit() call, so that a retried
+    # upload returns the job the first attempt may already have created.
+    request_id: str | None = None
 
     def to_pb(self) -> tpb.JobOptions:
         if self.task not in _TASK_TO_PB:
@@ -120,6 +123,7 @@ class JobOptions:
             word_timestamps=self.word_timestamps,
             vad=self.vad,
             filename=self.filename or "",
+            request_id=self.request_id or "",
         )
         if self.temperature_increment is not None:
             msg.temperature_increment = self.temperature_increment
@@ -138,6 +142,7 @@ class JobOptions:
             vad=msg.vad,
             webhook_url=msg.webhook_url or None,
             filename=msg.filename or None,
+            request_id=msg.request_id or None,
         )
 
 
