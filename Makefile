@@ -130,7 +130,7 @@ gateway: $(GATEWAY)
 # Order-only on the metrics stamp: prometheus-client is a runtime dependency, so every
 # place that builds the extension (CI, the image's `make native`) has it, and adding it
 # did not rebuild anything.
-$(STAMP_BUILD): $(STAMP_DEPS) $(NATIVE_SRC) | $(STAMP_METRICS_DEPS)
+$(STAMP_BUILD): $(STAMP_DEPS) $(NATIVE_SRC) | $(STAMP_METRICS_DEPS) $(STAMP_CLUSTER_DEPS)
 	$(PIP) install --no-build-isolation -e .
 	@rm -f $(VENV)/.stamp-build-*
 	@touch $@

@@ -674,6 +674,10 @@ def health(ctx: typer.Context, json_output: JsonOpt = False) -> None:
     raise typer.Exit(0 if serving.value == "SERVING" else EXIT_NOT_SERVING)
 
 
+# `whisperctl cluster` lives in its own module; importing it adds the command to `app`.
+from whisperd.client import cluster_cli as _cluster_cli  # noqa: E402,F401
+
+
 # --- entry point ------------------------------------------------------------------------
 
 

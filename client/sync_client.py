@@ -366,6 +366,10 @@ class WhisperdClient:
     def model_status(self) -> ModelStatus:
         return ModelStatus.from_pb(self._unary(self._model.Status, mpb.ModelStatusRequest()))
 
+    def cluster(self) -> mpb.ClusterStatus:
+        """The replicas sharing the server's job store (ModelControl.Cluster's answer)."""
+        return self._unary(self._model.Cluster, mpb.ClusterRequest())  # type: ignore[no-any-return]
+
     def load_model(self) -> ModelStatus:
         """Start loading the model (returns at once; idempotent)."""
         return ModelStatus.from_pb(self._unary(self._model.Load, mpb.LoadModelRequest()))

@@ -34,6 +34,7 @@ from whisperd.server.api.transcription import Admission, TranscriptionService
 from whisperd.server import cluster
 from whisperd.server.config import Settings
 from whisperd.server.engine.lifecycle import ModelHost, ModelState, Transition
+from whisperd.server.engine import devices
 from whisperd.server.engine.workers import WorkerPool
 from whisperd.server.jobs.events import EventHub
 from whisperd.server.jobs.health_guard import StorageGuard
@@ -199,14 +200,19 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
     settings = settings.with_device(gpu)
     hub = cluster_hub or EventHub(loop)
     events = ModelEvents(loop)
-    host = ModelHost(
+    # GPU_DEVICES: a model host and workers per GPU, all on the one queue (engine/devices.py).
+    gpu_indices = devices.parse_gpu_devices(
+        settings.gpu_devices, sum(1 for d in _native.devices() if d.type == "gpu")
+    ) if gpu else []
+    host = devices.make_hosts(gpu_indices, lambda device: ModelHost(
         path,
         use_gpu=gpu,
         gpu_poll_interval=settings.gpu_poll_interval_secs,
         idle_timeout=settings.idle_timeout_secs,
         fault_oom_loads=settings.fault_oom_loads,
         batch_decoding=settings.batch_decoding,
-    )
+        gpu_device=device,
+    ))
     host.add_listener(events.on_transition)
 
     def model_webhook(t: Transition) -> None:  # on whichever thread made the transition
@@ -236,19 +242,20 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         loop.call_soon_threadsafe(apply)
 
     storage = StorageGuard(settings.data_dir, on_change=storage_changed)
-    pool = WorkerPool(
-        store=store, host=host, hub=hub, storage=storage,
+    pool = devices.make_pools(host, lambda one_host: WorkerPool(
+        store=store, host=one_host, hub=hub, storage=storage,
         workers=settings.parallel_jobs, threads_per_job=settings.threads_per_job,
         bench_tokens_per_window=settings.bench_tokens_per_window,
         keep_spare_state=gpu,
         on_finished=job_finished,
         on_started=metrics.job_started,
         localise=spool.localise,
-    )
+    ))
     metrics.bind(metrics.Sources(
         queued=store.queue_depth, running=pool.running_count, model_state=lambda: host.state,
         model=path.name, device="gpu" if gpu else "cpu",
     ))
+    cluster_view = cluster.ClusterView(store, settings=settings, host=host, pool=pool, gpu=gpu)
     draining = False
     admission = Admission(
         strict=settings.admission == "strict",
@@ -271,7 +278,9 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
     lenient.add_servicer(transcription_pb2_grpc.add_TranscriptionServicer_to_server, transcription, server)
     lenient.add_servicer(
         model_control_pb2_grpc.add_ModelControlServicer_to_server,
-        ModelControlService(host=host, pool=pool, store=store, events=events, gpu=gpu), server
+        ModelControlService(
+            host=host, pool=pool, store=store, events=events, gpu=gpu, cluster=cluster_view.status
+        ), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -302,6 +311,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
                 "set METRICS_PORT to a free port, or 0 for none"
             ) from None
         log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
+    cluster_view.port = port
     await server.start()
     pool.start()
     storage.start()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from typing import Any, Callable
 
 from whisperd.server.config import Settings
@@ -16,7 +17,9 @@ from whisperd.server.engine.workers import WorkerPool
 from whisperd.server.jobs.events import FinishedEvent, RequeuedEvent
 from whisperd.server.jobs.model import JobRecord
 from whisperd.server.jobs.pg_events import ClusterHub
+from whisperd.server.jobs.backends import host_id
 from whisperd.server.jobs.pg_store import PgJobStore
+from whisperd.v1 import model_control_pb2 as mpb
 
 log = logging.getLogger(__name__)
 
@@ -145,3 +148,54 @@ async def stop_heartbeat(task: asyncio.Task[None] | None, store: Any, hub: Clust
     except Exception as exc:
         log.warning("could not leave the hosts table: %s", exc)
     await asyncio.to_thread(hub.stop)
+
+
+class ClusterView:
+    """Answers ModelControl.Cluster: the hosts table on a shared store, or this server
+    alone on SQLite. `port` is set once the server listens."""
+
+    def __init__(
+        self, store: Any, *, settings: Settings, host: ModelHost, pool: WorkerPool, gpu: bool
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._host = host
+        self._pool = pool
+        self._gpu = gpu
+        self.port = 0
+        self.started_at = time.time()
+
+    def _self_id(self) -> str:
+        return self._store.host_id if isinstance(self._store, PgJobStore) else host_id(self._settings)
+
+    async def status(self) -> mpb.ClusterStatus:
+        from whisperd.server.api.convert import timestamp
+        from whisperd.server.api.model_control import STATE_TO_PB
+
+        me = self._self_id()
+        depth = await asyncio.to_thread(self._store.queue_depth)
+        if isinstance(self._store, PgJobStore):
+            lease = self._store.lease_secs
+            hosts = await asyncio.to_thread(self._store.hosts, 3 * lease)
+            rows = [(h.id, h.info, h.running_jobs, h.started_at, h.heartbeat_at) for h in hosts]
+        else:
+            lease = 0
+            info = fleet_info(settings=self._settings, port=self.port, host=self._host, pool=self._pool, gpu=self._gpu)
+            rows = [(me, info, tuple(self._pool.running_ids()), self.started_at, time.time())]
+        replicas = []
+        for replica_id, info, running, started, beat in rows:
+            try:
+                state = STATE_TO_PB[ModelState(info.get("state", ""))]
+            except ValueError:
+                state = mpb.MODEL_STATE_UNSPECIFIED
+            replicas.append(mpb.ReplicaStatus(
+                host_id=replica_id, address=str(info.get("address", "")), state=state,
+                model=str(info.get("model", "")), device=str(info.get("device", "")),
+                gpus=[str(g) for g in info.get("gpus", [])],
+                parallel_jobs=int(info.get("parallel_jobs", 0)), running_job_ids=list(running),
+                started_at=timestamp(started), heartbeat_at=timestamp(beat), self=replica_id == me,
+            ))
+        return mpb.ClusterStatus(
+            shared_store=isinstance(self._store, PgJobStore), replicas=replicas,
+            queue_depth=depth, lease_secs=int(lease),
+        )

@@ -68,6 +68,9 @@ class Settings:
     # of it; a job whose lease runs out (its host died) goes back to the queue.
     lease_secs: int = 30
     host_id: str = ""  # HOST_ID: this replica's name in the fleet; empty = hostname-pid
+    # GPU_DEVICES: the GPUs to use, "all" (default) or indices like 0,2; each gets its own
+    # model instance and PARALLEL_JOBS workers, all taking jobs from the one queue.
+    gpu_devices: str = "all"
 
     @property
     def db_path(self) -> Path:
@@ -128,6 +131,8 @@ _ENV: dict[str, str] = {
     "s3_endpoint_url": "S3_ENDPOINT_URL",
     "lease_secs": "LEASE_SECS",
     "host_id": "HOST_ID",
+    "gpu_devices": "GPU_DEVICES",
+    "max_attempts": "MAX_ATTEMPTS",
 }
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -213,6 +218,11 @@ def validate(s: Settings) -> Settings:
         )
     if not 3 <= s.lease_secs <= 3600:
         raise ConfigError(f"LEASE_SECS must be between 3 and 3600, got {s.lease_secs}")
+    if s.max_attempts < 1:
+        raise ConfigError(f"MAX_ATTEMPTS must be at least 1, got {s.max_attempts}")
+    devices = s.gpu_devices.strip().lower()
+    if devices not in ("", "all") and not all(p.strip().isdigit() for p in devices.split(",")):
+        raise ConfigError(f"GPU_DEVICES must be 'all' or GPU indices like 0,1, got {s.gpu_devices!r}")
     if (s.tls_cert is None) != (s.tls_key is None):
         raise ConfigError("TLS_CERT and TLS_KEY go together: set both to serve TLS, or neither")
     for name, value in (("TLS_CERT", s.tls_cert), ("TLS_KEY", s.tls_key)):

@@ -4,8 +4,11 @@ over when a replica dies."""
 from __future__ import annotations
 
 import io
+import json
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 import wave
@@ -36,6 +39,15 @@ def repeated_wav(path: Path, times: int) -> bytes:
         dst.setparams(params)
         dst.writeframes(frames * times)
     return out.getvalue()
+
+
+def whisperctl(server: ServerProcess, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", "from whisperd.client.cli import main; main()", "--server", f"127.0.0.1:{server.port}", *args],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def started_jobs(server: ServerProcess) -> list[str]:
@@ -123,6 +135,15 @@ def test_twenty_jobs_through_one_replica_run_once_each_on_both(cluster: Cluster,
     assert cluster.s3.list_objects_v2(Bucket=cluster.bucket).get("KeyCount", 0) == 0  # type: ignore[attr-defined]
     hosts = {r[0] for r in cluster.rows("SELECT id FROM hosts")}
     assert hosts == {"replica-a", "replica-b"}
+    fleet = json.loads(whisperctl(cluster.b, "cluster", "--json"))
+    assert fleet["sharedStore"] is True and fleet["leaseSecs"] == 3
+    replicas = {r["hostId"]: r for r in fleet["replicas"]}
+    assert set(replicas) == {"replica-a", "replica-b"}
+    assert replicas["replica-b"]["self"] and not replicas["replica-a"]["self"]
+    assert {r["state"] for r in replicas.values()} == {"MODEL_STATE_READY"}
+    assert replicas["replica-a"]["model"] == "ggml-tiny.en.bin"
+    table = whisperctl(cluster.a, "cluster")
+    assert "replica-a *" in table and "replica-b" in table and "ready" in table
 
 
 def test_kill_9_of_a_replica_its_jobs_finish_on_the_other(cluster: Cluster, jfk_wav: Path) -> None:
@@ -195,3 +216,15 @@ def test_rolling_restart_under_a_trickle_of_submissions(cluster: Cluster, jfk_wa
         assert done.status == pb.JOB_STATUS_DONE, done.error
         assert normalise(" ".join(s.text for s in done.segments)) == normalise(EXPECTED_JFK)
     assert cluster.rows("SELECT COUNT(*) FROM jobs WHERE status <> 'done'") == [(0,)]
+
+
+def test_cluster_view_of_a_server_on_its_own(tmp_path: Path, tiny_en_model: Path) -> None:
+    server = ServerProcess(tmp_path / "alone", tiny_en_model, env={"HOST_ID": "solo"}).start()
+    try:
+        fleet = json.loads(whisperctl(server, "cluster", "--json"))
+    finally:
+        server.stop()
+    assert fleet["sharedStore"] is False and fleet["leaseSecs"] == 0
+    (me,) = fleet["replicas"]
+    assert me["hostId"] == "solo" and me["self"] and me["address"].endswith(f":{server.port}")
+    assert me["state"] == "MODEL_STATE_UNLOADED" and me["device"] == "cpu"

@@ -29,6 +29,7 @@ EXPECTED_RPCS = {
         "Load": (False, False),
         "Unload": (False, False),
         "WatchEvents": (False, True),
+        "Cluster": (False, False),
     },
 }
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -11,6 +11,7 @@ from whisperd.server.api.convert import timestamp
 from whisperd.server.api.errors import streaming, unary
 from whisperd.server.engine import gpu_info
 from whisperd.server.engine.lifecycle import ModelHost, ModelState, Transition
+from whisperd.server.engine.devices import MultiHost
 from whisperd.server.engine.workers import WorkerPool
 from whisperd.server.jobs.store import JobStore
 from whisperd.v1 import model_control_pb2 as mpb
@@ -57,13 +58,15 @@ class ModelEvents:
 
 class ModelControlService(mpb_grpc.ModelControlServicer):
     def __init__(
-        self, *, host: ModelHost, pool: WorkerPool, store: JobStore, events: ModelEvents, gpu: bool
+        self, *, host: ModelHost, pool: WorkerPool, store: JobStore, events: ModelEvents, gpu: bool,
+        cluster: Callable[[], Awaitable[mpb.ClusterStatus]] | None = None,
     ) -> None:
         self._host = host
         self._pool = pool
         self._store = store
         self._events = events
         self._gpu = gpu
+        self._cluster = cluster  # server/cluster.py's view of the fleet
 
     async def status(self) -> mpb.ModelStatus:
         gpus, depth = await asyncio.gather(
@@ -87,11 +90,24 @@ class ModelControlService(mpb_grpc.ModelControlServicer):
             queue_depth=depth,
             running_jobs=self._pool.running_count(),
             gpu=self._gpu,
+            devices=[
+                mpb.DeviceState(
+                    gpu_index=d.gpu_index, state=STATE_TO_PB[d.state], running_jobs=d.running_jobs,
+                    last_error=d.last_error, loaded_at=timestamp(d.loaded_at),
+                )
+                for d in (host.device_status() if isinstance(host, MultiHost) else [])
+            ],
         )
 
     @unary
     async def Status(self, request: mpb.ModelStatusRequest, context: grpc.aio.ServicerContext) -> mpb.ModelStatus:
         return await self.status()
+
+    @unary
+    async def Cluster(self, request: mpb.ClusterRequest, context: grpc.aio.ServicerContext) -> mpb.ClusterStatus:
+        if self._cluster is None:
+            return mpb.ClusterStatus()
+        return await self._cluster()
 
     @unary
     async def Load(self, request: mpb.LoadModelRequest, context: grpc.aio.ServicerContext) -> mpb.ModelStatus:

@@ -57,9 +57,11 @@ class ModelHost:
         idle_timeout: float,
         fault_oom_loads: int = 0,
         batch_decoding: bool = False,
+        gpu_device: int = 0,
     ) -> None:
         self.model_path = model_path
         self.use_gpu = use_gpu
+        self.gpu_device = gpu_device  # which GPU (GPU_DEVICES: one host per GPU)
         self.batch_decoding = batch_decoding
         self.gpu_poll_interval = gpu_poll_interval
         self.idle_timeout = idle_timeout
@@ -182,7 +184,10 @@ class ModelHost:
             self._fault_oom_loads -= 1
             raise OutOfMemoryError("injected fault: WHISPERD_FAULT_OOM_LOADS")
         started = time.monotonic()
-        model = WhisperModel(self.model_path, use_gpu=self.use_gpu, batch_decoding=self.batch_decoding)
+        model = WhisperModel(
+            self.model_path, use_gpu=self.use_gpu, batch_decoding=self.batch_decoding,
+            gpu_device=self.gpu_device,
+        )
         try:
             self._warm_up(model)
         except BaseException:

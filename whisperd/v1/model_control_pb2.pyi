@@ -56,8 +56,22 @@ class GpuInfo(_message.Message):
     memory_free_bytes: int
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ...) -> None: ...
 
+class DeviceState(_message.Message):
+    __slots__ = ("gpu_index", "state", "running_jobs", "last_error", "loaded_at")
+    GPU_INDEX_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LOADED_AT_FIELD_NUMBER: _ClassVar[int]
+    gpu_index: int
+    state: ModelState
+    running_jobs: int
+    last_error: str
+    loaded_at: _timestamp_pb2.Timestamp
+    def __init__(self, gpu_index: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., running_jobs: _Optional[int] = ..., last_error: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class ModelStatus(_message.Message):
-    __slots__ = ("state", "model", "model_path", "loaded_at", "last_error", "idle_timeout_secs", "gpus", "queue_depth", "running_jobs", "gpu")
+    __slots__ = ("state", "model", "model_path", "loaded_at", "last_error", "idle_timeout_secs", "gpus", "queue_depth", "running_jobs", "gpu", "devices")
     STATE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +82,7 @@ class ModelStatus(_message.Message):
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
     GPU_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
     state: ModelState
     model: str
     model_path: str
@@ -78,7 +93,50 @@ class ModelStatus(_message.Message):
     queue_depth: int
     running_jobs: int
     gpu: bool
-    def __init__(self, state: _Optional[_Union[ModelState, str]] = ..., model: _Optional[str] = ..., model_path: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., idle_timeout_secs: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., running_jobs: _Optional[int] = ..., gpu: _Optional[bool] = ...) -> None: ...
+    devices: _containers.RepeatedCompositeFieldContainer[DeviceState]
+    def __init__(self, state: _Optional[_Union[ModelState, str]] = ..., model: _Optional[str] = ..., model_path: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., idle_timeout_secs: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., running_jobs: _Optional[int] = ..., gpu: _Optional[bool] = ..., devices: _Optional[_Iterable[_Union[DeviceState, _Mapping]]] = ...) -> None: ...
+
+class ClusterRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReplicaStatus(_message.Message):
+    __slots__ = ("host_id", "address", "state", "model", "device", "gpus", "parallel_jobs", "running_job_ids", "started_at", "heartbeat_at", "self")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    PARALLEL_JOBS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_AT_FIELD_NUMBER: _ClassVar[int]
+    SELF_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    address: str
+    state: ModelState
+    model: str
+    device: str
+    gpus: _containers.RepeatedScalarFieldContainer[str]
+    parallel_jobs: int
+    running_job_ids: _containers.RepeatedScalarFieldContainer[str]
+    started_at: _timestamp_pb2.Timestamp
+    heartbeat_at: _timestamp_pb2.Timestamp
+    self: bool
+    def __init__(self_, host_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., model: _Optional[str] = ..., device: _Optional[str] = ..., gpus: _Optional[_Iterable[str]] = ..., parallel_jobs: _Optional[int] = ..., running_job_ids: _Optional[_Iterable[str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., self: _Optional[bool] = ...) -> None: ...
+
+class ClusterStatus(_message.Message):
+    __slots__ = ("shared_store", "replicas", "queue_depth", "lease_secs")
+    SHARED_STORE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SECS_FIELD_NUMBER: _ClassVar[int]
+    shared_store: bool
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    queue_depth: int
+    lease_secs: int
+    def __init__(self, shared_store: _Optional[bool] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., lease_secs: _Optional[int] = ...) -> None: ...
 
 class ModelEvent(_message.Message):
     __slots__ = ("state", "previous", "time", "reason", "status")

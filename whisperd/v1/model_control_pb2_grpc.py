@@ -55,6 +55,11 @@ class ModelControlStub:
                 request_serializer=whisperd_dot_v1_dot_model__control__pb2.WatchModelEventsRequest.SerializeToString,
                 response_deserializer=whisperd_dot_v1_dot_model__control__pb2.ModelEvent.FromString,
                 _registered_method=True)
+        self.Cluster = channel.unary_unary(
+                '/whisperd.v1.ModelControl/Cluster',
+                request_serializer=whisperd_dot_v1_dot_model__control__pb2.ClusterRequest.SerializeToString,
+                response_deserializer=whisperd_dot_v1_dot_model__control__pb2.ClusterStatus.FromString,
+                _registered_method=True)
 
 
 class ModelControlServicer:
@@ -93,6 +98,15 @@ class ModelControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Cluster(self, request, context):
+        """The fleet: every replica sharing this server's job store (DATABASE_URL) whose
+        heartbeat is recent, with its model state and the jobs it runs, from the hosts table
+        the replicas keep. A server on its own SQLite store lists only itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +129,11 @@ def add_ModelControlServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=whisperd_dot_v1_dot_model__control__pb2.WatchModelEventsRequest.FromString,
                     response_serializer=whisperd_dot_v1_dot_model__control__pb2.ModelEvent.SerializeToString,
+            ),
+            'Cluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cluster,
+                    request_deserializer=whisperd_dot_v1_dot_model__control__pb2.ClusterRequest.FromString,
+                    response_serializer=whisperd_dot_v1_dot_model__control__pb2.ClusterStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +245,33 @@ class ModelControl:
             '/whisperd.v1.ModelControl/WatchEvents',
             whisperd_dot_v1_dot_model__control__pb2.WatchModelEventsRequest.SerializeToString,
             whisperd_dot_v1_dot_model__control__pb2.ModelEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/whisperd.v1.ModelControl/Cluster',
+            whisperd_dot_v1_dot_model__control__pb2.ClusterRequest.SerializeToString,
+            whisperd_dot_v1_dot_model__control__pb2.ClusterStatus.FromString,
             options,
             channel_credentials,
             insecure,

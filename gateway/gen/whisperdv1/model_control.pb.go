@@ -322,6 +322,88 @@ func (x *GpuInfo) GetMemoryFreeBytes() uint64 {
 	return 0
 }
 
+// The model instance on one GPU of a server that drives several (GPU_DEVICES).
+type DeviceState struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The GPU's device index.
+	GpuIndex uint32 `protobuf:"varint,1,opt,name=gpu_index,json=gpuIndex,proto3" json:"gpu_index,omitempty"`
+	// Its model's lifecycle state.
+	State ModelState `protobuf:"varint,2,opt,name=state,proto3,enum=whisperd.v1.ModelState" json:"state,omitempty"`
+	// Jobs its workers are transcribing now.
+	RunningJobs uint32 `protobuf:"varint,3,opt,name=running_jobs,json=runningJobs,proto3" json:"running_jobs,omitempty"`
+	// Its last load or run error; empty when none.
+	LastError string `protobuf:"bytes,4,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// When its model became ready; unset unless loaded.
+	LoadedAt      *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=loaded_at,json=loadedAt,proto3" json:"loaded_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceState) Reset() {
+	*x = DeviceState{}
+	mi := &file_whisperd_v1_model_control_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceState) ProtoMessage() {}
+
+func (x *DeviceState) ProtoReflect() protoreflect.Message {
+	mi := &file_whisperd_v1_model_control_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceState.ProtoReflect.Descriptor instead.
+func (*DeviceState) Descriptor() ([]byte, []int) {
+	return file_whisperd_v1_model_control_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DeviceState) GetGpuIndex() uint32 {
+	if x != nil {
+		return x.GpuIndex
+	}
+	return 0
+}
+
+func (x *DeviceState) GetState() ModelState {
+	if x != nil {
+		return x.State
+	}
+	return ModelState_MODEL_STATE_UNSPECIFIED
+}
+
+func (x *DeviceState) GetRunningJobs() uint32 {
+	if x != nil {
+		return x.RunningJobs
+	}
+	return 0
+}
+
+func (x *DeviceState) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *DeviceState) GetLoadedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LoadedAt
+	}
+	return nil
+}
+
 // The model and its surroundings.
 type ModelStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -344,14 +426,17 @@ type ModelStatus struct {
 	// Jobs being transcribed now.
 	RunningJobs uint32 `protobuf:"varint,9,opt,name=running_jobs,json=runningJobs,proto3" json:"running_jobs,omitempty"`
 	// True when the build and the host use a GPU.
-	Gpu           bool `protobuf:"varint,10,opt,name=gpu,proto3" json:"gpu,omitempty"`
+	Gpu bool `protobuf:"varint,10,opt,name=gpu,proto3" json:"gpu,omitempty"`
+	// With several GPUs (GPU_DEVICES), each one's own model and workers; `state` above is
+	// then the best of them (ready while any GPU is ready). Empty with one GPU or none.
+	Devices       []*DeviceState `protobuf:"bytes,11,rep,name=devices,proto3" json:"devices,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ModelStatus) Reset() {
 	*x = ModelStatus{}
-	mi := &file_whisperd_v1_model_control_proto_msgTypes[5]
+	mi := &file_whisperd_v1_model_control_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -363,7 +448,7 @@ func (x *ModelStatus) String() string {
 func (*ModelStatus) ProtoMessage() {}
 
 func (x *ModelStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_whisperd_v1_model_control_proto_msgTypes[5]
+	mi := &file_whisperd_v1_model_control_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -376,7 +461,7 @@ func (x *ModelStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelStatus.ProtoReflect.Descriptor instead.
 func (*ModelStatus) Descriptor() ([]byte, []int) {
-	return file_whisperd_v1_model_control_proto_rawDescGZIP(), []int{5}
+	return file_whisperd_v1_model_control_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ModelStatus) GetState() ModelState {
@@ -449,6 +534,259 @@ func (x *ModelStatus) GetGpu() bool {
 	return false
 }
 
+func (x *ModelStatus) GetDevices() []*DeviceState {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
+// Cluster's request.
+type ClusterRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterRequest) Reset() {
+	*x = ClusterRequest{}
+	mi := &file_whisperd_v1_model_control_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterRequest) ProtoMessage() {}
+
+func (x *ClusterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_whisperd_v1_model_control_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterRequest.ProtoReflect.Descriptor instead.
+func (*ClusterRequest) Descriptor() ([]byte, []int) {
+	return file_whisperd_v1_model_control_proto_rawDescGZIP(), []int{7}
+}
+
+// One whisperd replica as the fleet sees it (its last heartbeat).
+type ReplicaStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The replica's name: HOST_ID, or hostname-pid.
+	HostId string `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	// Where it serves gRPC, as hostname:port of its own host.
+	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// Its model's lifecycle state at the last heartbeat.
+	State ModelState `protobuf:"varint,3,opt,name=state,proto3,enum=whisperd.v1.ModelState" json:"state,omitempty"`
+	// Its model (file name).
+	Model string `protobuf:"bytes,4,opt,name=model,proto3" json:"model,omitempty"`
+	// "gpu" or "cpu".
+	Device string `protobuf:"bytes,5,opt,name=device,proto3" json:"device,omitempty"`
+	// Names of the GPUs it uses; empty on a CPU.
+	Gpus []string `protobuf:"bytes,6,rep,name=gpus,proto3" json:"gpus,omitempty"`
+	// Jobs it decodes at once (PARALLEL_JOBS as settled at start).
+	ParallelJobs uint32 `protobuf:"varint,7,opt,name=parallel_jobs,json=parallelJobs,proto3" json:"parallel_jobs,omitempty"`
+	// Ids of the jobs it holds a lease on now.
+	RunningJobIds []string `protobuf:"bytes,8,rep,name=running_job_ids,json=runningJobIds,proto3" json:"running_job_ids,omitempty"`
+	// When it started.
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// Its last heartbeat (every third of LEASE_SECS), on the database's clock.
+	HeartbeatAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=heartbeat_at,json=heartbeatAt,proto3" json:"heartbeat_at,omitempty"`
+	// True for the replica that answered this call.
+	Self          bool `protobuf:"varint,11,opt,name=self,proto3" json:"self,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaStatus) Reset() {
+	*x = ReplicaStatus{}
+	mi := &file_whisperd_v1_model_control_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaStatus) ProtoMessage() {}
+
+func (x *ReplicaStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_whisperd_v1_model_control_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaStatus.ProtoReflect.Descriptor instead.
+func (*ReplicaStatus) Descriptor() ([]byte, []int) {
+	return file_whisperd_v1_model_control_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ReplicaStatus) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *ReplicaStatus) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *ReplicaStatus) GetState() ModelState {
+	if x != nil {
+		return x.State
+	}
+	return ModelState_MODEL_STATE_UNSPECIFIED
+}
+
+func (x *ReplicaStatus) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *ReplicaStatus) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *ReplicaStatus) GetGpus() []string {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
+func (x *ReplicaStatus) GetParallelJobs() uint32 {
+	if x != nil {
+		return x.ParallelJobs
+	}
+	return 0
+}
+
+func (x *ReplicaStatus) GetRunningJobIds() []string {
+	if x != nil {
+		return x.RunningJobIds
+	}
+	return nil
+}
+
+func (x *ReplicaStatus) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *ReplicaStatus) GetHeartbeatAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HeartbeatAt
+	}
+	return nil
+}
+
+func (x *ReplicaStatus) GetSelf() bool {
+	if x != nil {
+		return x.Self
+	}
+	return false
+}
+
+// The fleet sharing one job store.
+type ClusterStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True when the job store is shared (PostgreSQL); false for a server on its own.
+	SharedStore bool `protobuf:"varint,1,opt,name=shared_store,json=sharedStore,proto3" json:"shared_store,omitempty"`
+	// Every replica with a heartbeat within the last three LEASE_SECS, oldest first.
+	Replicas []*ReplicaStatus `protobuf:"bytes,2,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	// Jobs waiting in the (shared) queue.
+	QueueDepth uint32 `protobuf:"varint,3,opt,name=queue_depth,json=queueDepth,proto3" json:"queue_depth,omitempty"`
+	// How long a replica holds a job without renewing its lease; 0 without a shared store.
+	LeaseSecs     uint32 `protobuf:"varint,4,opt,name=lease_secs,json=leaseSecs,proto3" json:"lease_secs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterStatus) Reset() {
+	*x = ClusterStatus{}
+	mi := &file_whisperd_v1_model_control_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterStatus) ProtoMessage() {}
+
+func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_whisperd_v1_model_control_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterStatus.ProtoReflect.Descriptor instead.
+func (*ClusterStatus) Descriptor() ([]byte, []int) {
+	return file_whisperd_v1_model_control_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ClusterStatus) GetSharedStore() bool {
+	if x != nil {
+		return x.SharedStore
+	}
+	return false
+}
+
+func (x *ClusterStatus) GetReplicas() []*ReplicaStatus {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+func (x *ClusterStatus) GetQueueDepth() uint32 {
+	if x != nil {
+		return x.QueueDepth
+	}
+	return 0
+}
+
+func (x *ClusterStatus) GetLeaseSecs() uint32 {
+	if x != nil {
+		return x.LeaseSecs
+	}
+	return 0
+}
+
 // One lifecycle transition.
 type ModelEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -468,7 +806,7 @@ type ModelEvent struct {
 
 func (x *ModelEvent) Reset() {
 	*x = ModelEvent{}
-	mi := &file_whisperd_v1_model_control_proto_msgTypes[6]
+	mi := &file_whisperd_v1_model_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -480,7 +818,7 @@ func (x *ModelEvent) String() string {
 func (*ModelEvent) ProtoMessage() {}
 
 func (x *ModelEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_whisperd_v1_model_control_proto_msgTypes[6]
+	mi := &file_whisperd_v1_model_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -493,7 +831,7 @@ func (x *ModelEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelEvent.ProtoReflect.Descriptor instead.
 func (*ModelEvent) Descriptor() ([]byte, []int) {
-	return file_whisperd_v1_model_control_proto_rawDescGZIP(), []int{6}
+	return file_whisperd_v1_model_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ModelEvent) GetState() ModelState {
@@ -545,7 +883,14 @@ const file_whisperd_v1_model_control_proto_rawDesc = "" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12,\n" +
 	"\x12memory_total_bytes\x18\x03 \x01(\x04R\x10memoryTotalBytes\x12*\n" +
 	"\x11memory_used_bytes\x18\x04 \x01(\x04R\x0fmemoryUsedBytes\x12*\n" +
-	"\x11memory_free_bytes\x18\x05 \x01(\x04R\x0fmemoryFreeBytes\"\xf5\x02\n" +
+	"\x11memory_free_bytes\x18\x05 \x01(\x04R\x0fmemoryFreeBytes\"\xd4\x01\n" +
+	"\vDeviceState\x12\x1b\n" +
+	"\tgpu_index\x18\x01 \x01(\rR\bgpuIndex\x12-\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x17.whisperd.v1.ModelStateR\x05state\x12!\n" +
+	"\frunning_jobs\x18\x03 \x01(\rR\vrunningJobs\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x04 \x01(\tR\tlastError\x127\n" +
+	"\tloaded_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bloadedAt\"\xa9\x03\n" +
 	"\vModelStatus\x12-\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x17.whisperd.v1.ModelStateR\x05state\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x1d\n" +
@@ -560,7 +905,30 @@ const file_whisperd_v1_model_control_proto_rawDesc = "" +
 	"queueDepth\x12!\n" +
 	"\frunning_jobs\x18\t \x01(\rR\vrunningJobs\x12\x10\n" +
 	"\x03gpu\x18\n" +
-	" \x01(\bR\x03gpu\"\xea\x01\n" +
+	" \x01(\bR\x03gpu\x122\n" +
+	"\adevices\x18\v \x03(\v2\x18.whisperd.v1.DeviceStateR\adevices\"\x10\n" +
+	"\x0eClusterRequest\"\x8e\x03\n" +
+	"\rReplicaStatus\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12-\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x17.whisperd.v1.ModelStateR\x05state\x12\x14\n" +
+	"\x05model\x18\x04 \x01(\tR\x05model\x12\x16\n" +
+	"\x06device\x18\x05 \x01(\tR\x06device\x12\x12\n" +
+	"\x04gpus\x18\x06 \x03(\tR\x04gpus\x12#\n" +
+	"\rparallel_jobs\x18\a \x01(\rR\fparallelJobs\x12&\n" +
+	"\x0frunning_job_ids\x18\b \x03(\tR\rrunningJobIds\x129\n" +
+	"\n" +
+	"started_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12=\n" +
+	"\fheartbeat_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\vheartbeatAt\x12\x12\n" +
+	"\x04self\x18\v \x01(\bR\x04self\"\xaa\x01\n" +
+	"\rClusterStatus\x12!\n" +
+	"\fshared_store\x18\x01 \x01(\bR\vsharedStore\x126\n" +
+	"\breplicas\x18\x02 \x03(\v2\x1a.whisperd.v1.ReplicaStatusR\breplicas\x12\x1f\n" +
+	"\vqueue_depth\x18\x03 \x01(\rR\n" +
+	"queueDepth\x12\x1d\n" +
+	"\n" +
+	"lease_secs\x18\x04 \x01(\rR\tleaseSecs\"\xea\x01\n" +
 	"\n" +
 	"ModelEvent\x12-\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x17.whisperd.v1.ModelStateR\x05state\x123\n" +
@@ -575,12 +943,13 @@ const file_whisperd_v1_model_control_proto_rawDesc = "" +
 	"\x13MODEL_STATE_LOADING\x10\x02\x12\x15\n" +
 	"\x11MODEL_STATE_READY\x10\x03\x12\x1f\n" +
 	"\x1bMODEL_STATE_WAITING_FOR_GPU\x10\x04\x12\x19\n" +
-	"\x15MODEL_STATE_UNLOADING\x10\x052\x8f\x03\n" +
+	"\x15MODEL_STATE_UNLOADING\x10\x052\xe8\x03\n" +
 	"\fModelControl\x12]\n" +
 	"\x06Status\x12\x1f.whisperd.v1.ModelStatusRequest\x1a\x18.whisperd.v1.ModelStatus\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/model/status\x12W\n" +
 	"\x04Load\x12\x1d.whisperd.v1.LoadModelRequest\x1a\x18.whisperd.v1.ModelStatus\"\x16\x82\xd3\xe4\x93\x02\x10\"\x0e/v1/model/load\x12]\n" +
 	"\x06Unload\x12\x1f.whisperd.v1.UnloadModelRequest\x1a\x18.whisperd.v1.ModelStatus\"\x18\x82\xd3\xe4\x93\x02\x12\"\x10/v1/model/unload\x12h\n" +
-	"\vWatchEvents\x12$.whisperd.v1.WatchModelEventsRequest\x1a\x17.whisperd.v1.ModelEvent\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/model/events0\x01B,Z*whisperd/gateway/gen/whisperdv1;whisperdv1b\x06proto3"
+	"\vWatchEvents\x12$.whisperd.v1.WatchModelEventsRequest\x1a\x17.whisperd.v1.ModelEvent\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/model/events0\x01\x12W\n" +
+	"\aCluster\x12\x1b.whisperd.v1.ClusterRequest\x1a\x1a.whisperd.v1.ClusterStatus\"\x13\x82\xd3\xe4\x93\x02\r\x12\v/v1/clusterB,Z*whisperd/gateway/gen/whisperdv1;whisperdv1b\x06proto3"
 
 var (
 	file_whisperd_v1_model_control_proto_rawDescOnce sync.Once
@@ -595,7 +964,7 @@ func file_whisperd_v1_model_control_proto_rawDescGZIP() []byte {
 }
 
 var file_whisperd_v1_model_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_whisperd_v1_model_control_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_whisperd_v1_model_control_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_whisperd_v1_model_control_proto_goTypes = []any{
 	(ModelState)(0),                 // 0: whisperd.v1.ModelState
 	(*ModelStatusRequest)(nil),      // 1: whisperd.v1.ModelStatusRequest
@@ -603,31 +972,44 @@ var file_whisperd_v1_model_control_proto_goTypes = []any{
 	(*UnloadModelRequest)(nil),      // 3: whisperd.v1.UnloadModelRequest
 	(*WatchModelEventsRequest)(nil), // 4: whisperd.v1.WatchModelEventsRequest
 	(*GpuInfo)(nil),                 // 5: whisperd.v1.GpuInfo
-	(*ModelStatus)(nil),             // 6: whisperd.v1.ModelStatus
-	(*ModelEvent)(nil),              // 7: whisperd.v1.ModelEvent
-	(*timestamppb.Timestamp)(nil),   // 8: google.protobuf.Timestamp
+	(*DeviceState)(nil),             // 6: whisperd.v1.DeviceState
+	(*ModelStatus)(nil),             // 7: whisperd.v1.ModelStatus
+	(*ClusterRequest)(nil),          // 8: whisperd.v1.ClusterRequest
+	(*ReplicaStatus)(nil),           // 9: whisperd.v1.ReplicaStatus
+	(*ClusterStatus)(nil),           // 10: whisperd.v1.ClusterStatus
+	(*ModelEvent)(nil),              // 11: whisperd.v1.ModelEvent
+	(*timestamppb.Timestamp)(nil),   // 12: google.protobuf.Timestamp
 }
 var file_whisperd_v1_model_control_proto_depIdxs = []int32{
-	0,  // 0: whisperd.v1.ModelStatus.state:type_name -> whisperd.v1.ModelState
-	8,  // 1: whisperd.v1.ModelStatus.loaded_at:type_name -> google.protobuf.Timestamp
-	5,  // 2: whisperd.v1.ModelStatus.gpus:type_name -> whisperd.v1.GpuInfo
-	0,  // 3: whisperd.v1.ModelEvent.state:type_name -> whisperd.v1.ModelState
-	0,  // 4: whisperd.v1.ModelEvent.previous:type_name -> whisperd.v1.ModelState
-	8,  // 5: whisperd.v1.ModelEvent.time:type_name -> google.protobuf.Timestamp
-	6,  // 6: whisperd.v1.ModelEvent.status:type_name -> whisperd.v1.ModelStatus
-	1,  // 7: whisperd.v1.ModelControl.Status:input_type -> whisperd.v1.ModelStatusRequest
-	2,  // 8: whisperd.v1.ModelControl.Load:input_type -> whisperd.v1.LoadModelRequest
-	3,  // 9: whisperd.v1.ModelControl.Unload:input_type -> whisperd.v1.UnloadModelRequest
-	4,  // 10: whisperd.v1.ModelControl.WatchEvents:input_type -> whisperd.v1.WatchModelEventsRequest
-	6,  // 11: whisperd.v1.ModelControl.Status:output_type -> whisperd.v1.ModelStatus
-	6,  // 12: whisperd.v1.ModelControl.Load:output_type -> whisperd.v1.ModelStatus
-	6,  // 13: whisperd.v1.ModelControl.Unload:output_type -> whisperd.v1.ModelStatus
-	7,  // 14: whisperd.v1.ModelControl.WatchEvents:output_type -> whisperd.v1.ModelEvent
-	11, // [11:15] is the sub-list for method output_type
-	7,  // [7:11] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	0,  // 0: whisperd.v1.DeviceState.state:type_name -> whisperd.v1.ModelState
+	12, // 1: whisperd.v1.DeviceState.loaded_at:type_name -> google.protobuf.Timestamp
+	0,  // 2: whisperd.v1.ModelStatus.state:type_name -> whisperd.v1.ModelState
+	12, // 3: whisperd.v1.ModelStatus.loaded_at:type_name -> google.protobuf.Timestamp
+	5,  // 4: whisperd.v1.ModelStatus.gpus:type_name -> whisperd.v1.GpuInfo
+	6,  // 5: whisperd.v1.ModelStatus.devices:type_name -> whisperd.v1.DeviceState
+	0,  // 6: whisperd.v1.ReplicaStatus.state:type_name -> whisperd.v1.ModelState
+	12, // 7: whisperd.v1.ReplicaStatus.started_at:type_name -> google.protobuf.Timestamp
+	12, // 8: whisperd.v1.ReplicaStatus.heartbeat_at:type_name -> google.protobuf.Timestamp
+	9,  // 9: whisperd.v1.ClusterStatus.replicas:type_name -> whisperd.v1.ReplicaStatus
+	0,  // 10: whisperd.v1.ModelEvent.state:type_name -> whisperd.v1.ModelState
+	0,  // 11: whisperd.v1.ModelEvent.previous:type_name -> whisperd.v1.ModelState
+	12, // 12: whisperd.v1.ModelEvent.time:type_name -> google.protobuf.Timestamp
+	7,  // 13: whisperd.v1.ModelEvent.status:type_name -> whisperd.v1.ModelStatus
+	1,  // 14: whisperd.v1.ModelControl.Status:input_type -> whisperd.v1.ModelStatusRequest
+	2,  // 15: whisperd.v1.ModelControl.Load:input_type -> whisperd.v1.LoadModelRequest
+	3,  // 16: whisperd.v1.ModelControl.Unload:input_type -> whisperd.v1.UnloadModelRequest
+	4,  // 17: whisperd.v1.ModelControl.WatchEvents:input_type -> whisperd.v1.WatchModelEventsRequest
+	8,  // 18: whisperd.v1.ModelControl.Cluster:input_type -> whisperd.v1.ClusterRequest
+	7,  // 19: whisperd.v1.ModelControl.Status:output_type -> whisperd.v1.ModelStatus
+	7,  // 20: whisperd.v1.ModelControl.Load:output_type -> whisperd.v1.ModelStatus
+	7,  // 21: whisperd.v1.ModelControl.Unload:output_type -> whisperd.v1.ModelStatus
+	11, // 22: whisperd.v1.ModelControl.WatchEvents:output_type -> whisperd.v1.ModelEvent
+	10, // 23: whisperd.v1.ModelControl.Cluster:output_type -> whisperd.v1.ClusterStatus
+	19, // [19:24] is the sub-list for method output_type
+	14, // [14:19] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_whisperd_v1_model_control_proto_init() }
@@ -641,7 +1023,7 @@ func file_whisperd_v1_model_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_whisperd_v1_model_control_proto_rawDesc), len(file_whisperd_v1_model_control_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ const (
 	ModelControl_Load_FullMethodName        = "/whisperd.v1.ModelControl/Load"
 	ModelControl_Unload_FullMethodName      = "/whisperd.v1.ModelControl/Unload"
 	ModelControl_WatchEvents_FullMethodName = "/whisperd.v1.ModelControl/WatchEvents"
+	ModelControl_Cluster_FullMethodName     = "/whisperd.v1.ModelControl/Cluster"
 )
 
 // ModelControlClient is the client API for ModelControl service.
@@ -47,6 +48,10 @@ type ModelControlClient interface {
 	// Lifecycle events: first the current state, then every transition as it happens,
 	// until the client goes away.
 	WatchEvents(ctx context.Context, in *WatchModelEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ModelEvent], error)
+	// The fleet: every replica sharing this server's job store (DATABASE_URL) whose
+	// heartbeat is recent, with its model state and the jobs it runs, from the hosts table
+	// the replicas keep. A server on its own SQLite store lists only itself.
+	Cluster(ctx context.Context, in *ClusterRequest, opts ...grpc.CallOption) (*ClusterStatus, error)
 }
 
 type modelControlClient struct {
@@ -106,6 +111,16 @@ func (c *modelControlClient) WatchEvents(ctx context.Context, in *WatchModelEven
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ModelControl_WatchEventsClient = grpc.ServerStreamingClient[ModelEvent]
 
+func (c *modelControlClient) Cluster(ctx context.Context, in *ClusterRequest, opts ...grpc.CallOption) (*ClusterStatus, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ClusterStatus)
+	err := c.cc.Invoke(ctx, ModelControl_Cluster_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ModelControlServer is the server API for ModelControl service.
 // All implementations must embed UnimplementedModelControlServer
 // for forward compatibility.
@@ -124,6 +139,10 @@ type ModelControlServer interface {
 	// Lifecycle events: first the current state, then every transition as it happens,
 	// until the client goes away.
 	WatchEvents(*WatchModelEventsRequest, grpc.ServerStreamingServer[ModelEvent]) error
+	// The fleet: every replica sharing this server's job store (DATABASE_URL) whose
+	// heartbeat is recent, with its model state and the jobs it runs, from the hosts table
+	// the replicas keep. A server on its own SQLite store lists only itself.
+	Cluster(context.Context, *ClusterRequest) (*ClusterStatus, error)
 	mustEmbedUnimplementedModelControlServer()
 }
 
@@ -145,6 +164,9 @@ func (UnimplementedModelControlServer) Unload(context.Context, *UnloadModelReque
 }
 func (UnimplementedModelControlServer) WatchEvents(*WatchModelEventsRequest, grpc.ServerStreamingServer[ModelEvent]) error {
 	return status.Error(codes.Unimplemented, "method WatchEvents not implemented")
+}
+func (UnimplementedModelControlServer) Cluster(context.Context, *ClusterRequest) (*ClusterStatus, error) {
+	return nil, status.Error(codes.Unimplemented, "method Cluster not implemented")
 }
 func (UnimplementedModelControlServer) mustEmbedUnimplementedModelControlServer() {}
 func (UnimplementedModelControlServer) testEmbeddedByValue()                      {}
@@ -232,6 +254,24 @@ func _ModelControl_WatchEvents_Handler(srv interface{}, stream grpc.ServerStream
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ModelControl_WatchEventsServer = grpc.ServerStreamingServer[ModelEvent]
 
+func _ModelControl_Cluster_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ClusterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ModelControlServer).Cluster(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ModelControl_Cluster_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ModelControlServer).Cluster(ctx, req.(*ClusterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ModelControl_ServiceDesc is the grpc.ServiceDesc for ModelControl service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -250,6 +290,10 @@ var ModelControl_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Unload",
 			Handler:    _ModelControl_Unload_Handler,
+		},
+		{
+			MethodName: "Cluster",
+			Handler:    _ModelControl_Cluster_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
