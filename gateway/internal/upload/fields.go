@@ -40,6 +40,8 @@ func jobField(opts *pb.JobOptions, name, value string) (Effect, error) {
 		opts.Vad, err = ParseBool(value)
 	case "filename":
 		opts.Filename = value
+	case "request_id":
+		opts.RequestId = strings.TrimSpace(value)
 	default:
 		return Ignored, nil
 	}

@@ -130,13 +130,13 @@ func TestAudioFirstThenOptionsIsSpooledAndKeepsTheOptions(t *testing.T) {
 	defer srv.Close()
 	audio := strings.Repeat("a", 2*upload.ChunkSize+7)
 	ctype, body := form(t, part{name: "audio", file: "a.wav", value: audio}, part{name: "language", value: "en"},
-		part{name: "beam_size", value: "2"})
+		part{name: "beam_size", value: "2"}, part{name: "request_id", value: "retry-7"})
 	code, out := post(t, srv.URL, ctype, body)
 	if code != 200 || out != "job-1" {
 		t.Fatalf("%d %s", code, out)
 	}
 	up := f.Uploads()[0]
-	if o := up.Options; o.GetLanguage() != "en" || o.GetBeamSize() != 2 || o.GetFilename() != "a.wav" {
+	if o := up.Options; o.GetLanguage() != "en" || o.GetBeamSize() != 2 || o.GetFilename() != "a.wav" || o.GetRequestId() != "retry-7" {
 		t.Fatalf("options %v", o)
 	}
 	if up.Bytes != len(audio) || !up.Completed {
