@@ -228,3 +228,21 @@ def test_decoding_stops_when_asked(jfk_mp3: Path) -> None:
         decode_audio(jfk_mp3, should_stop=stop_after_two)
     assert chunks_seen == 3
     assert len(decode_audio(jfk_mp3, should_stop=lambda: False)) > 10 * 16000
+
+
+def test_decoding_stops_at_the_maximum_length_whatever_the_header_says(jfk_mp3: Path, tmp_path: Path) -> None:
+    """MAX_AUDIO_SECS bounds the decoded buffer even for a file the probe never saw."""
+    from whisperd import audio_limits
+
+    try:
+        audio_limits.configure(audio_limits.AudioLimits(max_secs=5))
+        with pytest.raises(AudioDecodeError, match="MAX_AUDIO_SECS"):
+            decode_audio(jfk_mp3)
+        with pytest.raises(AudioDecodeError, match="MAX_AUDIO_SECS"):
+            probe_audio(jfk_mp3)
+        one_hz = tmp_path / "one_hz.wav"
+        write_wav(one_hz, np.zeros(64000, dtype=np.int16), sample_rate=1)
+        with pytest.raises(AudioDecodeError, match="sample rate 1 Hz"):
+            decode_audio(one_hz)
+    finally:
+        audio_limits.configure(audio_limits.AudioLimits())
