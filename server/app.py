@@ -41,10 +41,10 @@ from whisperd.server.jobs.health_guard import StorageGuard
 from whisperd.server.jobs.orphans import remove_orphan_uploads
 from whisperd import audio_limits
 from whisperd.server.jobs.model import JobRecord
-from whisperd.server.jobs.backends import open_store
+from whisperd.server.jobs.backends import open_outbox, open_store
 from whisperd.server.jobs.blobs import BlobStore, open_blobs
 from whisperd.server.jobs.store import JobStore
-from whisperd.server.webhooks import Outbox, WebhookDispatcher
+from whisperd.server.webhooks import WebhookDispatcher
 from whisperd.v1 import model_control_pb2, model_control_pb2_grpc, transcription_pb2, transcription_pb2_grpc
 
 log = logging.getLogger("whisperd.server")
@@ -172,7 +172,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
     if (orphans := remove_orphan_uploads(settings.uploads_dir, store.audio_in_use())):
         log.info("start-up: removed %d uploads that no waiting job references", orphans)
 
-    outbox = Outbox(settings.data_dir / "webhooks.db")
+    outbox = open_outbox(settings)  # DATA_DIR/webhooks.db, or the shared PostgreSQL
     webhooks = WebhookDispatcher(
         outbox, secret=settings.webhook_secret or None, allow_private=settings.webhook_allow_private
     )
@@ -317,7 +317,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
     storage.start()
     heartbeat = cluster.start_heartbeat(
         store, cluster_hub, settings=settings, port=port, host=host, pool=pool, gpu=gpu,
-        on_failed=job_finished,
+        on_failed=job_finished, on_beat=webhooks.resume,
     )
     for name in ("",) + services:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import socket
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from whisperd.server.config import Settings
 from whisperd.server.engine import gpu_info
@@ -36,6 +36,7 @@ class Heartbeat:
         on_requeued: Callable[[], None],
         on_failed: Callable[[JobRecord], None],
         on_waiting: Callable[[], None] = lambda: None,
+        on_beat: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._hub = hub
@@ -45,6 +46,7 @@ class Heartbeat:
         self._on_requeued = on_requeued
         self._on_failed = on_failed
         self._on_waiting = on_waiting
+        self._on_beat = on_beat
         self.interval = max(1.0, store.lease_secs / 3)
 
     async def beat(self) -> None:
@@ -53,6 +55,8 @@ class Heartbeat:
         await asyncio.to_thread(self._store.heartbeat, self._running(), self._info())
         if await asyncio.to_thread(self._store.queue_depth):
             self._on_waiting()
+        if self._on_beat is not None:
+            await self._on_beat()
         requeued, failed = await asyncio.to_thread(self._store.recover_interrupted, self._max_attempts)
         for job_id in requeued:
             self._hub.publish(RequeuedEvent(job_id))
@@ -111,6 +115,7 @@ def start_heartbeat(
     pool: WorkerPool,
     gpu: bool,
     on_failed: Callable[[JobRecord], None],
+    on_beat: Callable[[], Awaitable[None]] | None = None,
 ) -> asyncio.Task[None] | None:
     if hub is None or not isinstance(store, PgJobStore):
         return None
@@ -128,7 +133,7 @@ def start_heartbeat(
         store, hub, max_attempts=settings.max_attempts,
         info=lambda: fleet_info(settings=settings, port=port, host=host, pool=pool, gpu=gpu),
         running=pool.running_ids,
-        on_requeued=requeued, on_failed=on_failed, on_waiting=waiting,
+        on_requeued=requeued, on_failed=on_failed, on_waiting=waiting, on_beat=on_beat,
     )
     log.info(
         "replica %s on the shared store %s (lease %d s, renewed every %g s)",

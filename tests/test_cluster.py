@@ -22,6 +22,7 @@ import pytest
 
 from conftest import EXPECTED_JFK, normalise
 from server_process import ServerProcess, submit_requests, wait_for_status
+from webhook_receiver import WebhookReceiver
 from whisperd.v1 import model_control_pb2 as mpb
 from whisperd.v1 import transcription_pb2 as pb
 
@@ -58,7 +59,8 @@ class Cluster:
     def __init__(self, tmp: Path, model: Path, db_url: str, bucket: str, s3_env: dict[str, str], s3: object) -> None:
         env = {
             "DATABASE_URL": db_url, "BLOB_URL": f"s3://{bucket}/uploads", "LEASE_SECS": "3",
-            "THREADS": "1", "PARALLEL_JOBS": "1", "SHUTDOWN_GRACE_SECS": "1", **s3_env,
+            "THREADS": "1", "PARALLEL_JOBS": "1", "SHUTDOWN_GRACE_SECS": "1",
+            "WEBHOOK_ALLOW_PRIVATE": "true", **s3_env,
         }
         self.db_url = db_url
         self.bucket = bucket
@@ -99,8 +101,9 @@ def follow(server: ServerProcess, job_id: str, seen: dict[str, list[pb.JobEvent]
 
 def test_twenty_jobs_through_one_replica_run_once_each_on_both(cluster: Cluster, jfk_wav: Path) -> None:
     audio = jfk_wav.read_bytes()
+    hooks = WebhookReceiver().start()
     ids = [
-        cluster.a.jobs.Submit(submit_requests(audio, pb.JobOptions(filename="jfk.wav"))).id
+        cluster.a.jobs.Submit(submit_requests(audio, pb.JobOptions(filename="jfk.wav", webhook_url=hooks.url()))).id
         for _ in range(20)
     ]
     seen: dict[str, list[pb.JobEvent]] = {}
@@ -144,6 +147,16 @@ def test_twenty_jobs_through_one_replica_run_once_each_on_both(cluster: Cluster,
     assert replicas["replica-a"]["model"] == "ggml-tiny.en.bin"
     table = whisperctl(cluster.a, "cluster")
     assert "replica-a *" in table and "replica-b" in table and "ready" in table
+
+    # One job.done webhook per job, whichever replica ran it.
+    deadline = time.monotonic() + 60
+    while len(job_hooks := [r for r in hooks.received() if r.headers.get("x-whisperd-event") == "job.done"]) < 20:
+        assert time.monotonic() < deadline, f"{len(job_hooks)} of 20 job webhooks arrived"
+        time.sleep(0.1)
+    time.sleep(2 * 1.0 + 0.5)  # a duplicate would come with the next heartbeats' resume
+    job_hooks = [r for r in hooks.received() if r.headers.get("x-whisperd-event") == "job.done"]
+    hooks.stop()
+    assert Counter(json.loads(r.body)["id"] for r in job_hooks) == Counter(ids)
 
 
 def test_kill_9_of_a_replica_its_jobs_finish_on_the_other(cluster: Cluster, jfk_wav: Path) -> None:

@@ -14,6 +14,7 @@ from whisperd.server.jobs.errors import JobStateError
 from whisperd.server.jobs.model import JobOptions, JobStatus
 from whisperd.server.jobs.pg_store import PgJobStore
 from whisperd.server.postgres import redact_url, translate_ddl
+from whisperd.server.webhooks.pg_outbox import PgOutbox
 from whisperd.transcript import Segment
 
 MODEL = "ggml-tiny.en.bin"
@@ -140,3 +141,28 @@ def test_ddl_translation_and_url_redaction() -> None:
     assert redact_url("postgresql://u@db/w") == "postgresql://u@db/w"
     with pytest.raises(RuntimeError, match="cannot reach PostgreSQL at postgresql://u:\\*\\*\\*@127.0.0.1:1/x"):
         PgJobStore("postgresql://u:secret@127.0.0.1:1/x?connect_timeout=1", host_id="h")
+
+
+def test_a_shared_webhook_outbox_sends_each_attempt_once(url: str) -> None:
+    a = PgOutbox(url, host_id="host-a", claim_secs=1.0)
+    b = PgOutbox(url, host_id="host-b", claim_secs=1.0)
+    try:
+        d = a.add("https://hooks.example/x", "job.done", '{"id": "j"}', job_id="j")
+        a.register_url("https://hooks.example/x")
+        assert [p.id for p in b.pending()] == [d.id] and b.urls() == ["https://hooks.example/x"]
+        # Both replicas resumed it; one claims attempt 1, the other is refused.
+        assert a.record_attempt(d.id, 1, time.time() + 1)
+        assert not b.record_attempt(d.id, 1, time.time() + 1)
+        # A failed it: the claim is free, and B may send attempt 2.
+        assert a.reschedule(d.id, time.time(), "HTTP 503")
+        assert b.record_attempt(d.id, 2, time.time() + 1)
+        assert not a.record_attempt(d.id, 3, time.time() + 1)
+        # B died while sending: after its claim runs out, A takes over.
+        time.sleep(1.2)
+        assert a.record_attempt(d.id, 3, time.time() + 1)
+        got = b.get(d.id)
+        assert got is not None and got.attempt == 3 and got.last_error == "HTTP 503"
+        assert a.remove(d.id) and b.pending() == []
+    finally:
+        a.close()
+        b.close()

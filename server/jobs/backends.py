@@ -7,6 +7,8 @@ import socket
 
 from whisperd.server.config import Settings
 
+from whisperd.server.webhooks.outbox import Outbox
+
 from .store import JobStore
 
 
@@ -28,3 +30,13 @@ def open_store(settings: Settings) -> JobStore:
         lease_secs=settings.lease_secs,
         pool_size=max(4, settings.parallel_jobs + 4),
     )
+
+
+def open_outbox(settings: Settings) -> Outbox:
+    """Pending webhook deliveries: DATA_DIR/webhooks.db, or beside the shared job store,
+    where any replica sends what a stopped one left."""
+    if not settings.database_url:
+        return Outbox(settings.data_dir / "webhooks.db")
+    from whisperd.server.webhooks.pg_outbox import PgOutbox
+
+    return PgOutbox(settings.database_url, host_id=host_id(settings))

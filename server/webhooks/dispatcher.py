@@ -81,6 +81,13 @@ class WebhookDispatcher:
             log.info("webhooks: resuming %d pending deliveries", len(pending))
         self._spawn_all(pending)
 
+    async def resume(self) -> None:
+        """Take up every pending delivery that has no task here. For an outbox that
+        replicas share (pg_outbox.py): deliveries of a replica that stopped are sent by
+        the others; the outbox's claim on each attempt keeps it to one sender."""
+        if self._running:
+            self._spawn_all(await asyncio.to_thread(self._outbox.pending))
+
     async def stop(self) -> None:
         """Stop sending. Tasks are cancelled; their deliveries stay in the outbox and are
         resumed by the next start()."""
