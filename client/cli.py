@@ -457,6 +457,7 @@ def get(
     ]
     if job.error:
         rows.append(("error", escape(job.error)))
+    rows.extend(("warning", escape(w)) for w in job.warnings)
     for key, value in rows:
         grid.add_row(key, value)
     c.out.print(grid)

@@ -188,6 +188,8 @@ class Job:
     language_probability: float
     attempts: int
     pb: tpb.Job = field(repr=False, compare=False)
+    # What the user should know about the input, e.g. that the file ends early.
+    warnings: tuple[str, ...] = ()
 
     @classmethod
     def from_pb(cls, msg: tpb.Job) -> Job:
@@ -208,6 +210,7 @@ class Job:
             language_probability=msg.language_probability,
             attempts=msg.attempts,
             pb=msg,
+            warnings=tuple(msg.warnings),
         )
 
     @property
