@@ -184,6 +184,8 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
     def job_finished(job: JobRecord) -> None:  # on a worker thread
         if cluster_hub is not None and cluster_hub.ended_elsewhere(job.id):
             return  # cancelled through another replica, which told the webhook
+        if not job.status.terminal:
+            return  # this replica lost the job's lease; it runs on elsewhere
         if job.audio_path:
             spool.delete(job.audio_path)  # an object store's copy (the spool's is gone already)
         metrics.job_finished(job)

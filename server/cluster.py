@@ -139,6 +139,11 @@ def start_heartbeat(
         "replica %s on the shared store %s (lease %d s, renewed every %g s)",
         store.host_id, store.path, settings.lease_secs, beat.interval,
     )
+    if not settings.blob_url:
+        log.warning(
+            "DATABASE_URL without BLOB_URL: uploads stay in this replica's DATA_DIR, where no "
+            "other replica can read them; set BLOB_URL=s3://... before starting a second one"
+        )
     return asyncio.get_running_loop().create_task(beat.run(), name="heartbeat")
 
 

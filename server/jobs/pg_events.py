@@ -68,6 +68,11 @@ class ClusterHub(EventHub):
 
     def publish_threadsafe(self, event: JobEvent) -> None:
         """From any thread: sent to the other replicas before this returns."""
+        if isinstance(event, FinishedEvent) and not self._ended(event.job_id):
+            # A worker that lost its lease (it stalled past it) ends its attempt; the job
+            # itself runs on under another replica and must not look finished anywhere.
+            log.info("job %s: this replica's attempt ended; the job runs on elsewhere", event.job_id)
+            return
         self._send(event)
         if not self._loop.is_closed():
             self._loop.call_soon_threadsafe(super().publish, event)
@@ -77,6 +82,10 @@ class ClusterHub(EventHub):
         that replica told the webhook and removed the audio, so this one does not."""
         with self._ended_lock:
             return self._ended_elsewhere.pop(job_id, 0) is None
+
+    def _ended(self, job_id: str) -> bool:
+        job = self._store.get(job_id, with_segments=False)
+        return job is None or job.status.terminal
 
     def _send(self, event: JobEvent) -> None:
         kind = _KINDS[type(event)]
@@ -130,7 +139,7 @@ class ClusterHub(EventHub):
                 event = SegmentEvent(job_id, found[0]) if found else None
         elif kind == "r":
             event = RequeuedEvent(job_id)
-        elif kind == "f":
+        elif kind == "f" and self._ended(job_id):
             event = FinishedEvent(job_id)
             with self._ended_lock:
                 self._ended_elsewhere[job_id] = None
