@@ -47,6 +47,10 @@ class WindowResult:
     tokens: int = 0  # tokens decoded, fallbacks included
     fallbacks: int = 0  # times decoded again at a higher temperature
     text_tokens: tuple[int, ...] = field(default_factory=tuple)  # for conditioning
+    # How far into the window the result reaches (seconds). Whisper may end a window early
+    # (its last timestamp well before the window's end): the scheduler decodes the rest
+    # as a new window starting there, as sequential whisper.cpp seeks to it.
+    end_secs: float = WINDOW_SECS
 
 
 class WindowDecoder(Protocol):

@@ -11,13 +11,13 @@ Every offset here is in samples at 16 kHz.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from whisperd import _native
 from whisperd.batching import WINDOW_SECS
-from whisperd.inference import SAMPLE_RATE, vad_model_path
+from whisperd.inference import SAMPLE_RATE, WhisperError, vad_model_path
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,16 @@ MAX_WINDOW = int(WINDOW_SECS * SAMPLE_RATE)
 # before the limit (a breath, a pause between words), never mid-syllable if avoidable.
 _QUIET_FRAME = SAMPLE_RATE // 10
 _QUIET_SEARCH = 5 * SAMPLE_RATE
+# A window starts this long before its first speech, or in the middle of a shorter pause:
+# Whisper tends to put its first timestamp at 0 s, so leading silence makes the first
+# segment start early (and on tiny.en it made more word errors).
+_LEAD_IN = 3 * SAMPLE_RATE // 10
 # A cut in the first half of a window is taken only when the second half has no silence:
 # short windows cost a decode each and give the decoder less context.
 _PREFERRED_FROM = 0.5
 
+# Silero's pieces: 5 minutes, a second or so of CPU each.
+_VAD_PIECE = 300 * SAMPLE_RATE
 # Silero parameters: whisper.cpp's defaults, which its VAD option uses as well.
 VAD_THRESHOLD = 0.5
 VAD_MIN_SPEECH_MS = 250
@@ -39,21 +45,37 @@ VAD_MIN_SILENCE_MS = 100
 VAD_SPEECH_PAD_MS = 30
 
 
-def speech_spans(samples: np.ndarray, threads: int) -> list[Span]:
-    """Where someone speaks: Silero VAD when the build has it, else RMS energy."""
+def speech_spans(
+    samples: np.ndarray, threads: int, should_stop: Callable[[], bool] | None = None
+) -> list[Span]:
+    """Where someone speaks: Silero VAD when the build has it, else RMS energy.
+
+    Silero runs on pieces of _VAD_PIECE samples, so that `should_stop` is asked between
+    them (an hour takes a while on a CPU); it returns what was found so far once it says
+    stop.
+    """
     model = vad_model_path()
-    if hasattr(_native, "vad_speech_spans") and model.is_file():
-        spans = _native.vad_speech_spans(
-            np.ascontiguousarray(samples, dtype=np.float32),
-            str(model),
-            VAD_THRESHOLD,
-            VAD_MIN_SPEECH_MS,
-            VAD_MIN_SILENCE_MS,
-            VAD_SPEECH_PAD_MS,
-            max(1, threads),
-        )
-        return [(int(a), int(b)) for a, b in spans]
-    return energy_speech_spans(samples)
+    if not (hasattr(_native, "vad_speech_spans") and model.is_file()):
+        return energy_speech_spans(samples)
+    opts = _native.Options()
+    opts.vad_model_path = str(model)
+    opts.vad_threshold = VAD_THRESHOLD
+    opts.vad_min_speech_ms = VAD_MIN_SPEECH_MS
+    opts.vad_min_silence_ms = VAD_MIN_SILENCE_MS
+    opts.vad_speech_pad_ms = VAD_SPEECH_PAD_MS
+    found: list[Span] = []
+    for offset in range(0, len(samples), _VAD_PIECE):
+        if should_stop is not None and should_stop():
+            break
+        piece = np.ascontiguousarray(samples[offset : offset + _VAD_PIECE], dtype=np.float32)
+        try:
+            spans = _native.vad_speech_spans(piece, opts, max(1, threads))
+        except WhisperError as exc:  # the weights did not load: energy still finds pauses
+            log.warning("voice activity detection failed (%s); cutting at low-energy pauses", exc)
+            return energy_speech_spans(samples)
+        found.extend((offset + int(a), offset + int(b)) for a, b in spans)
+    # A span cut by a piece's end continues in the next piece: merged again.
+    return merge_spans(found, len(samples))
 
 
 def energy_speech_spans(
@@ -142,9 +164,10 @@ def cut_windows(
 ) -> list[Span]:
     """Windows (start, end) covering all the audio, each at most max_samples long.
 
-    Each cut goes in the middle of the longest silence in the second half of the window
-    (or, without one there, in the first half); only a span of speech longer than a
-    window is cut, at its quietest 0.1 s frame in the last 5 s before the limit.
+    Each cut goes into the longest silence in the second half of the window (or, without
+    one there, in the first half), 0.3 s before the speech after it (or in the middle of
+    a shorter pause); only a span of speech longer than a window is cut, at its quietest
+    0.1 s frame in the last 5 s before the limit.
     """
     n = len(samples)
     if n == 0:
@@ -160,7 +183,7 @@ def cut_windows(
             lo, hi = max(g0, start + 1), min(g1, limit)
             if lo > hi or g1 <= start:
                 continue
-            cut = min(max((g0 + g1) // 2, lo), hi)
+            cut = min(max((g0 + g1) // 2, g1 - _LEAD_IN, lo), hi)
             key = (cut >= preferred_from, hi - lo, cut)
             if best is None or key > best:
                 best = key
@@ -174,13 +197,26 @@ def cut_windows(
     return windows
 
 
-def plan_windows(samples: np.ndarray, threads: int) -> list[Span]:
-    """The windows a job's audio is decoded in (a single window when it fits in one)."""
+def plan(
+    samples: np.ndarray, threads: int, should_stop: Callable[[], bool] | None = None
+) -> tuple[list[Span], list[Span] | None]:
+    """The windows a job's audio is decoded in, and the speech spans they were cut by
+    (None when the audio fits in one window: no detector ran)."""
     if len(samples) <= MAX_WINDOW:
-        return [(0, len(samples))] if len(samples) else []
-    spans = speech_spans(samples, threads)
+        return ([(0, len(samples))] if len(samples) else []), None
+    spans = speech_spans(samples, threads, should_stop)
     windows = cut_windows(samples, spans)
     log.debug(
         "%.1f s of audio: %d speech spans, %d windows", len(samples) / SAMPLE_RATE, len(spans), len(windows)
     )
-    return windows
+    return windows, spans
+
+
+def plan_windows(samples: np.ndarray, threads: int) -> list[Span]:
+    """The windows alone (a single window when the audio fits in one)."""
+    return plan(samples, threads)[0]
+
+
+def has_speech(spans: Sequence[Span], start: int, end: int) -> bool:
+    """Whether any speech span overlaps [start, end)."""
+    return any(a < end and start < b for a, b in spans)

@@ -1,0 +1,270 @@
+"""The batch scheduler on the real tiny.en model and real speech: windows of one job and
+of several jobs through one window decoder (the sequential reference, and the batched
+decoder when the build has it), stitched back into the transcript a user gets."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from conftest import EXPECTED_JFK, normalise
+from whisperd.audio import decode_audio
+from whisperd.batching import WindowDecoder
+from whisperd.inference import (
+    CancelToken,
+    OutOfMemoryError,
+    TranscribeOptions,
+    TranscriptionAborted,
+    WhisperModel,
+)
+from whisperd.sequential_decoder import SequentialWindowDecoder
+from whisperd.server.engine.scheduler import BatchScheduler, DecoderFactory
+from whisperd.transcript import Segment, Transcript
+
+SR = 16000
+THREADS = 2
+GREEDY = TranscribeOptions(beam_size=1, threads=THREADS)
+
+
+def batch_decoder_class() -> type | None:
+    try:
+        from whisperd.batch_decoder import BatchDecoder  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return BatchDecoder
+
+
+def make_factory(kind: str, capacity: int) -> DecoderFactory:
+    if kind == "sequential":
+        return lambda model: SequentialWindowDecoder(model, capacity, THREADS)
+    cls = batch_decoder_class()
+    if cls is None:
+        pytest.skip("this build has no batched window decoder (whisperd.batch_decoder)")
+    return lambda model: cls(model, capacity, THREADS)
+
+
+# The sequential decoder with two slots exercises drops and refills of a held window;
+# the batched one gets four, as BATCH_SIZE 0 gives it on a CPU.
+@pytest.fixture(scope="module", params=[("sequential", 2), ("batched", 4)], ids=["sequential", "batched"])
+def scheduler(request: pytest.FixtureRequest) -> Iterator[BatchScheduler]:
+    kind, capacity = request.param
+    s = BatchScheduler(make_factory(kind, capacity), vad_threads=THREADS)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def model(tiny_en_model: Path) -> Iterator[WhisperModel]:
+    m = WhisperModel(tiny_en_model, use_gpu=False)
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="module")
+def jfk(jfk_wav: Path) -> np.ndarray:
+    return decode_audio(jfk_wav)
+
+
+def tile(jfk: np.ndarray, copies: int, gaps_s: tuple[float, ...] = (1.0, 2.5, 4.0)) -> np.ndarray:
+    parts = []
+    for i in range(copies):
+        parts += [jfk, np.zeros(int(gaps_s[i % len(gaps_s)] * SR), np.float32)]
+    return np.concatenate(parts)
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate in percent: word-level edit distance over the reference length."""
+    ref, hyp = normalise(reference).split(), normalise(hypothesis).split()
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return 100.0 * row[-1] / len(ref)
+
+
+def assert_monotone(segments: tuple[Segment, ...] | list[Segment], duration: float) -> None:
+    assert [s.index for s in segments] == list(range(len(segments)))
+    for prev, seg in zip(segments, segments[1:]):
+        assert prev.end <= seg.start + 1e-6, (prev, seg)
+    for seg in segments:
+        assert 0.0 <= seg.start <= seg.end <= duration + 1e-6, seg
+
+
+def run(
+    scheduler: BatchScheduler,
+    model: WhisperModel,
+    audio: np.ndarray,
+    options: TranscribeOptions = GREEDY,
+    cancel: CancelToken | None = None,
+) -> tuple[Transcript, list[int], list[Segment]]:
+    progress: list[int] = []
+    streamed: list[Segment] = []
+    result = scheduler.transcribe(
+        model, audio, options, cancel=cancel or CancelToken(),
+        on_progress=progress.append, on_segment=streamed.append,
+    )
+    return result, progress, streamed
+
+
+@pytest.mark.parametrize("beam", [1, 5])
+def test_a_short_clip_equals_the_whole_file_decode(
+    scheduler: BatchScheduler, model: WhisperModel, jfk: np.ndarray, beam: int
+) -> None:
+    options = TranscribeOptions(beam_size=beam, threads=THREADS)
+    with model.new_state() as state:
+        alone = state.transcribe(jfk, options)
+    result, progress, streamed = run(scheduler, model, jfk, options)
+    assert [(s.start, s.end, s.text) for s in result.segments] == [
+        (s.start, s.end, s.text) for s in alone.segments
+    ]
+    assert normalise(result.text) == normalise(EXPECTED_JFK)
+    assert result.language == "en"
+    assert progress[-1] == 100 and streamed == list(result.segments)
+
+
+@pytest.fixture(scope="module")
+def three_minutes(jfk: np.ndarray) -> np.ndarray:
+    return tile(jfk, 16)  # 16 x 11 s of speech with 1-4 s pauses: ~218 s
+
+
+@pytest.fixture(scope="module")
+def whole_file_wer(model: WhisperModel, three_minutes: np.ndarray) -> float:
+    """The sequential path: the whole file on one state, each window conditioned on the
+    previous one's text."""
+    with model.new_state() as state:
+        result = state.transcribe(three_minutes, GREEDY)
+    return wer(" ".join([EXPECTED_JFK] * 16), result.text)
+
+
+def test_a_three_minute_file_matches_the_sequential_path(
+    scheduler: BatchScheduler, model: WhisperModel, three_minutes: np.ndarray, whole_file_wer: float
+) -> None:
+    result, progress, streamed = run(scheduler, model, three_minutes)
+    duration = len(three_minutes) / SR
+    assert result.duration_secs == pytest.approx(duration)
+    assert wer(" ".join([EXPECTED_JFK] * 16), result.text) <= whole_file_wer + 1.0, result.text
+    assert_monotone(result.segments, duration)
+    # The last segment ends in the last copy: the windows' offsets add up.
+    assert result.segments[-1].end > duration - 15.0
+    # Progress rises to 100 in several steps; segments arrive in order, each once.
+    assert progress == sorted(set(progress)) and progress[-1] == 100 and len(progress) >= 4
+    assert streamed == list(result.segments)
+
+
+def test_two_jobs_at_once_both_right_and_the_short_one_first(
+    scheduler: BatchScheduler, model: WhisperModel, jfk: np.ndarray
+) -> None:
+    long_audio = tile(jfk, 8)  # ~110 s: four windows or more
+    finished: list[str] = []
+    results: dict[str, Transcript] = {}
+
+    def job(name: str, audio: np.ndarray) -> None:
+        results[name] = scheduler.transcribe(model, audio, GREEDY, cancel=CancelToken())
+        finished.append(name)
+
+    long_job = threading.Thread(target=job, args=("long", long_audio))
+    long_job.start()
+    time.sleep(0.3)  # the long job's windows are in
+    job("short", jfk)
+    long_job.join(120)
+    # Round-robin refills: the short job's only window goes in at the next free slot.
+    assert finished == ["short", "long"]
+    assert normalise(results["short"].text) == normalise(EXPECTED_JFK)
+    assert wer(" ".join([EXPECTED_JFK] * 8), results["long"].text) <= 5.0, results["long"].text
+    assert_monotone(results["long"].segments, len(long_audio) / SR)
+
+
+def test_cancelling_one_job_leaves_the_other_running(
+    scheduler: BatchScheduler, model: WhisperModel, jfk: np.ndarray
+) -> None:
+    token = CancelToken()
+    outcome: dict[str, object] = {}
+    progress: list[int] = []
+
+    def doomed() -> None:
+        try:
+            scheduler.transcribe(model, tile(jfk, 10), GREEDY, cancel=token, on_progress=progress.append)
+        except TranscriptionAborted as exc:
+            outcome["aborted"] = exc
+            outcome["at"] = time.monotonic()
+
+    t = threading.Thread(target=doomed)
+    t.start()
+    time.sleep(0.3)
+    other = threading.Thread(
+        target=lambda: outcome.__setitem__("other", scheduler.transcribe(model, jfk, GREEDY, cancel=CancelToken()))
+    )
+    other.start()
+    deadline = time.monotonic() + 60
+    while not any(0 < p < 100 for p in progress) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    cancelled_at = time.monotonic()
+    token.cancel()
+    t.join(10)
+    assert "aborted" in outcome
+    assert outcome["at"] - cancelled_at < 1.0  # type: ignore[operator]
+    other.join(120)
+    assert normalise(outcome["other"].text) == normalise(EXPECTED_JFK)  # type: ignore[union-attr]
+    # Nothing of the cancelled job stays in the decoder.
+    deadline = time.monotonic() + 30
+    while scheduler._decoder is not None and scheduler._decoder.active() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert scheduler._decoder is None or scheduler._decoder.active() == 0
+
+
+def test_release_during_a_job_aborts_it_and_the_next_job_gets_a_new_decoder(
+    model: WhisperModel, jfk: np.ndarray
+) -> None:
+    made: list[WindowDecoder] = []
+
+    def factory(m: WhisperModel) -> WindowDecoder:
+        made.append(SequentialWindowDecoder(m, 1, THREADS))
+        return made[-1]
+
+    s = BatchScheduler(factory, vad_threads=THREADS)
+    try:
+        errors: list[BaseException] = []
+        started = threading.Event()
+
+        def job() -> None:
+            try:
+                s.transcribe(model, tile(jfk, 6), GREEDY, cancel=CancelToken(),
+                             on_progress=lambda p: started.set())
+            except TranscriptionAborted as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=job)
+        t.start()
+        assert started.wait(30)
+        s.release()  # what the worker pool does before an unload
+        t.join(30)
+        assert errors and "unloaded" in str(errors[0])
+        assert len(made) == 1
+        result = s.transcribe(model, jfk, GREEDY, cancel=CancelToken())
+        assert normalise(result.text) == normalise(EXPECTED_JFK)
+        assert len(made) == 2
+    finally:
+        s.close()
+
+
+def test_out_of_memory_making_the_decoder_reaches_the_job(model: WhisperModel, jfk: np.ndarray) -> None:
+    # Injected: the CPU never runs out of GPU memory. The worker pool requeues on this.
+    def full(m: WhisperModel) -> WindowDecoder:
+        raise OutOfMemoryError("injected: no VRAM for the decoder's slots")
+
+    s = BatchScheduler(full)
+    try:
+        with pytest.raises(OutOfMemoryError, match="injected"):
+            s.transcribe(model, jfk, GREEDY, cancel=CancelToken())
+    finally:
+        s.close()
+
+
+def test_bad_options_are_refused_before_any_decoding(scheduler: BatchScheduler, model: WhisperModel, jfk: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="beam_size"):
+        scheduler.transcribe(model, jfk, TranscribeOptions(beam_size=0), cancel=CancelToken())
