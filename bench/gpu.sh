@@ -13,6 +13,10 @@
 #            (large-v3 shape, random weights, CUDA graphs on and off)
 #   service  bench/gpu_service_bench.py: issue 6's table through a real server
 #   peer     bench/peer_transformers.py: Hugging Face transformers, batched, same work
+#   batch    bench/batch_bench.py: the batched engine at batch 8-128 over 3840 s (128
+#            windows), the peer beside it on the same audio, and both under a 7.5 GB
+#            VRAM cap (a ballast process holds the rest of the card)
+#   check    batched vs sequential transcripts of real speech on the GPU (tiny.en)
 # The host needs cmake, ninja, nvcc, python3 with numpy and nanobind (torch and
 # transformers for the peer); PyAV is optional (plain 16 kHz WAV is read without it).
 # Inputs prepared here by bench/gpu_prep.sh travel in .gpu/ (a trimmed whisper.cpp
@@ -98,11 +102,11 @@ if has_stage engine; then
     --json "$RESULTS/gpu_bench.json"
 fi
 
-if has_stage diag || has_stage service || has_stage peer; then
+if has_stage diag || has_stage service || has_stage peer || has_stage batch; then
   "$PY" -c "from whisperd.audio import decode_audio, write_wav; import numpy as np; \
 a = decode_audio('third_party/whisper.cpp/samples/jfk.wav'); write_wav('$RESULTS/speech121.wav', np.tile(a, 11))"
 fi
-if (has_stage diag || has_stage service) && [[ ! -f $LARGE ]]; then
+if (has_stage diag || has_stage service || has_stage batch) && [[ ! -f $LARGE ]]; then
   mkdir -p build
   t=$(date +%s)
   "$PY" bench/make_random_model.py --shape large-v3 --ftype f16 --out "$LARGE"
@@ -137,5 +141,42 @@ if has_stage service; then
   echo "== issue 6: whisperd end to end through the client"
   "$PY" bench/gpu_service_bench.py --tiny "$MODEL" --large "$LARGE" --whisper-cli "$BUILD/bin/whisper-cli" \
     --tokens "$TOKENS" --peer-json "$RESULTS/peer.json" --json "$RESULTS/gpu_service_bench.json" ${SERVICE_ARGS:-}
+fi
+if has_stage check; then
+  echo
+  echo "== batched vs sequential on real speech (tiny.en, GPU)"
+  "$PY" bench/batch_check.py --model "$MODEL" --wav third_party/whisper.cpp/samples/jfk.wav \
+    || echo "check: the batched greedy transcript differs from the sequential one"
+fi
+
+if has_stage batch; then
+  SECS="${BATCH_SECONDS:-3840}"
+  echo
+  echo "== batched engine: large-v3 shape, ${SECS} s of audio, $TOKENS tokens per window"
+  "$PY" bench/batch_bench.py --model "$LARGE" --wav "$RESULTS/speech121.wav" --seconds "$SECS" \
+    --batches "${BATCHES:-8,16,32,64,128}" --tokens "$TOKENS" --json "$RESULTS/batch.json"
+  if [[ "${CAP_GIB:-7.5}" != "0" ]]; then
+    echo
+    echo "== under a ${CAP_GIB:-7.5} GiB VRAM cap (the users' RTX 2080): the batch size chosen from free VRAM"
+    "$PY" bench/vram_ballast.py --leave-gib "${CAP_GIB:-7.5}" > "$RESULTS/ballast.log" 2>&1 &
+    ballast=$!
+    for _ in $(seq 1 60); do grep -q holding "$RESULTS/ballast.log" 2>/dev/null && break; sleep 1; done
+    cat "$RESULTS/ballast.log"
+    "$PY" bench/batch_bench.py --model "$LARGE" --wav "$RESULTS/speech121.wav" --seconds "$SECS" \
+      --auto --encode-batch 4 --tokens "$TOKENS" --json "$RESULTS/batch-capped.json" || echo "capped run failed"
+    if [[ -n "${PEER_CAP_BATCH:-}" ]]; then
+      "$PY" bench/peer_transformers.py --wav "$RESULTS/speech121.wav" --tile-to "$SECS" --tokens-per-window "$TOKENS" \
+        --batch-sizes "$PEER_CAP_BATCH" --modes generate,loop --json "$RESULTS/peer-capped.json" || echo "capped peer failed"
+    fi
+    kill "$ballast" 2>/dev/null || true
+    wait "$ballast" 2>/dev/null || true
+  fi
+  if [[ -n "${PEER_BATCH:-8,16,32,64,128}" ]]; then
+    echo
+    echo "== the peer on the same ${SECS} s: transformers, large-v3 shape, $TOKENS tokens per window"
+    "$PY" bench/peer_transformers.py --wav "$RESULTS/speech121.wav" --tile-to "$SECS" --tokens-per-window "$TOKENS" \
+      --batch-sizes "${PEER_BATCH:-8,16,32,64,128}" --modes "${PEER_MODES:-generate,loop}" --json "$RESULTS/peer-batch.json" \
+      || echo "peer benchmark failed"
+  fi
 fi
 exit "$tests_rc"

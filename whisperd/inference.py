@@ -176,6 +176,11 @@ class WhisperModel:
         return self._model.multilingual
 
     @property
+    def native(self) -> _native.Model:
+        """The native model, for the batched decoder (whisperd.batch_decoder)."""
+        return self._model
+
+    @property
     def type_name(self) -> str:
         return self._model.type_name
 

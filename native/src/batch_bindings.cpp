@@ -69,11 +69,18 @@ void bind_batch(nb::module_ &m, nb::class_<Model> &model) {
         .def("drop", &BatchDecoder::drop, "id"_a)
         .def("close", &BatchDecoder::close, nb::call_guard<nb::gil_scoped_release>())
         .def("stats", &BatchDecoder::stats)
-        .def("mel", &BatchDecoder::mel, "samples"_a);
+        .def("mel", &BatchDecoder::mel, "samples"_a)
+        .def("prepare", &BatchDecoder::prepare, "spec"_a, nb::call_guard<nb::gil_scoped_release>(),
+             "Compute the window's mel spectrogram now (any thread), ahead of add().");
 
     model.def("new_batch_decoder", &Model::new_batch_decoder, "n_slots"_a, "n_cells"_a,
               "n_threads"_a, "max_encode_batch"_a, nb::call_guard<nb::gil_scoped_release>(),
               "A batched decoder of n_slots windows over these weights.");
+
+    model.def("tokenize", &Model::tokenize, "text"_a, "The text's tokens (no special tokens).")
+        .def_prop_ro("n_text_ctx", &Model::n_text_ctx)
+        .def_prop_ro("n_text_state", &Model::n_text_state)
+        .def_prop_ro("n_audio_ctx", &Model::n_audio_ctx);
 
     m.def(
         "vad_speech_spans",

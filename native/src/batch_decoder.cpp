@@ -3,7 +3,12 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -31,6 +36,15 @@ int pow2_at_least(int n) {
     return p;
 }
 
+// WHISPERD_BATCH_TRACE=1: each stage of setting up and running the decoder on stderr.
+void trace(const char *what) {
+    static const bool on = getenv("WHISPERD_BATCH_TRACE") != nullptr;
+    if (on) {
+        fprintf(stderr, "batch_decoder: %s\n", what);
+        fflush(stderr);
+    }
+}
+
 double ms_since(std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
 }
@@ -46,6 +60,80 @@ ggml_tensor *layer_norm(ggml_context *ctx, ggml_tensor *x, ggml_tensor *w, ggml_
 
 }  // namespace
 
+// A few threads that run one function over indices 0..n-1 per call; spawning threads on
+// every decoder step cost ~1 ms a step.
+class BatchDecoder::Pool {
+public:
+    explicit Pool(int n) {
+        for (int i = 1; i < n; ++i) {
+            threads_.emplace_back([this]() { loop(); });
+        }
+    }
+    ~Pool() {
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            stop_ = true;
+        }
+        cv_.notify_all();
+        for (auto &t : threads_) {
+            t.join();
+        }
+    }
+    void run(size_t n, const std::function<void(size_t)> &fn) {
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            fn_ = &fn;
+            n_ = n;
+            next_ = 0;
+            busy_ = threads_.size();
+            ++gen_;
+        }
+        cv_.notify_all();
+        work(fn, n);
+        std::unique_lock<std::mutex> lk(mu_);
+        done_.wait(lk, [this]() { return busy_ == 0; });
+        fn_ = nullptr;
+    }
+
+private:
+    void work(const std::function<void(size_t)> &fn, size_t n) {
+        for (size_t i; (i = next_.fetch_add(1)) < n;) {
+            fn(i);
+        }
+    }
+    void loop() {
+        size_t seen = 0;
+        for (;;) {
+            const std::function<void(size_t)> *fn;
+            size_t n;
+            {
+                std::unique_lock<std::mutex> lk(mu_);
+                cv_.wait(lk, [&]() { return stop_ || gen_ != seen; });
+                if (stop_) {
+                    return;
+                }
+                seen = gen_;
+                fn = fn_;
+                n = n_;
+            }
+            work(*fn, n);
+            {
+                std::lock_guard<std::mutex> lk(mu_);
+                if (--busy_ == 0) {
+                    done_.notify_all();
+                }
+            }
+        }
+    }
+    std::vector<std::thread> threads_;
+    std::mutex mu_;
+    std::condition_variable cv_, done_;
+    const std::function<void(size_t)> *fn_ = nullptr;
+    size_t n_ = 0, busy_ = 0, gen_ = 0;
+    std::atomic<size_t> next_{0};
+    bool stop_ = false;
+};
+
 BatchDecoder::BatchDecoder(std::shared_ptr<ContextHandle> handle, bool use_gpu, int gpu_device,
                            int n_slots, int n_cells, int n_threads, int max_encode_batch)
     : handle_(std::move(handle)),
@@ -55,6 +143,7 @@ BatchDecoder::BatchDecoder(std::shared_ptr<ContextHandle> handle, bool use_gpu, 
       n_cells_(std::max(kKvPad, ((n_cells + kKvPad - 1) / kKvPad) * kKvPad)),
       n_threads_(std::max(1, n_threads)),
       max_encode_batch_(std::max(1, max_encode_batch)) {
+    trace("vocab read");
     if (whisper_model_get_tensor(wctx_, "decoder.token_embedding.weight") == nullptr) {
         throw WhisperError("this whisper.cpp build lacks the model access the batched decoder needs");
     }
@@ -67,6 +156,7 @@ BatchDecoder::BatchDecoder(std::shared_ptr<ContextHandle> handle, bool use_gpu, 
     n_audio_pad_ = ((n_audio_ctx_ + kKvPad - 1) / kKvPad) * kKvPad;
     n_text_ctx_ = whisper_model_n_text_ctx(wctx_);
 
+    trace("dimensions read");
     if (use_gpu) {
         int seen = 0;
         for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
@@ -85,6 +175,7 @@ BatchDecoder::BatchDecoder(std::shared_ptr<ContextHandle> handle, bool use_gpu, 
     if (backend_ == nullptr) {
         throw WhisperError("could not start a ggml backend for the batched decoder");
     }
+    trace("backend started");
     if (ggml_backend_is_cpu(backend_)) {
         ggml_backend_cpu_set_n_threads(backend_, n_threads_);
     }
@@ -102,7 +193,9 @@ BatchDecoder::BatchDecoder(std::shared_ptr<ContextHandle> handle, bool use_gpu, 
     const int n_audio_state = whisper_model_n_audio_state(wctx_);
     pad_k_ = ggml_new_tensor_3d(cache_ctx_, GGML_TYPE_F16, n_audio_state, n_audio_pad_, max_encode_batch_);
     pad_v_ = ggml_new_tensor_3d(cache_ctx_, GGML_TYPE_F16, n_audio_state, n_audio_pad_, max_encode_batch_);
+    trace("cache tensors described");
     cache_buf_ = ggml_backend_alloc_ctx_tensors(cache_ctx_, backend_);
+    trace("caches allocated");
     if (cache_buf_ == nullptr) {
         ggml_free(cache_ctx_);
         cache_ctx_ = nullptr;
@@ -114,17 +207,21 @@ BatchDecoder::BatchDecoder(std::shared_ptr<ContextHandle> handle, bool use_gpu, 
     // Zeros: padding rows of the cross K/V take part in attention as whisper.cpp's do, and
     // masked cells must never hold NaN (0 x NaN poisons flash attention).
     ggml_backend_buffer_clear(cache_buf_, 0);
+    trace("caches cleared");
     enc_alloc_ = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
     dec_alloc_ = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
     enc_meta_.resize(ggml_tensor_overhead() * kMaxNodes + ggml_graph_overhead_custom(kMaxNodes, false));
     dec_meta_.resize(ggml_tensor_overhead() * kMaxNodes + ggml_graph_overhead_custom(kMaxNodes, false));
     slots_.resize(n_slots_);
+    pool_ = std::make_unique<Pool>(n_threads_);
+    trace("ready");
 }
 
 BatchDecoder::~BatchDecoder() { close(); }
 
 void BatchDecoder::close() {
     slots_.clear();
+    pool_.reset();
     if (dec_ctx_ != nullptr) {
         ggml_free(dec_ctx_);
         dec_ctx_ = nullptr;
@@ -180,6 +277,12 @@ std::vector<float> BatchDecoder::mel(const std::vector<float> &samples) const {
     return out;
 }
 
+void BatchDecoder::prepare(WindowSpec &spec) const {
+    if (spec.mel.empty()) {
+        spec.mel = mel(spec.samples);
+    }
+}
+
 void BatchDecoder::compute(ggml_cgraph *gf, CancelToken *token) {
     if (ggml_backend_is_cpu(backend_)) {
         ggml_backend_cpu_set_abort_callback(backend_, abort_cb, token);
@@ -222,10 +325,13 @@ ggml_cgraph *BatchDecoder::build_encoder(ggml_context *ctx, int n, const std::ve
     ggml_tensor *cur = conv(ctx, "encoder.conv1", mel, 1);  // [n_as, 2T, n]
     cur = ggml_cont(ctx, ggml_permute(ctx, cur, 1, 0, 2, 3));  // [2T, n_as, n]
     cur = conv(ctx, "encoder.conv2", cur, 2);                  // [n_as, T, n]
+    // Activations stay 2-D, [n_as, T*n]: every projection is one large matrix product.
+    cur = ggml_reshape_2d(ctx, cur, n_as, T * n);
     ggml_tensor *pe = w("encoder.positional_embedding");
     cur = ggml_add(ctx, cur, ggml_view_2d(ctx, pe, pe->ne[0], T, pe->nb[1], 0));
 
     const float scale = 1.0f / sqrtf(static_cast<float>(hd));
+    const size_t es = ggml_element_size(pad_k_);
     ggml_tensor *x = cur;
     for (int l = 0; l < n_audio_layer_; ++l) {
         const std::string p = "encoder.blocks." + std::to_string(l) + ".";
@@ -234,11 +340,10 @@ ggml_cgraph *BatchDecoder::build_encoder(ggml_context *ctx, int n, const std::ve
         ggml_tensor *k = ggml_mul_mat(ctx, w(p + "attn.key.weight"), cur);
         ggml_tensor *v = ggml_add(ctx, ggml_mul_mat(ctx, w(p + "attn.value.weight"), cur), w(p + "attn.value.bias"));
         // K/V into zero-padded rows, as whisper.cpp's encoder does for flash attention.
-        const size_t es = ggml_element_size(pad_k_);
         ggml_tensor *kdst = ggml_view_3d(ctx, pad_k_, n_as, T, n, n_as * es, n_as * n_audio_pad_ * es, 0);
         ggml_tensor *vdst = ggml_view_3d(ctx, pad_v_, n_as, T, n, n_as * es, n_as * n_audio_pad_ * es, 0);
-        ggml_build_forward_expand(gf, ggml_cpy(ctx, k, kdst));
-        ggml_build_forward_expand(gf, ggml_cpy(ctx, v, vdst));
+        ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_reshape_3d(ctx, k, n_as, T, n), kdst));
+        ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_reshape_3d(ctx, v, n_as, T, n), vdst));
         ggml_tensor *Q = ggml_permute(ctx, ggml_reshape_4d(ctx, q, hd, n_ah, T, n), 0, 2, 1, 3);
         ggml_tensor *K = ggml_permute(ctx,
             ggml_view_4d(ctx, pad_k_, hd, n_ah, n_audio_pad_, n, hd * es, n_as * es, n_as * n_audio_pad_ * es, 0),
@@ -247,7 +352,7 @@ ggml_cgraph *BatchDecoder::build_encoder(ggml_context *ctx, int n, const std::ve
             ggml_view_4d(ctx, pad_v_, hd, n_ah, n_audio_pad_, n, hd * es, n_as * es, n_as * n_audio_pad_ * es, 0),
             0, 2, 1, 3);
         ggml_tensor *a = ggml_flash_attn_ext(ctx, Q, K, V, nullptr, scale, 0.0f, 0.0f);
-        a = ggml_reshape_3d(ctx, a, n_as, T, n);
+        a = ggml_reshape_2d(ctx, a, n_as, T * n);
         a = ggml_add(ctx, ggml_mul_mat(ctx, w(p + "attn.out.weight"), a), w(p + "attn.out.bias"));
         x = ggml_add(ctx, a, x);
         cur = layer_norm(ctx, x, w(p + "mlp_ln.weight"), w(p + "mlp_ln.bias"));
@@ -267,8 +372,8 @@ ggml_cgraph *BatchDecoder::build_encoder(ggml_context *ctx, int n, const std::ve
         const Layer &L = layers_[l];
         for (int i = 0; i < n; ++i) {
             const size_t es = ggml_element_size(L.ck);
-            ggml_tensor *ksrc = ggml_view_2d(ctx, kc, n_state_, T, kc->nb[1], i * kc->nb[2]);
-            ggml_tensor *vsrc = ggml_view_2d(ctx, vc, n_state_, T, vc->nb[1], i * vc->nb[2]);
+            ggml_tensor *ksrc = ggml_view_2d(ctx, kc, n_state_, T, kc->nb[1], i * T * kc->nb[1]);
+            ggml_tensor *vsrc = ggml_view_2d(ctx, vc, n_state_, T, vc->nb[1], i * T * vc->nb[1]);
             const size_t off = static_cast<size_t>(slots[i]) * n_state_ * n_audio_pad_ * es;
             ggml_build_forward_expand(gf, ggml_cpy(ctx, ksrc, ggml_view_2d(ctx, L.ck, n_state_, T, n_state_ * es, off)));
             ggml_build_forward_expand(gf, ggml_cpy(ctx, vsrc, ggml_view_2d(ctx, L.cv, n_state_, T, n_state_ * es, off)));
@@ -281,24 +386,20 @@ void BatchDecoder::encode_group(std::vector<WindowSpec> &group, const std::vecto
                                 CancelToken *token) {
     const auto t0 = std::chrono::steady_clock::now();
     const int n = static_cast<int>(group.size());
-    // Mel spectrograms on the CPU, one thread per window.
-    std::vector<float> mels(static_cast<size_t>(n) * n_mels_ * kMelFrames);
+    // Mel spectrograms on the CPU (those not prepared ahead), a window per thread.
+    const size_t per = static_cast<size_t>(n_mels_) * kMelFrames;
+    std::vector<float> mels(static_cast<size_t>(n) * per);
     {
-        std::vector<std::thread> threads;
         std::vector<std::string> errors(n);
-        for (int i = 0; i < n; ++i) {
-            threads.emplace_back([&, i]() {
-                try {
-                    std::vector<float> m = mel(group[i].samples);
-                    std::copy(m.begin(), m.end(), mels.begin() + static_cast<size_t>(i) * m.size());
-                } catch (const std::exception &e) {
-                    errors[i] = e.what();
-                }
-            });
-        }
-        for (auto &t : threads) {
-            t.join();
-        }
+        pool_->run(n, [&](size_t i) {
+            try {
+                prepare(group[i]);
+                std::copy(group[i].mel.begin(), group[i].mel.end(), mels.begin() + i * per);
+                group[i].mel = {};
+            } catch (const std::exception &e) {
+                errors[i] = e.what();
+            }
+        });
         for (const auto &e : errors) {
             if (!e.empty()) {
                 throw WhisperError(e);
@@ -308,14 +409,18 @@ void BatchDecoder::encode_group(std::vector<WindowSpec> &group, const std::vecto
     ggml_init_params ip = {enc_meta_.size(), enc_meta_.data(), true};
     ggml_context *ctx = ggml_init(ip);
     ggml_tensor *mel_in = nullptr;
+    trace("mels computed");
     ggml_cgraph *gf = build_encoder(ctx, n, slots, &mel_in);
+    trace("encoder graph built");
     if (!ggml_gallocr_alloc_graph(enc_alloc_, gf)) {
         ggml_free(ctx);
         throw OutOfMemoryError("out of memory for the batched encoder (" + std::to_string(n) + " windows)");
     }
     ggml_backend_tensor_set(mel_in, mels.data(), 0, mels.size() * sizeof(float));
+    trace("encoder graph allocated");
     try {
         compute(gf, token);
+        trace("encoder computed");
     } catch (...) {
         ggml_free(ctx);
         throw;
@@ -526,7 +631,9 @@ std::vector<WindowOutput> BatchDecoder::step(CancelToken *token) {
     ggml_backend_tensor_set(ggml_graph_get_tensor(dec_graph_, "kv_rows"), kvr.data(), 0, kvr.size() * sizeof(int64_t));
     ggml_backend_tensor_set(ggml_graph_get_tensor(dec_graph_, "mask"), mask.data(), 0, mask.size() * sizeof(ggml_fp16_t));
     ggml_backend_tensor_set(ggml_graph_get_tensor(dec_graph_, "out_rows"), outs.data(), 0, outs.size() * sizeof(int32_t));
+    trace("decoder inputs set");
     compute(dec_graph_, token);
+    trace("decoder step computed");
     ggml_tensor *lg = ggml_graph_get_tensor(dec_graph_, "logits");
     logits_.resize(ggml_nelements(lg));
     ggml_backend_tensor_get(lg, logits_.data(), 0, logits_.size() * sizeof(float));
@@ -543,36 +650,24 @@ std::vector<WindowOutput> BatchDecoder::step(CancelToken *token) {
             live.push_back(s);
         }
     }
-    std::atomic<size_t> next{0};
     std::vector<std::string> errors(live.size());
-    auto work = [&]() {
-        for (size_t k; (k = next.fetch_add(1)) < live.size();) {
-            const int s = live[k];
-            WindowDecoder &win = *slots_[s];
-            int n_out = 0;
-            for (const Row &r : win.rows()) {
-                n_out += r.output ? 1 : 0;
-            }
-            std::vector<const float *> ptrs;
-            for (int o = 0; o < n_out; ++o) {
-                ptrs.push_back(logits_.data() + (static_cast<size_t>(s) * r_out + o) * n_vocab);
-            }
-            try {
-                win.feed(ptrs);
-            } catch (const std::exception &e) {
-                errors[k] = e.what();
-            }
+    pool_->run(live.size(), [&](size_t k) {
+        const int s = live[k];
+        WindowDecoder &win = *slots_[s];
+        int n_out = 0;
+        for (const Row &r : win.rows()) {
+            n_out += r.output ? 1 : 0;
         }
-    };
-    const int n_workers = std::min<int>(n_threads_, static_cast<int>(live.size()));
-    std::vector<std::thread> pool;
-    for (int t = 1; t < n_workers; ++t) {
-        pool.emplace_back(work);
-    }
-    work();
-    for (auto &t : pool) {
-        t.join();
-    }
+        std::vector<const float *> ptrs;
+        for (int o = 0; o < n_out; ++o) {
+            ptrs.push_back(logits_.data() + (static_cast<size_t>(s) * r_out + o) * n_vocab);
+        }
+        try {
+            win.feed(ptrs);
+        } catch (const std::exception &e) {
+            errors[k] = e.what();
+        }
+    });
     for (const auto &e : errors) {
         if (!e.empty()) {
             throw WhisperError("batched sampling failed: " + e);

@@ -56,6 +56,8 @@ public:
     BatchStats stats() const { return stats_; }
     // The log-mel frames of a window, as the encoder gets them (tests).
     std::vector<float> mel(const std::vector<float> &samples) const;
+    // Compute a window's mel now (any thread), so that add() does not wait for it.
+    void prepare(WindowSpec &spec) const;
 
 private:
     struct Layer {
@@ -91,6 +93,8 @@ private:
     std::vector<std::unique_ptr<WindowDecoder>> slots_;
     BatchStats stats_;
     std::vector<float> logits_;
+    class Pool;
+    std::unique_ptr<Pool> pool_;  // sampling threads, kept between steps
 };
 
 }  // namespace whisperd

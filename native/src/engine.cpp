@@ -267,6 +267,20 @@ std::unique_ptr<BatchDecoder> Model::new_batch_decoder(int n_slots, int n_cells,
 
 void Model::close() { handle_.reset(); }
 
+std::vector<int> Model::tokenize(const std::string &text) const {
+    whisper_context *ctx = handle().ctx;
+    std::vector<whisper_token> out(text.size() + 8);  // never more tokens than bytes
+    const int got = whisper_tokenize(ctx, text.c_str(), out.data(), static_cast<int>(out.size()));
+    if (got < 0) {
+        throw WhisperError("could not tokenize the prompt");
+    }
+    return std::vector<int>(out.begin(), out.begin() + got);
+}
+
+int Model::n_text_ctx() const { return whisper_model_n_text_ctx(handle().ctx); }
+int Model::n_text_state() const { return whisper_model_n_text_state(handle().ctx); }
+int Model::n_audio_ctx() const { return whisper_model_n_audio_ctx(handle().ctx); }
+
 bool Model::multilingual() const { return whisper_is_multilingual(handle().ctx) != 0; }
 std::string Model::type_name() const { return whisper_model_type_readable(handle().ctx); }
 int Model::n_vocab() const { return whisper_model_n_vocab(handle().ctx); }

@@ -126,6 +126,10 @@ public:
     std::unique_ptr<BatchDecoder> new_batch_decoder(int n_slots, int n_cells, int n_threads,
                                                     int max_encode_batch);
     int gpu_device() const { return gpu_device_; }
+    std::vector<int> tokenize(const std::string &text) const;
+    int n_text_ctx() const;
+    int n_text_state() const;
+    int n_audio_ctx() const;
     // Drop the model's own hold on the weights; memory is freed once every state is closed.
     void close();
     bool closed() const { return handle_ == nullptr; }

@@ -32,8 +32,16 @@ Vocab::Vocab(whisper_context *c) : ctx(c) {
     translate = whisper_token_translate(c);
     transcribe = whisper_token_transcribe(c);
     multilingual = whisper_is_multilingual(c) != 0;
-    whisper_token sp[4];
-    space = whisper_tokenize(c, " ", sp, 4) == 1 ? sp[0] : -1;
+    // The token of a lone space, looked up by its text: whisper_tokenize's std::regex
+    // crashed in one host's C++ runtime, and this needs no regex.
+    space = -1;
+    for (int t = 0; t < eot; ++t) {
+        const char *s = whisper_token_to_str(c, t);
+        if (s != nullptr && s[0] == ' ' && s[1] == '\0') {
+            space = t;
+            break;
+        }
+    }
     for (int i = 0; i <= whisper_lang_max_id(); ++i) {
         lang_tokens.push_back(whisper_token_lang(c, i));
     }
@@ -587,7 +595,8 @@ void WindowDecoder::finish_segments(const Seq &best) {
         }
     }
     if (!text.empty()) {
-        emit(t0, best.seek_delta, text, i0, static_cast<int>(toks.size()));
+        emit(t0, std::max<int64_t>(t0, std::min(best.seek_delta, seek_end_)), text, i0,
+             static_cast<int>(toks.size()));
     }
 }
 

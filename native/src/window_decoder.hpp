@@ -29,6 +29,7 @@ struct Vocab {
 struct WindowSpec {
     int64_t id = 0;
     std::vector<float> samples;      // 16 kHz mono, at most 30 s
+    std::vector<float> mel;          // its log-mel frames when prepared ahead (BatchDecoder::prepare)
     std::string language;            // empty = detect on this window
     bool translate = false;
     int beam_size = 1;

@@ -1,0 +1,150 @@
+"""The batched engine alone, in-process: x real time at each maximum batch size.
+
+What: N windows of 30 s (the audio tiled to --seconds) decoded through
+whisperd.batch_decoder.BatchDecoder with at most B windows in flight, slots refilled as
+windows end (continuous batching), each window decoding exactly --tokens tokens (random
+weights: speed only). Printed per B: wall seconds (encode + decode + sampling), x real
+time, decoder ms per step, the memory floor of a step (decoder weights once + every
+window's cross-attention K/V and its self-attention cells read once) and how far above
+it the step is, VRAM (NVML, the process's device memory), and the batch size that
+automatic sizing picks for the free VRAM (--vram-cap GiB: what is left after a ballast).
+
+Usage (GPU host, from bench/gpu.sh):
+  python bench/batch_bench.py --model build/ggml-large-v3-random-f16.bin --wav speech121.wav \
+      --seconds 3840 --batches 8,16,32,64,128 --tokens 100 --json out/batch.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from whisperd.audio import decode_audio
+from whisperd.batch_decoder import BatchDecoder, cells_for, slot_cost
+from whisperd.batching import WindowRequest
+from whisperd.inference import SAMPLE_RATE, TranscribeOptions, WhisperModel
+
+HBM_BYTES_PER_S = 4.8e12  # H200
+
+
+def gpu_memory() -> tuple[int, int]:
+    """(used, free) bytes of GPU 0, from NVML; (0, 0) without it."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        info = pynvml.nvmlDeviceGetMemoryInfo(h)
+        return int(info.used), int(info.free)
+    except Exception:
+        return 0, 0
+
+
+def decoder_weight_bytes(model: WhisperModel) -> int:
+    """Weights one decoder step reads: per layer self-attention (4 n^2), cross-attention
+    query and output (2 n^2), MLP (8 n^2), plus the token embedding for the logits."""
+    m = model.native
+    n = m.n_text_state
+    return 2 * (m.n_text_layer * 14 * n * n + m.n_vocab * n)
+
+
+def run(model: WhisperModel, windows: list[np.ndarray], batch: int, tokens: int,
+        beam: int, encode_batch: int, prep_threads: int) -> dict:
+    opts = TranscribeOptions(language="en", beam_size=beam, temperature_increment=0.0,
+                             forced_tokens_per_window=tokens)
+    used0, _ = gpu_memory()
+    dec = BatchDecoder(model, batch, max_beams=beam, encode_batch=encode_batch)
+    pending = [WindowRequest(i, w, opts) for i, w in enumerate(windows)]
+    # warm-up: one window through, so CUDA graphs and buffers exist before timing
+    dec.add([WindowRequest(-1, windows[0], opts)])
+    while dec.active():
+        dec.step()
+    s0 = dec.stats()
+    t0 = time.perf_counter()
+    # Mel spectrograms on CPU threads while the GPU decodes, as the service prepares the
+    # windows of queued jobs (inside the timing: the work is done, only overlapped).
+    pool = ThreadPoolExecutor(max_workers=prep_threads)
+    for i in range(0, len(pending), encode_batch):
+        pool.submit(dec.prepare, pending[i:i + encode_batch])
+    done = 0
+    peak = 0
+    while done < len(windows):
+        free = dec.free_slots()
+        if free and pending:
+            take = pending[: min(free, encode_batch)]
+            pending = pending[len(take):]
+            dec.add(take)
+            continue
+        done += len(dec.step())
+        peak = max(peak, dec.active())
+    wall = time.perf_counter() - t0
+    pool.shutdown(cancel_futures=True)
+    used1, _ = gpu_memory()
+    s1 = dec.stats()
+    steps = s1.steps - s0.steps
+    audio = sum(len(w) for w in windows) / SAMPLE_RATE
+    ms_step = (s1.decode_ms - s0.decode_ms) / max(1, steps)
+    m = model.native
+    cross = 2 * m.n_text_layer * m.n_text_state * 1536 * 2
+    self_kv = 2 * m.n_text_layer * m.n_text_state * 256 * 2
+    floor_ms = (decoder_weight_bytes(model) + batch * (cross + self_kv)) / HBM_BYTES_PER_S * 1e3
+    dec.close()
+    return {
+        "batch": batch, "beam": beam, "windows": len(windows), "audio_s": audio,
+        "wall_s": wall, "x_real_time": audio / wall, "steps": steps,
+        "ms_per_step": ms_step, "floor_ms_per_step": floor_ms, "over_floor": ms_step / floor_ms,
+        "encode_ms": s1.encode_ms - s0.encode_ms, "decode_ms": s1.decode_ms - s0.decode_ms,
+        "sample_ms": s1.sample_ms - s0.sample_ms, "graph_builds": s1.graph_builds,
+        "vram_used_gib": used1 / 2**30, "vram_added_gib": (used1 - used0) / 2**30,
+        "peak_in_flight": peak,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--wav", required=True)
+    ap.add_argument("--seconds", type=float, default=3840)
+    ap.add_argument("--batches", default="8,16,32,64,128")
+    ap.add_argument("--tokens", type=int, default=100)
+    ap.add_argument("--beam", type=int, default=1)
+    ap.add_argument("--encode-batch", type=int, default=8)
+    ap.add_argument("--cpu", action="store_true")
+    ap.add_argument("--prep-threads", type=int, default=8, help="CPU threads preparing mels ahead")
+    ap.add_argument("--auto", action="store_true", help="also the batch automatic sizing picks")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+
+    audio = decode_audio(Path(args.wav))
+    n = int(args.seconds * SAMPLE_RATE)
+    audio = np.tile(audio, n // len(audio) + 1)[:n]
+    step = 30 * SAMPLE_RATE
+    windows = [audio[i:i + step] for i in range(0, n, step)]
+    model = WhisperModel(args.model, use_gpu=not args.cpu)
+    rows = []
+    print(f"{'batch':>5} {'x real time':>11} {'wall s':>7} {'ms/step':>8} {'floor ms':>8} "
+          f"{'x floor':>7} {'encode s':>8} {'sample s':>8} {'VRAM GiB':>8}")
+    batches = [int(b) for b in args.batches.split(",") if b]
+    if args.auto:
+        _, free = gpu_memory()
+        cost = slot_cost(model, max_beams=args.beam, encode_batch=args.encode_batch)
+        auto = min(256, cost.fits(free))
+        print(f"free VRAM {free / 2**30:.1f} GiB -> automatic batch size {auto} "
+              f"({cost.per_slot_bytes / 2**20:.0f} MiB per window, cells {cells_for(args.beam)})")
+        batches = [auto] if auto else []
+    for b in batches:
+        r = run(model, windows, b, args.tokens, args.beam, args.encode_batch, args.prep_threads)
+        rows.append(r)
+        print(f"{b:>5} {r['x_real_time']:>11.1f} {r['wall_s']:>7.2f} {r['ms_per_step']:>8.2f} "
+              f"{r['floor_ms_per_step']:>8.2f} {r['over_floor']:>7.2f} {r['encode_ms'] / 1e3:>8.2f} "
+              f"{r['sample_ms'] / 1e3:>8.2f} {r['vram_used_gib']:>8.1f}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

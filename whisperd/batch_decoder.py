@@ -1,0 +1,194 @@
+"""The engine's window decoder: every window in flight decoded in one batched graph.
+
+`BatchDecoder` implements whisperd.batching.WindowDecoder over the native decoder
+(native/src/batch_decoder.cpp): a fixed number of slots, one window each; the encoder runs
+several new windows in one graph, and each decoder step is one graph for every slot, so
+the weights are read once per step whatever the number of windows. Beams and best-of
+candidates are rows of their window's slot.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from whisperd import _native
+from whisperd.batching import WindowRequest, WindowResult
+from whisperd.inference import SAMPLE_RATE, CancelToken, WhisperModel, group_words
+from whisperd.transcript import Segment
+
+log = logging.getLogger(__name__)
+
+_BYTES_F16 = 2
+_KV_PAD = 256
+# Whisper's decoder context: a prompt of up to half of it, then up to half of it sampled.
+_SAMPLE_LEN = 224
+
+
+def cells_for(max_beams: int) -> int:
+    """KV cells one window needs: the prompt plus a cell per token per beam."""
+    need = _SAMPLE_LEN + max(1, max_beams) * _SAMPLE_LEN + 1
+    return -(-need // _KV_PAD) * _KV_PAD
+
+
+@dataclass(frozen=True, slots=True)
+class SlotCost:
+    """Memory of one slot and the fixed share of a decoder, for choosing the batch size."""
+
+    per_slot_bytes: int
+    fixed_bytes: int
+
+    def fits(self, free_bytes: int) -> int:
+        """Slots that fit in free_bytes (0 when not even one does)."""
+        return max(0, (free_bytes - self.fixed_bytes) // self.per_slot_bytes)
+
+
+def slot_cost(model: WhisperModel, *, max_beams: int, encode_batch: int) -> SlotCost:
+    """Caches per slot (cross-attention K/V of a 30 s window + self-attention cells), plus
+    the encoder's working memory for `encode_batch` windows and a margin."""
+    m = model.native
+    audio_pad = -(-m.n_audio_ctx // _KV_PAD) * _KV_PAD
+    per_layer = 2 * m.n_text_state * (audio_pad + cells_for(max_beams)) * _BYTES_F16
+    per_slot = m.n_text_layer * per_layer
+    # Encoder activations: ~12 f32 tensors of the window's shape live at the peak (the
+    # MLP's hidden layer alone is 4), the logits of a step, and a margin.
+    encoder = encode_batch * m.n_audio_ctx * m.n_text_state * 4 * 12
+    logits = 4 * m.n_vocab * 256
+    return SlotCost(per_slot_bytes=per_slot, fixed_bytes=encoder + logits + 256 * 2**20)
+
+
+def _spec(req: WindowRequest, model: WhisperModel) -> _native.WindowSpec:
+    o = req.options
+    spec = _native.WindowSpec()
+    spec.id = req.window_id
+    spec.samples = np.ascontiguousarray(req.samples, dtype=np.float32)
+    spec.language = o.language or ""
+    spec.translate = o.task == "translate"
+    spec.beam_size = o.beam_size
+    spec.best_of = o.best_of
+    spec.temperature = o.temperature
+    spec.temperature_increment = o.temperature_increment
+    spec.no_speech_threshold = o.no_speech_threshold
+    spec.forced_tokens = o.forced_tokens_per_window
+    prompt = req.prompt if req.prompt is not None else o.initial_prompt
+    if prompt:
+        spec.prompt_tokens = model.native.tokenize(" " + prompt.strip())
+    return spec
+
+
+class BatchDecoder:
+    """Windows of any jobs in `capacity` slots, decoded together one step at a time."""
+
+    def __init__(
+        self,
+        model: WhisperModel,
+        capacity: int,
+        threads: int = 0,
+        *,
+        max_beams: int = 5,
+        encode_batch: int = 4,
+    ) -> None:
+        self._model = model
+        self._eot = model.native.token_eot
+        self._requests: dict[int, WindowRequest] = {}
+        self._prepared: dict[int, _native.WindowSpec] = {}
+        self._max_beams = max(1, max_beams)
+        self._decoder = model.native.new_batch_decoder(
+            capacity, cells_for(self._max_beams), threads or (os.cpu_count() or 4), encode_batch
+        )
+        log.info(
+            "batched decoder: %d windows at once, %.0f MiB of caches",
+            capacity, self._decoder.memory_bytes / 2**20,
+        )
+
+    @property
+    def capacity(self) -> int:
+        return self._decoder.capacity
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._decoder.memory_bytes
+
+    def free_slots(self) -> int:
+        return self._decoder.free_slots()
+
+    def active(self) -> int:
+        return self._decoder.active()
+
+    def prepare(self, windows: Sequence[WindowRequest]) -> None:
+        """Compute the windows' mel spectrograms now, on the calling thread (GIL released),
+        so that add() finds them ready: call it from another thread while the decoder is
+        busy with other windows, and the CPU work overlaps the GPU's."""
+        for req in windows:
+            spec = _spec(req, self._model)
+            self._decoder.prepare(spec)
+            self._prepared[req.window_id] = spec
+
+    def add(self, windows: Sequence[WindowRequest], cancel: CancelToken | None = None) -> None:
+        specs = []
+        for req in windows:
+            if len(req.samples) > 30 * SAMPLE_RATE:
+                raise ValueError(f"window {req.window_id} is longer than 30 s")
+            if req.options.beam_size > self._max_beams and req.options.temperature <= 0:
+                raise ValueError(
+                    f"beam_size {req.options.beam_size} is more than this decoder's {self._max_beams}"
+                )
+            spec = self._prepared.pop(req.window_id, None)
+            specs.append(spec if spec is not None else _spec(req, self._model))
+            self._requests[req.window_id] = req
+        try:
+            self._decoder.add(specs, cancel)
+        except BaseException:
+            for req in windows:
+                self._requests.pop(req.window_id, None)
+            raise
+
+    def step(self, cancel: CancelToken | None = None) -> list[WindowResult]:
+        return [self._result(out) for out in self._decoder.step(cancel)]
+
+    def drop(self, window_id: int) -> None:
+        self._decoder.drop(window_id)
+        self._requests.pop(window_id, None)
+        self._prepared.pop(window_id, None)
+
+    def close(self) -> None:
+        self._decoder.close()
+        self._requests.clear()
+        self._prepared.clear()
+
+    def stats(self) -> _native.BatchStats:
+        return self._decoder.stats()
+
+    def _result(self, out: _native.WindowOutput) -> WindowResult:
+        req = self._requests.pop(out.id, None)
+        words = bool(req and req.options.word_timestamps)
+        segments = []
+        for seg in out.segments:
+            start, end = seg.t0 / 100.0, seg.t1 / 100.0
+            text = seg.text.strip()
+            if not text:
+                continue
+            segments.append(
+                Segment(
+                    index=len(segments),
+                    start=start,
+                    end=end,
+                    text=text,
+                    no_speech_prob=float(seg.no_speech_prob),
+                    words=group_words(seg.tokens, self._eot, start, end) if words else (),
+                )
+            )
+        return WindowResult(
+            window_id=out.id,
+            segments=tuple(segments),
+            language=out.language,
+            language_probability=float(out.language_probability),
+            no_speech_prob=float(out.no_speech_prob),
+            tokens=out.n_tokens,
+            fallbacks=out.n_fallbacks,
+            text_tokens=tuple(out.text_tokens),
+            end_secs=out.end_cs / 100.0,
+        )
