@@ -202,15 +202,21 @@ WordsOpt = Annotated[bool, typer.Option("--word-timestamps", help="Per-word time
 VadOpt = Annotated[bool, typer.Option("--vad", help="Skip non-speech with Silero VAD.")]
 PromptOpt = Annotated[Optional[str], typer.Option("--prompt", help="Initial prompt: names, spelling, style.")]
 WebhookOpt = Annotated[Optional[str], typer.Option("--webhook", help="URL that gets the finished job (POST).")]
+ConditionOpt = Annotated[bool, typer.Option(
+    "--condition-on-previous-text",
+    help="Sequential mode: each 30 s window prompted with the previous one's text (default: "
+         "windows cut at silences, decoded independently and in parallel).")]
 
 
 def _options(language: Optional[str], task: str, beam_size: Optional[int], word_timestamps: bool,
-             vad: bool, prompt: Optional[str], webhook: Optional[str]) -> JobOptions:
+             vad: bool, prompt: Optional[str], webhook: Optional[str],
+             condition_on_previous_text: bool = False) -> JobOptions:
     if task not in ("transcribe", "translate"):
         raise typer.BadParameter("use transcribe or translate", param_hint="--task")
     return JobOptions(
         language=language, task=task, beam_size=beam_size, word_timestamps=word_timestamps,
         vad=vad, initial_prompt=prompt, webhook_url=webhook,
+        condition_on_previous_text=condition_on_previous_text,
     )
 
 
@@ -374,6 +380,7 @@ def transcribe(
     vad: VadOpt = False,
     prompt: PromptOpt = None,
     webhook: WebhookOpt = None,
+    condition_on_previous_text: ConditionOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Upload FILE, follow the job, print the transcript: all in one step.
@@ -382,7 +389,8 @@ def transcribe(
     """
     c = _ctx(ctx, json_output)
     name = _check_format(fmt)
-    options = _options(language, task, beam_size, word_timestamps, vad, prompt, webhook)
+    options = _options(language, task, beam_size, word_timestamps, vad, prompt, webhook,
+                       condition_on_previous_text)
     with c.client() as client:
         job = _upload(c, client, file, options)
         final = _follow(c, client, job, label=file.name, segments_to_stdout=False, offer_cancel=True)
@@ -413,11 +421,13 @@ def submit(
     vad: VadOpt = False,
     prompt: PromptOpt = None,
     webhook: WebhookOpt = None,
+    condition_on_previous_text: ConditionOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Upload FILE and print the new job's id (with --wait: follow it to its end)."""
     c = _ctx(ctx, json_output)
-    options = _options(language, task, beam_size, word_timestamps, vad, prompt, webhook)
+    options = _options(language, task, beam_size, word_timestamps, vad, prompt, webhook,
+                       condition_on_previous_text)
     with c.client() as client:
         job = _upload(c, client, file, options)
         if wait:

@@ -106,6 +106,8 @@ class JobOptions:
     vad: bool = False
     webhook_url: str | None = None
     filename: str | None = None
+    # Sequential mode: each window prompted with the previous one's text (see the proto).
+    condition_on_previous_text: bool = False
     # Idempotency key; None = the client makes one per submit() call, so that a retried
     # upload returns the job the first attempt may already have created.
     request_id: str | None = None
@@ -127,6 +129,8 @@ class JobOptions:
         )
         if self.temperature_increment is not None:
             msg.temperature_increment = self.temperature_increment
+        if self.condition_on_previous_text:
+            msg.condition_on_previous_text = True
         return msg
 
     @classmethod
@@ -142,6 +146,7 @@ class JobOptions:
             vad=msg.vad,
             webhook_url=msg.webhook_url or None,
             filename=msg.filename or None,
+            condition_on_previous_text=msg.condition_on_previous_text,
             request_id=msg.request_id or None,
         )
 

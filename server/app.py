@@ -200,6 +200,8 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
 
     gpu = gpu_available(settings)
     settings = settings.with_device(gpu)
+    if settings.batch_decoding:
+        log.warning("BATCH_DECODING is deprecated and ignored: every job's windows share one batch (BATCH_SIZE)")
     hub = cluster_hub or EventHub(loop)
     events = ModelEvents(loop)
     # GPU_DEVICES: a model host and workers per GPU, all on the one queue (engine/devices.py).
@@ -212,7 +214,6 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         gpu_poll_interval=settings.gpu_poll_interval_secs,
         idle_timeout=settings.idle_timeout_secs,
         fault_oom_loads=settings.fault_oom_loads,
-        batch_decoding=settings.batch_decoding,
         gpu_device=device,
     ))
     host.add_listener(events.on_transition)
@@ -248,7 +249,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         store=store, host=one_host, hub=hub, storage=storage,
         workers=settings.parallel_jobs, threads_per_job=settings.threads_per_job,
         bench_tokens_per_window=settings.bench_tokens_per_window,
-        keep_spare_state=gpu,
+        batch_size=settings.batch_size, decoder_threads=settings.threads,
         on_finished=job_finished,
         on_started=metrics.job_started,
         localise=spool.localise,

@@ -27,17 +27,23 @@ class Settings:
     whisper_model_path: Path | None = None  # WHISPER_MODEL_PATH: overrides WHISPER_MODEL
     idle_timeout_secs: int = 300  # IDLE_TIMEOUT_SECS; 0 = never unload
     gpu_poll_interval_secs: int = 30  # GPU_POLL_INTERVAL_SECS
-    # PARALLEL_JOBS: decoding states over the one model; 0 = automatic: 2 on a GPU (a short
-    # job never waits behind a long one; large-v3 f16 + 2 states fit an 8 GB card), 1 on
-    # a CPU (where a second job halves the first one's threads).
+    # PARALLEL_JOBS: jobs admitted at once (taken from the queue); their windows share the
+    # decoder's batch, refilled round-robin, so a short job never waits behind a long one.
+    # 0 = automatic: 16 on a GPU (enough jobs to fill a batch with short files), 2 on a
+    # CPU. A job over the limit waits in the queue. See docs/batching.md.
     parallel_jobs: int = 0
+    # BATCH_SIZE: 30 s windows decoded at once, of any jobs. 0 = automatic: what fits in
+    # the free VRAM after the model loads (the batched decoder works it out), 4 on a CPU.
+    batch_size: int = 0
     max_upload_bytes: int = 0  # MAX_UPLOAD_BYTES; 0 = unlimited
     # MAX_AUDIO_SECS: longest audio accepted, measured from the stream (not its header);
     # bounds the memory a job's decoded samples take (4 h = 920 MB). 0 = unlimited.
     max_audio_secs: int = 4 * 3600
     job_retention_secs: int = 7 * 24 * 3600  # JOB_RETENTION_SECS
     use_gpu: bool = True  # USE_GPU; ignored on a CPU build
-    threads: int = 0  # THREADS per job; 0 = every CPU / PARALLEL_JOBS
+    # THREADS: CPU threads of the window decoder (0 = every CPU) and of each sequential-mode
+    # job (0 = every CPU / PARALLEL_JOBS).
+    threads: int = 0
     shutdown_grace_secs: int = 30  # SHUTDOWN_GRACE_SECS: how long SIGTERM lets jobs finish
     max_attempts: int = 3  # a job interrupted this many times fails
     # ADMISSION: "queue" accepts jobs while the model loads; "strict" answers UNAVAILABLE
@@ -49,8 +55,8 @@ class Settings:
     auth_token: str = ""  # AUTH_TOKEN: every RPC but health needs "Bearer <token>"; never logged
     tls_cert: Path | None = None  # TLS_CERT: PEM certificate chain; with TLS_KEY, serve TLS
     tls_key: Path | None = None  # TLS_KEY: PEM private key
-    # BATCH_DECODING: the decoder steps of jobs running at once share one batched step
-    # (weights read once per step for all of them); see bench/NOTES.md.
+    # BATCH_DECODING: deprecated and ignored (a warning at start): every job's windows are
+    # decoded in one batch now (BATCH_SIZE). Still accepted so old deployments start.
     batch_decoding: bool = False
     # WHISPERD_FAULT_OOM_LOADS, tests only: the next N loads fail as out of GPU memory.
     fault_oom_loads: int = 0
@@ -84,7 +90,7 @@ class Settings:
         """Automatic values settled once it is known whether the model runs on a GPU."""
         if self.parallel_jobs:
             return self
-        return replace(self, parallel_jobs=2 if gpu else 1)
+        return replace(self, parallel_jobs=16 if gpu else 2)
 
     @property
     def threads_per_job(self) -> int:
@@ -110,6 +116,7 @@ _ENV: dict[str, str] = {
     "idle_timeout_secs": "IDLE_TIMEOUT_SECS",
     "gpu_poll_interval_secs": "GPU_POLL_INTERVAL_SECS",
     "parallel_jobs": "PARALLEL_JOBS",
+    "batch_size": "BATCH_SIZE",
     "max_upload_bytes": "MAX_UPLOAD_BYTES",
     "max_audio_secs": "MAX_AUDIO_SECS",
     "job_retention_secs": "JOB_RETENTION_SECS",
@@ -194,6 +201,8 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(f"MAX_AUDIO_SECS must be 0 (unlimited) or more, got {s.max_audio_secs}")
     if s.job_retention_secs < 0:
         raise ConfigError(f"JOB_RETENTION_SECS must be 0 or more, got {s.job_retention_secs}")
+    if not 0 <= s.batch_size <= 256:
+        raise ConfigError(f"BATCH_SIZE must be 0 (automatic) or between 1 and 256, got {s.batch_size}")
     if s.threads < 0:
         raise ConfigError(f"THREADS must be 0 (automatic) or more, got {s.threads}")
     if s.shutdown_grace_secs < 0:

@@ -36,7 +36,8 @@ def long_wav(jfk_wav: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tiny_en_model: Path, tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
-    proc = ServerProcess(tmp_path_factory.mktemp("data"), tiny_en_model).start()
+    # One job admitted at a time, so that a second job is seen waiting in the queue.
+    proc = ServerProcess(tmp_path_factory.mktemp("data"), tiny_en_model, env={"PARALLEL_JOBS": "1"}).start()
     yield proc
     proc.stop()
 

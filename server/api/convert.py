@@ -65,6 +65,8 @@ def options_to_pb(o: JobOptions) -> pb.JobOptions:
         request_id=o.request_id or "",
     )
     msg.temperature_increment = o.temperature_increment
+    if o.condition_on_previous_text:
+        msg.condition_on_previous_text = True
     return msg
 
 

@@ -80,5 +80,6 @@ def options_from_pb(o: pb.JobOptions, *, multilingual: bool) -> JobOptions:
         word_timestamps=checked.word_timestamps,
         vad=checked.vad,
         filename=o.filename or None,
+        condition_on_previous_text=o.condition_on_previous_text,
         request_id=request_id,
     )

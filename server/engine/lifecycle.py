@@ -15,11 +15,20 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Callable
 
-from whisperd.inference import OutOfMemoryError, WhisperModel
+import numpy as np
+
+from whisperd.inference import DecodingState, OutOfMemoryError, TranscribeOptions, WhisperModel
 from whisperd.server.engine import gpu_info
-from whisperd.server.engine.spare import warm_up
 
 log = logging.getLogger(__name__)
+
+_WARM_UP_AUDIO = np.zeros(16000, dtype=np.float32)
+_WARM_UP_OPTIONS = TranscribeOptions(beam_size=1, language="en", temperature_increment=0.0)
+
+
+def warm_up(state: DecodingState) -> None:
+    """1 s of silence, greedy: builds the kernels (and CUDA graphs) a first decode needs."""
+    state.transcribe(_WARM_UP_AUDIO, _WARM_UP_OPTIONS)
 
 
 class ModelState(StrEnum):

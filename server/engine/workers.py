@@ -1,9 +1,11 @@
-"""Worker threads: each claims queued jobs and runs each on a fresh decoding state over
-the one loaded model. The native call releases the GIL, so the event loop stays free.
+"""Worker threads: each claims queued jobs and waits while the batch scheduler decodes
+the job's windows together with every other job's (sequential-mode jobs run on a fresh
+decoding state of their own). Native calls release the GIL, so the event loop stays free.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from whisperd.server.engine.lifecycle import ModelHost, ModelState, Transition
-from whisperd.server.engine.spare import SpareState
+from whisperd.server.engine.scheduler import BatchScheduler, DecoderFactory, default_decoder_factory
 from whisperd.server.jobs.errors import JobStateError
 from whisperd.server.jobs.events import EventHub, FinishedEvent, ProgressEvent, RequeuedEvent, SegmentEvent
 from whisperd.server.jobs.health_guard import StorageGuard
@@ -21,11 +23,11 @@ from whisperd.server.jobs.store import JobStore
 from whisperd.audio import AudioDecodeError, DecodeCancelled, decode_audio
 from whisperd.inference import (
     CancelToken,
-    DecodingState,
     OutOfMemoryError,
     TranscribeOptions,
     TranscriptionAborted,
     WhisperError,
+    WhisperModel,
 )
 from whisperd.nonspeech import SpeechOnly, speech_only
 from whisperd.transcript import Segment
@@ -56,7 +58,9 @@ class WorkerPool:
         workers: int,
         threads_per_job: int,
         bench_tokens_per_window: int = 0,
-        keep_spare_state: bool = False,
+        batch_size: int = 0,
+        decoder_threads: int = 0,
+        decoder_factory: DecoderFactory | None = None,
         on_finished: Callable[[JobRecord], None] = lambda job: None,
         on_started: Callable[[JobRecord], None] = lambda job: None,
         localise: Callable[[JobRecord], AbstractContextManager[JobRecord]] = nullcontext,
@@ -67,9 +71,13 @@ class WorkerPool:
         self._hub = hub
         self._threads_per_job = threads_per_job
         self._bench_tokens = bench_tokens_per_window
-        # Only on a GPU: there a new state's first call costs ~0.3 s; on a CPU a few ms,
-        # while warming a spare runs the encoder (~1 s on 2 cores) in the way of the next job.
-        self._spare = SpareState(enabled=keep_spare_state)
+        # One window decoder for every job of this model host: the workers only wait on
+        # it (BATCH_SIZE windows at once; decoder_threads 0 = every CPU).
+        self._scheduler = BatchScheduler(
+            decoder_factory
+            or default_decoder_factory(batch_size=batch_size, threads=decoder_threads, gpu=host.use_gpu),
+            vad_threads=decoder_threads or (os.cpu_count() or 1),
+        )
         self._on_finished = on_finished
         self._on_started = on_started  # metrics: a claimed job's wait in the queue
         # The job with its audio as a local file for the length of the job (an upload in
@@ -152,7 +160,7 @@ class WorkerPool:
         try:
             self._interrupt_all(f"model unloading: {reason}")
             self._wait_idle()
-            self._spare.drop()
+            self._scheduler.release()
         finally:
             self._no_new_jobs.clear()
 
@@ -161,13 +169,6 @@ class WorkerPool:
         # accepted jobs must end with a reason, not wait forever.
         if event.state == ModelState.UNLOADED and event.reason.startswith("load failed"):
             threading.Thread(target=self._fail_queued, args=(event.reason,), daemon=True).start()
-        elif event.state == ModelState.READY:
-            threading.Thread(target=self._refill_spare, name="spare-state", daemon=True).start()
-
-    def _refill_spare(self) -> None:
-        model = self._host.wait_ready(self._stop, timeout=0)
-        if model is not None and not self._no_new_jobs.is_set():
-            self._spare.refill(model)
 
     def _fail_queued(self, reason: str) -> None:
         while (job := self._store.claim_next(self._host.model_path.name)) is not None:
@@ -184,7 +185,7 @@ class WorkerPool:
         self.wake()
         for t in self._threads:
             t.join(timeout=10)
-        self._spare.drop()
+        self._scheduler.close()
 
     # ------------------------------------------------------------------ the loop
 
@@ -225,12 +226,8 @@ class WorkerPool:
                     self._running[job.id] = running
             self._on_started(job)
             try:
-                # A new state per job: whisper.cpp 1.8.5's results on a reused state depend
-                # on what that state decoded before (even with no_context), so the same
-                # audio could come back different; a fresh one matches whisper-cli. The
-                # spare is one made (and warmed up the same way each time) ahead of time.
-                with self._localise(job) as local_job, self._spare.take(model) as state:
-                    self._transcribe(local_job, state, running)
+                with self._localise(job) as local_job:
+                    self._transcribe(local_job, model, running)
             except OutOfMemoryError as exc:
                 self._requeue_after_oom(job, exc)
             except Exception as exc:  # never let a worker die; the job ends with a reason
@@ -244,8 +241,6 @@ class WorkerPool:
                 with self._running_lock:
                     self._running.pop(job.id, None)
                 self._host.touch()
-            if self._store.queue_depth() == 0 and not self._no_new_jobs.is_set():
-                self._spare.refill(model)
 
     def _requeue_after_oom(self, job: JobRecord, exc: Exception) -> None:
         self._store.requeue(job.id, at_head=True, reason=str(exc))
@@ -258,7 +253,7 @@ class WorkerPool:
 
         threading.Thread(target=reload, name="oom-reload", daemon=True).start()
 
-    def _transcribe(self, job: JobRecord, state: DecodingState, running: _Running) -> None:
+    def _transcribe(self, job: JobRecord, model: WhisperModel, running: _Running) -> None:
         log.info("job %s: started (attempt %d, %.1f s of audio)", job.id, job.attempts, job.duration_secs)
         self._hub.publish_threadsafe(ProgressEvent(job.id, 0.0))
         try:
@@ -302,9 +297,18 @@ class WorkerPool:
 
         started = time.monotonic()
         try:
-            result = state.transcribe(
-                samples, options, cancel=running.token, on_progress=on_progress, on_segment=on_segment
-            )
+            if opts.condition_on_previous_text:
+                # Sequential mode: the whole file on one state, each 30 s window prompted
+                # with the previous one's text. A fresh state per job: whisper.cpp 1.8.5's
+                # results on a reused state depend on what that state decoded before.
+                with model.new_state() as state:
+                    result = state.transcribe(
+                        samples, options, cancel=running.token, on_progress=on_progress, on_segment=on_segment
+                    )
+            else:
+                result = self._scheduler.transcribe(
+                    model, samples, options, cancel=running.token, on_progress=on_progress, on_segment=on_segment
+                )
         except TranscriptionAborted:
             self._stopped(job, running)
             return

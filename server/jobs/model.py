@@ -54,6 +54,9 @@ class JobOptions:
     word_timestamps: bool = False
     vad: bool = False
     filename: str | None = None
+    # Sequential mode: the whole file on one decoding state, each window prompted with the
+    # previous one's text (off: windows cut at silences, decoded independently in batches).
+    condition_on_previous_text: bool = False
     # The client's idempotency key: a second Submit with it returns the first one's job.
     request_id: str | None = None
 

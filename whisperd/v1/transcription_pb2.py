@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fwhisperd/v1/transcription.proto\x12\x0bwhisperd.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x02\n\nJobOptions\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x1f\n\x04task\x18\x02 \x01(\x0e\x32\x11.whisperd.v1.Task\x12\x13\n\x0bwebhook_url\x18\x03 \x01(\t\x12\x11\n\tbeam_size\x18\x04 \x01(\r\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\"\n\x15temperature_increment\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x16\n\x0einitial_prompt\x18\x07 \x01(\t\x12\x17\n\x0fword_timestamps\x18\x08 \x01(\x08\x12\x0b\n\x03vad\x18\t \x01(\x08\x12\x10\n\x08\x66ilename\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0c \x01(\tB\x18\n\x16_temperature_increment\"W\n\rSubmitRequest\x12*\n\x07options\x18\x01 \x01(\x0b\x32\x17.whisperd.v1.JobOptionsH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"E\n\x04Word\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x01\x12\x13\n\x0bprobability\x18\x04 \x01(\x02\"|\n\x07Segment\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05start\x18\x02 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x01\x12\x0c\n\x04text\x18\x04 \x01(\t\x12 \n\x05words\x18\x05 \x03(\x0b\x32\x11.whisperd.v1.Word\x12\x16\n\x0eno_speech_prob\x18\x06 \x01(\x02\"\xd9\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.whisperd.v1.JobStatus\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x1f\n\x04task\x18\x04 \x01(\x0e\x32\x11.whisperd.v1.Task\x12\x15\n\rduration_secs\x18\x05 \x01(\x01\x12\x10\n\x08progress\x18\x06 \x01(\x02\x12&\n\x08segments\x18\x07 \x03(\x0b\x32\x14.whisperd.v1.Segment\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x0c \x01(\t\x12(\n\x07options\x18\r \x01(\x0b\x32\x17.whisperd.v1.JobOptions\x12\x1c\n\x14language_probability\x18\x0e \x01(\x02\x12\x10\n\x08\x61ttempts\x18\x0f \x01(\r\x12\x10\n\x08warnings\x18\x10 \x03(\t\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"|\n\x0fListJobsRequest\x12(\n\x08statuses\x18\x01 \x03(\x0e\x32\x16.whisperd.v1.JobStatus\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x18\n\x10without_segments\x18\x04 \x01(\x08\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.whisperd.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"#\n\x15StreamProgressRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xd5\x01\n\x08JobEvent\x12$\n\x08snapshot\x18\x01 \x01(\x0b\x32\x10.whisperd.v1.JobH\x00\x12)\n\x08progress\x18\x02 \x01(\x0b\x32\x15.whisperd.v1.ProgressH\x00\x12\'\n\x07segment\x18\x03 \x01(\x0b\x32\x14.whisperd.v1.SegmentH\x00\x12 \n\x04\x64one\x18\x04 \x01(\x0b\x32\x10.whisperd.v1.JobH\x00\x12$\n\x08requeued\x18\x05 \x01(\x0b\x32\x10.whisperd.v1.JobH\x00\x42\x07\n\x05\x65vent\"\x1b\n\x08Progress\x12\x0f\n\x07percent\x18\x01 \x01(\x02\"Q\n\x14GetTranscriptRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1d.whisperd.v1.TranscriptFormat\"b\n\nTranscript\x12-\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x1d.whisperd.v1.TranscriptFormat\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t*\x9c\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATUS_QUEUED\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x13\n\x0fJOB_STATUS_DONE\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x05*E\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_TRANSCRIBE\x10\x01\x12\x12\n\x0eTASK_TRANSLATE\x10\x02*\xa3\x01\n\x10TranscriptFormat\x12!\n\x1dTRANSCRIPT_FORMAT_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRANSCRIPT_FORMAT_JSON\x10\x01\x12\x1a\n\x16TRANSCRIPT_FORMAT_TEXT\x10\x02\x12\x19\n\x15TRANSCRIPT_FORMAT_SRT\x10\x03\x12\x19\n\x15TRANSCRIPT_FORMAT_VTT\x10\x04\x32\x9a\x04\n\rTranscription\x12\x38\n\x06Submit\x12\x1a.whisperd.v1.SubmitRequest\x1a\x10.whisperd.v1.Job(\x01\x12J\n\x03Get\x12\x1a.whisperd.v1.GetJobRequest\x1a\x10.whisperd.v1.Job\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/jobs/{id}\x12U\n\x04List\x12\x1c.whisperd.v1.ListJobsRequest\x1a\x1d.whisperd.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12P\n\x06\x43\x61ncel\x12\x1d.whisperd.v1.CancelJobRequest\x1a\x10.whisperd.v1.Job\"\x15\x82\xd3\xe4\x93\x02\x0f*\r/v1/jobs/{id}\x12k\n\x0eStreamProgress\x12\".whisperd.v1.StreamProgressRequest\x1a\x15.whisperd.v1.JobEvent\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/jobs/{id}/stream0\x01\x12m\n\rGetTranscript\x12!.whisperd.v1.GetTranscriptRequest\x1a\x17.whisperd.v1.Transcript\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/jobs/{id}/transcriptB,Z*whisperd/gateway/gen/whisperdv1;whisperdv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fwhisperd/v1/transcription.proto\x12\x0bwhisperd.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe6\x02\n\nJobOptions\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x1f\n\x04task\x18\x02 \x01(\x0e\x32\x11.whisperd.v1.Task\x12\x13\n\x0bwebhook_url\x18\x03 \x01(\t\x12\x11\n\tbeam_size\x18\x04 \x01(\r\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\"\n\x15temperature_increment\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x16\n\x0einitial_prompt\x18\x07 \x01(\t\x12\x17\n\x0fword_timestamps\x18\x08 \x01(\x08\x12\x0b\n\x03vad\x18\t \x01(\x08\x12\x10\n\x08\x66ilename\x18\n \x01(\t\x12\'\n\x1a\x63ondition_on_previous_text\x18\x0b \x01(\x08H\x01\x88\x01\x01\x12\x12\n\nrequest_id\x18\x0c \x01(\tB\x18\n\x16_temperature_incrementB\x1d\n\x1b_condition_on_previous_text\"W\n\rSubmitRequest\x12*\n\x07options\x18\x01 \x01(\x0b\x32\x17.whisperd.v1.JobOptionsH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"E\n\x04Word\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x01\x12\x13\n\x0bprobability\x18\x04 \x01(\x02\"|\n\x07Segment\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05start\x18\x02 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x01\x12\x0c\n\x04text\x18\x04 \x01(\t\x12 \n\x05words\x18\x05 \x03(\x0b\x32\x11.whisperd.v1.Word\x12\x16\n\x0eno_speech_prob\x18\x06 \x01(\x02\"\xd9\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.whisperd.v1.JobStatus\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x1f\n\x04task\x18\x04 \x01(\x0e\x32\x11.whisperd.v1.Task\x12\x15\n\rduration_secs\x18\x05 \x01(\x01\x12\x10\n\x08progress\x18\x06 \x01(\x02\x12&\n\x08segments\x18\x07 \x03(\x0b\x32\x14.whisperd.v1.Segment\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x0c \x01(\t\x12(\n\x07options\x18\r \x01(\x0b\x32\x17.whisperd.v1.JobOptions\x12\x1c\n\x14language_probability\x18\x0e \x01(\x02\x12\x10\n\x08\x61ttempts\x18\x0f \x01(\r\x12\x10\n\x08warnings\x18\x10 \x03(\t\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"|\n\x0fListJobsRequest\x12(\n\x08statuses\x18\x01 \x03(\x0e\x32\x16.whisperd.v1.JobStatus\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x18\n\x10without_segments\x18\x04 \x01(\x08\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.whisperd.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"#\n\x15StreamProgressRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xd5\x01\n\x08JobEvent\x12$\n\x08snapshot\x18\x01 \x01(\x0b\x32\x10.whisperd.v1.JobH\x00\x12)\n\x08progress\x18\x02 \x01(\x0b\x32\x15.whisperd.v1.ProgressH\x00\x12\'\n\x07segment\x18\x03 \x01(\x0b\x32\x14.whisperd.v1.SegmentH\x00\x12 \n\x04\x64one\x18\x04 \x01(\x0b\x32\x10.whisperd.v1.JobH\x00\x12$\n\x08requeued\x18\x05 \x01(\x0b\x32\x10.whisperd.v1.JobH\x00\x42\x07\n\x05\x65vent\"\x1b\n\x08Progress\x12\x0f\n\x07percent\x18\x01 \x01(\x02\"Q\n\x14GetTranscriptRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1d.whisperd.v1.TranscriptFormat\"b\n\nTranscript\x12-\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x1d.whisperd.v1.TranscriptFormat\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t*\x9c\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATUS_QUEUED\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x13\n\x0fJOB_STATUS_DONE\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x05*E\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_TRANSCRIBE\x10\x01\x12\x12\n\x0eTASK_TRANSLATE\x10\x02*\xa3\x01\n\x10TranscriptFormat\x12!\n\x1dTRANSCRIPT_FORMAT_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRANSCRIPT_FORMAT_JSON\x10\x01\x12\x1a\n\x16TRANSCRIPT_FORMAT_TEXT\x10\x02\x12\x19\n\x15TRANSCRIPT_FORMAT_SRT\x10\x03\x12\x19\n\x15TRANSCRIPT_FORMAT_VTT\x10\x04\x32\x9a\x04\n\rTranscription\x12\x38\n\x06Submit\x12\x1a.whisperd.v1.SubmitRequest\x1a\x10.whisperd.v1.Job(\x01\x12J\n\x03Get\x12\x1a.whisperd.v1.GetJobRequest\x1a\x10.whisperd.v1.Job\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/jobs/{id}\x12U\n\x04List\x12\x1c.whisperd.v1.ListJobsRequest\x1a\x1d.whisperd.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12P\n\x06\x43\x61ncel\x12\x1d.whisperd.v1.CancelJobRequest\x1a\x10.whisperd.v1.Job\"\x15\x82\xd3\xe4\x93\x02\x0f*\r/v1/jobs/{id}\x12k\n\x0eStreamProgress\x12\".whisperd.v1.StreamProgressRequest\x1a\x15.whisperd.v1.JobEvent\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/jobs/{id}/stream0\x01\x12m\n\rGetTranscript\x12!.whisperd.v1.GetTranscriptRequest\x1a\x17.whisperd.v1.Transcript\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/jobs/{id}/transcriptB,Z*whisperd/gateway/gen/whisperdv1;whisperdv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,40 +44,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRANSCRIPTION'].methods_by_name['StreamProgress']._serialized_options = b'\202\323\344\223\002\026\022\024/v1/jobs/{id}/stream'
   _globals['_TRANSCRIPTION'].methods_by_name['GetTranscript']._loaded_options = None
   _globals['_TRANSCRIPTION'].methods_by_name['GetTranscript']._serialized_options = b'\202\323\344\223\002\032\022\030/v1/jobs/{id}/transcript'
-  _globals['_JOBSTATUS']._serialized_start=1892
-  _globals['_JOBSTATUS']._serialized_end=2048
-  _globals['_TASK']._serialized_start=2050
-  _globals['_TASK']._serialized_end=2119
-  _globals['_TRANSCRIPTFORMAT']._serialized_start=2122
-  _globals['_TRANSCRIPTFORMAT']._serialized_end=2285
+  _globals['_JOBSTATUS']._serialized_start=1964
+  _globals['_JOBSTATUS']._serialized_end=2120
+  _globals['_TASK']._serialized_start=2122
+  _globals['_TASK']._serialized_end=2191
+  _globals['_TRANSCRIPTFORMAT']._serialized_start=2194
+  _globals['_TRANSCRIPTFORMAT']._serialized_end=2357
   _globals['_JOBOPTIONS']._serialized_start=112
-  _globals['_JOBOPTIONS']._serialized_end=398
-  _globals['_SUBMITREQUEST']._serialized_start=400
-  _globals['_SUBMITREQUEST']._serialized_end=487
-  _globals['_WORD']._serialized_start=489
-  _globals['_WORD']._serialized_end=558
-  _globals['_SEGMENT']._serialized_start=560
-  _globals['_SEGMENT']._serialized_end=684
-  _globals['_JOB']._serialized_start=687
-  _globals['_JOB']._serialized_end=1160
-  _globals['_GETJOBREQUEST']._serialized_start=1162
-  _globals['_GETJOBREQUEST']._serialized_end=1189
-  _globals['_LISTJOBSREQUEST']._serialized_start=1191
-  _globals['_LISTJOBSREQUEST']._serialized_end=1315
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1317
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1392
-  _globals['_CANCELJOBREQUEST']._serialized_start=1394
-  _globals['_CANCELJOBREQUEST']._serialized_end=1424
-  _globals['_STREAMPROGRESSREQUEST']._serialized_start=1426
-  _globals['_STREAMPROGRESSREQUEST']._serialized_end=1461
-  _globals['_JOBEVENT']._serialized_start=1464
-  _globals['_JOBEVENT']._serialized_end=1677
-  _globals['_PROGRESS']._serialized_start=1679
-  _globals['_PROGRESS']._serialized_end=1706
-  _globals['_GETTRANSCRIPTREQUEST']._serialized_start=1708
-  _globals['_GETTRANSCRIPTREQUEST']._serialized_end=1789
-  _globals['_TRANSCRIPT']._serialized_start=1791
-  _globals['_TRANSCRIPT']._serialized_end=1889
-  _globals['_TRANSCRIPTION']._serialized_start=2288
-  _globals['_TRANSCRIPTION']._serialized_end=2826
+  _globals['_JOBOPTIONS']._serialized_end=470
+  _globals['_SUBMITREQUEST']._serialized_start=472
+  _globals['_SUBMITREQUEST']._serialized_end=559
+  _globals['_WORD']._serialized_start=561
+  _globals['_WORD']._serialized_end=630
+  _globals['_SEGMENT']._serialized_start=632
+  _globals['_SEGMENT']._serialized_end=756
+  _globals['_JOB']._serialized_start=759
+  _globals['_JOB']._serialized_end=1232
+  _globals['_GETJOBREQUEST']._serialized_start=1234
+  _globals['_GETJOBREQUEST']._serialized_end=1261
+  _globals['_LISTJOBSREQUEST']._serialized_start=1263
+  _globals['_LISTJOBSREQUEST']._serialized_end=1387
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1389
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1464
+  _globals['_CANCELJOBREQUEST']._serialized_start=1466
+  _globals['_CANCELJOBREQUEST']._serialized_end=1496
+  _globals['_STREAMPROGRESSREQUEST']._serialized_start=1498
+  _globals['_STREAMPROGRESSREQUEST']._serialized_end=1533
+  _globals['_JOBEVENT']._serialized_start=1536
+  _globals['_JOBEVENT']._serialized_end=1749
+  _globals['_PROGRESS']._serialized_start=1751
+  _globals['_PROGRESS']._serialized_end=1778
+  _globals['_GETTRANSCRIPTREQUEST']._serialized_start=1780
+  _globals['_GETTRANSCRIPTREQUEST']._serialized_end=1861
+  _globals['_TRANSCRIPT']._serialized_start=1863
+  _globals['_TRANSCRIPT']._serialized_end=1961
+  _globals['_TRANSCRIPTION']._serialized_start=2360
+  _globals['_TRANSCRIPTION']._serialized_end=2898
 # @@protoc_insertion_point(module_scope)

@@ -49,7 +49,7 @@ TRANSCRIPT_FORMAT_SRT: TranscriptFormat
 TRANSCRIPT_FORMAT_VTT: TranscriptFormat
 
 class JobOptions(_message.Message):
-    __slots__ = ("language", "task", "webhook_url", "beam_size", "temperature", "temperature_increment", "initial_prompt", "word_timestamps", "vad", "filename", "request_id")
+    __slots__ = ("language", "task", "webhook_url", "beam_size", "temperature", "temperature_increment", "initial_prompt", "word_timestamps", "vad", "filename", "condition_on_previous_text", "request_id")
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     WEBHOOK_URL_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class JobOptions(_message.Message):
     WORD_TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
     VAD_FIELD_NUMBER: _ClassVar[int]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
+    CONDITION_ON_PREVIOUS_TEXT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     language: str
     task: Task
@@ -71,8 +72,9 @@ class JobOptions(_message.Message):
     word_timestamps: bool
     vad: bool
     filename: str
+    condition_on_previous_text: bool
     request_id: str
-    def __init__(self, language: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., webhook_url: _Optional[str] = ..., beam_size: _Optional[int] = ..., temperature: _Optional[float] = ..., temperature_increment: _Optional[float] = ..., initial_prompt: _Optional[str] = ..., word_timestamps: _Optional[bool] = ..., vad: _Optional[bool] = ..., filename: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, language: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., webhook_url: _Optional[str] = ..., beam_size: _Optional[int] = ..., temperature: _Optional[float] = ..., temperature_increment: _Optional[float] = ..., initial_prompt: _Optional[str] = ..., word_timestamps: _Optional[bool] = ..., vad: _Optional[bool] = ..., filename: _Optional[str] = ..., condition_on_previous_text: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("options", "chunk")

@@ -235,6 +235,12 @@ type JobOptions struct {
 	Vad bool `protobuf:"varint,9,opt,name=vad,proto3" json:"vad,omitempty"`
 	// A name for the upload, kept with the job (for example the file name).
 	Filename string `protobuf:"bytes,10,opt,name=filename,proto3" json:"filename,omitempty"`
+	// Sequential mode: decode the whole file in order on one decoder, each 30 s window
+	// prompted with the previous window's text (more consistent names and style across
+	// windows, but one window at a time, and a hallucination can carry on into the next
+	// window). Unset or false = the default: the audio is cut at silences into windows of
+	// at most 30 s that are decoded independently, batched with other jobs' windows.
+	ConditionOnPreviousText *bool `protobuf:"varint,11,opt,name=condition_on_previous_text,json=conditionOnPreviousText,proto3,oneof" json:"condition_on_previous_text,omitempty"`
 	// Idempotency key, at most 128 characters, chosen by the client (a UUID): a Submit
 	// whose request_id matches a job the server still keeps (JOB_RETENTION_SECS) returns
 	// that job instead of creating another, so a Submit retried after a lost answer is
@@ -342,6 +348,13 @@ func (x *JobOptions) GetFilename() string {
 		return x.Filename
 	}
 	return ""
+}
+
+func (x *JobOptions) GetConditionOnPreviousText() bool {
+	if x != nil && x.ConditionOnPreviousText != nil {
+		return *x.ConditionOnPreviousText
+	}
+	return false
 }
 
 func (x *JobOptions) GetRequestId() string {
@@ -1358,7 +1371,7 @@ var File_whisperd_v1_transcription_proto protoreflect.FileDescriptor
 
 const file_whisperd_v1_transcription_proto_rawDesc = "" +
 	"\n" +
-	"\x1fwhisperd/v1/transcription.proto\x12\vwhisperd.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa0\x03\n" +
+	"\x1fwhisperd/v1/transcription.proto\x12\vwhisperd.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x04\n" +
 	"\n" +
 	"JobOptions\x12\x1a\n" +
 	"\blanguage\x18\x01 \x01(\tR\blanguage\x12%\n" +
@@ -1372,10 +1385,12 @@ const file_whisperd_v1_transcription_proto_rawDesc = "" +
 	"\x0fword_timestamps\x18\b \x01(\bR\x0ewordTimestamps\x12\x10\n" +
 	"\x03vad\x18\t \x01(\bR\x03vad\x12\x1a\n" +
 	"\bfilename\x18\n" +
-	" \x01(\tR\bfilename\x12\x1d\n" +
+	" \x01(\tR\bfilename\x12@\n" +
+	"\x1acondition_on_previous_text\x18\v \x01(\bH\x01R\x17conditionOnPreviousText\x88\x01\x01\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\f \x01(\tR\trequestIdB\x18\n" +
-	"\x16_temperature_increment\"g\n" +
+	"\x16_temperature_incrementB\x1d\n" +
+	"\x1b_condition_on_previous_text\"g\n" +
 	"\rSubmitRequest\x123\n" +
 	"\aoptions\x18\x01 \x01(\v2\x17.whisperd.v1.JobOptionsH\x00R\aoptions\x12\x16\n" +
 	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\t\n" +

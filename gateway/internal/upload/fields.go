@@ -42,6 +42,10 @@ func jobField(opts *pb.JobOptions, name, value string) (Effect, error) {
 		opts.Filename = value
 	case "request_id":
 		opts.RequestId = strings.TrimSpace(value)
+	case "condition_on_previous_text":
+		var on bool
+		on, err = ParseBool(value)
+		opts.ConditionOnPreviousText = &on
 	default:
 		return Ignored, nil
 	}
