@@ -268,3 +268,31 @@ def test_out_of_memory_making_the_decoder_reaches_the_job(model: WhisperModel, j
 def test_bad_options_are_refused_before_any_decoding(scheduler: BatchScheduler, model: WhisperModel, jfk: np.ndarray) -> None:
     with pytest.raises(ValueError, match="beam_size"):
         scheduler.transcribe(model, jfk, TranscribeOptions(beam_size=0), cancel=CancelToken())
+
+
+@pytest.mark.slow
+def test_the_language_is_detected_once_and_given_to_every_window(
+    base_model: Path, tmp_path: Path
+) -> None:
+    """German (espeak-ng) longer than a window on the multilingual base model: window 0
+    finds the language, every later window is decoded in it."""
+    from test_languages import CLIPS, speak
+
+    text, native_words, _ = CLIPS["de"]
+    clip = decode_audio(speak(text, "de", tmp_path / "de.wav"))
+    audio = tile(clip, max(2, int(40 * SR // len(clip)) + 1))
+    assert len(audio) > 35 * SR
+    m = WhisperModel(base_model, use_gpu=False)
+    s = BatchScheduler(make_factory("sequential", 1), vad_threads=THREADS)
+    try:
+        streamed: list[Segment] = []
+        result = s.transcribe(m, audio, GREEDY, cancel=CancelToken(), on_segment=streamed.append)
+    finally:
+        s.close()
+        m.close()
+    assert result.language == "de"
+    # The last window's words are German too.
+    last = [seg for seg in streamed if seg.start >= 30.0]
+    assert last, streamed
+    heard = set(normalise(" ".join(seg.text for seg in last)).split())
+    assert len(heard & native_words) >= 2, last
