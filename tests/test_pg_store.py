@@ -166,3 +166,21 @@ def test_a_shared_webhook_outbox_sends_each_attempt_once(url: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_the_same_request_id_through_two_replicas_at_once_makes_one_job(pair: tuple[PgJobStore, PgJobStore]) -> None:
+    a, b = pair
+    made: list[str] = []
+    start = threading.Barrier(8)
+
+    def submit(store: PgJobStore, n: int) -> None:
+        start.wait()
+        made.append(store.create(JobOptions(request_id="retry-me"), f"s3://b/{n}.wav", 11.0).id)
+
+    threads = [threading.Thread(target=submit, args=((a, b)[n % 2], n)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(made) == 8 and len(set(made)) == 1
+    assert a.counts()[JobStatus.QUEUED] == 1
