@@ -137,6 +137,8 @@ class PgJobStore(PgDatabase, JobStore):  # type: ignore[misc]
                 "info = excluded.info",
                 (self.host_id, self.started_at, json.dumps(info or {})),
             )
+            # Rows of replicas that died without leaving: kept a day for the record.
+            db.execute(f"DELETE FROM hosts WHERE heartbeat_at < {DB_NOW} - 86400")
         return renewed
 
     def recover_interrupted(
