@@ -23,12 +23,14 @@ def open_store(settings: Settings) -> JobStore:
         return JobStore(settings.db_path)
     from .pg_store import PgJobStore  # psycopg only where it is used
 
-    # Workers, the loop's to_thread calls and the heartbeat share the pool.
+    # Workers, the loop's to_thread calls and the heartbeat share the pool; every call is
+    # a short transaction, so a dozen connections serve many workers, and a fleet stays
+    # within PostgreSQL's max_connections (docs/scaling.md).
     return PgJobStore(
         settings.database_url,
         host_id=host_id(settings),
         lease_secs=settings.lease_secs,
-        pool_size=max(4, settings.parallel_jobs + 4),
+        pool_size=min(12, max(4, settings.parallel_jobs + 4)),
     )
 
 
