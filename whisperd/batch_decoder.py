@@ -28,6 +28,19 @@ _KV_PAD = 256
 _SAMPLE_LEN = 224
 
 
+# Windows decoded at once on a CPU: the steps are compute-bound there, so more windows
+# mostly delay each other; a few share the weights' reads.
+CPU_CAPACITY = 4
+
+
+def _free_gpu_bytes(index: int) -> int | None:
+    """Free memory of the index-th GPU as ggml sees it; None without a GPU."""
+    gpus = [d for d in _native.devices() if d.type == "gpu"]
+    if index >= len(gpus):
+        return None
+    return int(gpus[index].memory_free)
+
+
 def cells_for(max_beams: int) -> int:
     """KV cells one window needs: the prompt plus a cell per token per beam."""
     need = _SAMPLE_LEN + max(1, max_beams) * _SAMPLE_LEN + 1
@@ -103,6 +116,18 @@ class BatchDecoder:
             "batched decoder: %d windows at once, %.0f MiB of caches",
             capacity, self._decoder.memory_bytes / 2**20,
         )
+
+    @classmethod
+    def auto_capacity(
+        cls, model: WhisperModel, *, max_beams: int = 5, encode_batch: int = 4, limit: int = 128
+    ) -> int:
+        """The most windows that fit in the model's GPU's free memory (at least 1, at most
+        `limit`: past ~128 a step is bound by memory bandwidth and gains little)."""
+        free = _free_gpu_bytes(model.native.gpu_device) if model.native.use_gpu else None
+        if free is None:
+            return CPU_CAPACITY
+        fits = slot_cost(model, max_beams=max_beams, encode_batch=encode_batch).fits(free)
+        return max(1, min(limit, fits))
 
     @property
     def capacity(self) -> int:

@@ -80,7 +80,8 @@ void bind_batch(nb::module_ &m, nb::class_<Model> &model) {
     model.def("tokenize", &Model::tokenize, "text"_a, "The text's tokens (no special tokens).")
         .def_prop_ro("n_text_ctx", &Model::n_text_ctx)
         .def_prop_ro("n_text_state", &Model::n_text_state)
-        .def_prop_ro("n_audio_ctx", &Model::n_audio_ctx);
+        .def_prop_ro("n_audio_ctx", &Model::n_audio_ctx)
+        .def_prop_ro("gpu_device", &Model::gpu_device);
 
     m.def(
         "vad_speech_spans",
