@@ -36,7 +36,9 @@ def hour_of_silence(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 @pytest.fixture(scope="module")
 def server(tiny_en_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("data"), tiny_en_model, env={"AUTH_TOKEN": "s3cret"}).start()
+    # One job at a time, so that the next job starting shows the cancelled one let go.
+    env = {"AUTH_TOKEN": "s3cret", "PARALLEL_JOBS": "1"}
+    proc = ServerProcess(tmp_path_factory.mktemp("data"), tiny_en_model, env=env).start()
     yield proc
     proc.stop()
 
@@ -79,7 +81,7 @@ def test_cancel_while_decoding_frees_the_worker_within_a_second(server: ServerPr
     nxt = server.jobs.Submit(submit_requests(jfk_wav.read_bytes(), pb.JobOptions(beam_size=1)), metadata=AUTH)
     cancelled = time.monotonic()
     server.jobs.Cancel(pb.CancelJobRequest(id=job.id), metadata=AUTH)
-    # One worker (PARALLEL_JOBS=1 on a CPU): the next job starts once the decode stops.
+    # One job at a time (PARALLEL_JOBS=1): the next job starts once the decode stops.
     wait_for_status_auth(server, nxt.id, {pb.JOB_STATUS_RUNNING, pb.JOB_STATUS_DONE}, timeout=10)
     assert time.monotonic() - cancelled < 1.5, server.log()
     assert any(f"job {job.id}: cancelled while running" in line for line in server.log_lines)
