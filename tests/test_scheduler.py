@@ -296,3 +296,25 @@ def test_the_language_is_detected_once_and_given_to_every_window(
     assert last, streamed
     heard = set(normalise(" ".join(seg.text for seg in last)).split())
     assert len(heard & native_words) >= 2, last
+
+
+def test_the_vad_option_skips_windows_without_speech(model: WhisperModel, jfk: np.ndarray) -> None:
+    silence = np.zeros(45 * SR, np.float32)
+    audio = np.concatenate([jfk, silence, jfk])  # ~67 s: the middle window(s) hold nothing
+    added: list[int] = []
+
+    class Counting(SequentialWindowDecoder):  # the real decoder, counting what it is given
+        def add(self, windows):  # type: ignore[no-untyped-def]
+            added.extend(len(w.samples) for w in windows)
+            super().add(windows)
+
+    s = BatchScheduler(lambda m: Counting(m, 1, THREADS), vad_threads=THREADS)
+    try:
+        result = s.transcribe(model, audio, TranscribeOptions(beam_size=1, threads=THREADS, vad=True),
+                              cancel=CancelToken())
+    finally:
+        s.close()
+    assert normalise(result.text) == normalise(" ".join([EXPECTED_JFK] * 2))
+    # Only the windows with speech were decoded: 20 s and more of silence were not.
+    assert sum(added) < len(audio) - 20 * SR, [n / SR for n in added]
+    assert_monotone(result.segments, len(audio) / SR)

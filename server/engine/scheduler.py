@@ -31,7 +31,7 @@ from whisperd.inference import (
 )
 from whisperd.sequential_decoder import SequentialWindowDecoder
 from whisperd.transcript import Segment, Transcript, Word
-from whisperd.windows import Span, has_speech, plan
+from whisperd.windows import Span, has_speech, plan, speech_spans
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,12 @@ class _Job:
     samples: np.ndarray
     options: TranscribeOptions
     windows: list[Span]
-    language: str | None  # None until window 0 has detected it
+    language: str | None  # None until the first window decoded has detected it
     spans: list[Span] | None = None  # speech found by the detector; None = not looked
-    next_window: int = 0  # the next window to hand to the decoder
+    # The windows to decode, in order (the vad option leaves out those without speech);
+    # the first one detects the language.
+    order: list[int] = field(default_factory=list)
+    next_window: int = 0  # position in `order` of the next window for the decoder
     # Rests of windows the decoder ended early (window index, start sample): Whisper's
     # last timestamp fell well before the window's end, so the rest is decoded again
     # from there, as whisper.cpp seeks within a file. They go before new windows.
@@ -89,17 +92,30 @@ class _Job:
     done: dict[int, list[tuple[int, WindowResult]]] = field(default_factory=dict)  # complete windows
     decoded: int = 0  # samples decoded, for progress
     changes: int = 0  # results taken in: the waiting caller looks again
+    first: WindowResult | None = None  # the first result: the job's language
     error: BaseException | None = None
     gone: bool = False  # cancelled or failed: its windows leave the decoder
+
+    def skip_silent_windows(self) -> None:
+        """The vad option: a window in which the detector found no speech is done as it
+        is, with no segments, and never decoded."""
+        assert self.spans is not None
+        self.order = []
+        for index, (a, b) in enumerate(self.windows):
+            if has_speech(self.spans, a, b):
+                self.order.append(index)
+            else:
+                self.done[index] = []
+                self.decoded += b - a
 
     def can_queue(self) -> bool:
         if self.gone or self.error is not None:
             return False
         if self.rests:
             return True
-        if self.next_window >= len(self.windows):
+        if self.next_window >= len(self.order):
             return False
-        # Language detection: the other windows wait for window 0's answer.
+        # Language detection: the other windows wait for the first one's answer.
         return self.language is not None or self.next_window == 0
 
     def request(self, window_id: int) -> WindowRequest:
@@ -110,7 +126,8 @@ class _Job:
             before = " ".join(seg.text for _, r in self.parts[index] for seg in r.segments)
             prompt = " ".join(p for p in (self.options.initial_prompt, before) if p) or None
         else:
-            index, start = self.next_window, self.windows[self.next_window][0]
+            index = self.order[self.next_window]
+            start = self.windows[index][0]
             self.next_window += 1
         self.in_flight[window_id] = (index, start)
         options = self.options
@@ -125,6 +142,8 @@ class _Job:
         reached = min(end, start + max(0, round(result.end_secs * SAMPLE_RATE)))
         self.changes += 1
         self.parts.setdefault(index, []).append((start, result))
+        if self.first is None:
+            self.first = result
         if self.language is None:
             self.language = result.language
         # Less than a second left, or no progress: the window is done (whisper.cpp's
@@ -186,7 +205,11 @@ class BatchScheduler:
         language = options.language if model.multilingual else "en"
         if not windows:
             return Transcript((), language or "en", 1.0, 0.0)
-        job = _Job(model, samples, options, windows, language, spans)
+        job = _Job(model, samples, options, windows, language, spans, order=list(range(len(windows))))
+        if options.vad:
+            if job.spans is None:  # one window: no detector ran yet
+                job.spans = speech_spans(samples, self._vad_threads, lambda: cancel.cancelled)
+            job.skip_silent_windows()
         with self._cond:
             if self._stopping:
                 raise TranscriptionAborted("the scheduler is stopping")
@@ -261,11 +284,11 @@ class BatchScheduler:
                 on_progress(percent)
             if emitted == len(job.windows):
                 break
-        first = done[0][0][1]
+        first = job.first
         return Transcript(
             segments=tuple(segments),
-            language=job.language or first.language,
-            language_probability=first.language_probability,
+            language=job.language or (first.language if first else "") or "en",
+            language_probability=first.language_probability if first else 0.0,
             duration_secs=total / SAMPLE_RATE,
         )
 
@@ -330,7 +353,7 @@ class BatchScheduler:
         decoder = self._decoder
         assert decoder is not None
         with self._cond:
-            batch = self._pick_locked(decoder.free_slots())
+            batch = self._pick_locked(decoder.free_slots(), decoder.capacity)
         if batch and not self._add(decoder, batch):
             return True
         if decoder.active() == 0:
@@ -399,9 +422,11 @@ class BatchScheduler:
         self._decoder_model = wanted
         return True
 
-    def _pick_locked(self, free: int) -> list[WindowRequest]:
+    def _pick_locked(self, free: int, capacity: int) -> list[WindowRequest]:
         """Up to `free` windows, one per job in turn, starting where the last refill
-        stopped."""
+        stopped. No job holds every slot: one is kept for a job that comes next, so it
+        starts at the next step instead of after a window of the running one."""
+        most = max(1, capacity - 1)
         batch: list[WindowRequest] = []
         while free > 0:
             progressed = False
@@ -410,7 +435,7 @@ class BatchScheduler:
                     break
                 job = self._jobs[0]
                 self._jobs.rotate(-1)
-                if job.model is not self._decoder_model or not job.can_queue():
+                if job.model is not self._decoder_model or not job.can_queue() or len(job.in_flight) >= most:
                     continue
                 window_id = self._next_id
                 self._next_id += 1
