@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
@@ -422,12 +422,19 @@ def submit(
     prompt: PromptOpt = None,
     webhook: WebhookOpt = None,
     condition_on_previous_text: ConditionOpt = False,
+    request_id: Annotated[Optional[str], typer.Option(
+        "--request-id",
+        help="Idempotency key: running the command again with the same key returns the job the "
+             "first run made instead of a second one (default: a fresh key, kept across this run's retries).",
+    )] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Upload FILE and print the new job's id (with --wait: follow it to its end)."""
     c = _ctx(ctx, json_output)
     options = _options(language, task, beam_size, word_timestamps, vad, prompt, webhook,
                        condition_on_previous_text)
+    if request_id:
+        options = replace(options, request_id=request_id)
     with c.client() as client:
         job = _upload(c, client, file, options)
         if wait:

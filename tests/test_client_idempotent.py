@@ -80,3 +80,27 @@ def test_without_retries_the_lost_answer_is_an_error_not_a_silent_second_job(
         with pytest.raises(ServerUnreachable):
             client.submit(jfk_wav)
     assert len(jobs.jobs) == 1
+
+
+def test_whisperctl_submit_with_a_request_id_returns_the_same_job_twice(tiny_en_model: Path, jfk_wav: Path, tmp_path: Path) -> None:
+    """A script that re-runs `whisperctl submit --request-id K` after a failure gets the
+    first run's job: the real server keeps the key."""
+    import subprocess
+    import sys
+
+    from server_process import ServerProcess
+
+    server = ServerProcess(tmp_path / "data", tiny_en_model).start()
+    try:
+        ids = [
+            subprocess.run(
+                [sys.executable, "-m", "whisperd.client.cli", "--server", f"127.0.0.1:{server.port}",
+                 "submit", str(jfk_wav), "--beam-size", "1", "--request-id", "nightly-batch-17"],
+                capture_output=True, text=True, timeout=120, check=True, stdin=subprocess.DEVNULL,
+            ).stdout.strip()
+            for _ in range(2)
+        ]
+        assert ids[0] and ids[0] == ids[1]
+        assert len(server.jobs.List(pb.ListJobsRequest(without_segments=True)).jobs) == 1
+    finally:
+        server.stop()
