@@ -9,8 +9,8 @@
 # Stages:
 #   tests    the engine and lifecycle tests on the GPU (pytest)
 #   engine   bench/gpu_bench.py: our native path against whisper-cli, tiny.en
-#   diag     bench/gpu_concurrency.py: where the time goes with 1-8 states at once
-#            (large-v3 shape, random weights, CUDA graphs on and off)
+#   diag     bench/gpu_concurrency.py: where the time goes with 1-8 states at once on the
+#            per-state path (sequential mode; large-v3 shape, random weights)
 #   service  bench/gpu_service_bench.py: issue 6's table through a real server
 #   peer     bench/peer_transformers.py: Hugging Face transformers, batched, same work
 #   batch    bench/batch_bench.py: the batched engine at batch 8-128 over 3840 s (128
@@ -116,15 +116,10 @@ fi
 if has_stage diag; then
   echo
   echo "== where the time goes: N states at once, in-process (121 s of audio each, $TOKENS tokens per window)"
-  echo "   'batched' = BATCH_DECODING (patch 0007): one decoder step for every state"
+  echo "   (the per-state path: sequential mode; the batched engine is the batch stage)"
   diag() { "$PY" bench/gpu_concurrency.py --audio "$RESULTS/speech121.wav" "$@"; }
   diag --model "$LARGE" --tokens "$TOKENS" --jobs 1,4,8 --beam 1 --label "large b1" --json "$RESULTS/diag-large-b1.json"
-  diag --model "$LARGE" --tokens "$TOKENS" --jobs 1,4,8 --beam 1 --batch --label "large b1 batched" --json "$RESULTS/diag-large-b1-batch.json" --no-header
-  WHISPERD_BATCHER_REGROUP=0 diag --model "$LARGE" --tokens "$TOKENS" --jobs 4,8 --beam 1 --batch \
-    --label "large b1 batched no regroup" --json "$RESULTS/diag-large-b1-batch-noregroup.json" --no-header
   diag --model "$LARGE" --tokens "$TOKENS" --jobs 1,4,8 --beam 5 --label "large b5" --json "$RESULTS/diag-large-b5.json" --no-header
-  diag --model "$LARGE" --tokens "$TOKENS" --jobs 1,4,8 --beam 5 --batch --label "large b5 batched" --json "$RESULTS/diag-large-b5-batch.json" --no-header
-  diag --model "$MODEL" --jobs 1,4,8 --beam 1 --batch --label "tiny b1 batched" --json "$RESULTS/diag-tiny-b1-batch.json" --no-header
 fi
 
 if has_stage peer; then

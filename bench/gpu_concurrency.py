@@ -9,10 +9,10 @@ whisper.cpp's own per-state counters (patch 0004), the mean per state of: encode
 GPU (or the driver) is the shared resource; if sampling grows it is the CPU.
 
   python bench/gpu_concurrency.py --model M --audio A.wav [--jobs 1,2,4,8] [--beam 1]
-      [--tokens 100] [--threads 2] [--batch] [--label text] [--json out.json]
+      [--tokens 100] [--threads 2] [--label text] [--json out.json]
 
---batch computes the decoder steps of all states in one graph (patch 0007,
-WhisperModel(batch_decoding=True)); the label then says "batched".
+This is the per-state path (sequential mode, condition_on_previous_text); the batched
+engine's figures come from bench/batch_bench.py.
 
 Run it under GGML_CUDA_DISABLE_GRAPHS=1 to see what CUDA graphs buy (bench/gpu.sh does).
 """
@@ -88,7 +88,6 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=0, help="forced tokens per window; 0 = real decoding")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--language", default="en")
-    ap.add_argument("--batch", action="store_true", help="batch the decoder steps of all states")
     ap.add_argument("--label", default="")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--no-header", action="store_true")
@@ -97,21 +96,7 @@ def main() -> None:
     audio = decode_audio(args.audio)
     secs = len(audio) / SR
     base = gpu_used()
-    batcher_stats: list[str] = []
-    if args.batch:
-        # whisper_batcher_free's summary (states per step, host and regroup ms per step),
-        # logged when the model closes: with --batch the model is loaded again for every N
-        class _BatcherStats(logging.Handler):
-            def emit(self, record: logging.LogRecord) -> None:
-                if "whisper_batcher_free" in record.getMessage():
-                    batcher_stats.append(record.getMessage())
-
-        native_log = logging.getLogger("whisperd.native")
-        native_log.setLevel(logging.DEBUG)
-        native_log.addHandler(_BatcherStats())
-    model = WhisperModel(args.model, use_gpu=True, batch_decoding=args.batch)
-    if args.batch and not model.batch_decoding:
-        raise SystemExit("--batch: this build cannot batch decoder steps (needs patch 0007 and flash attention)")
+    model = WhisperModel(args.model, use_gpu=True)
     opts = TranscribeOptions(
         language=args.language, beam_size=args.beam, threads=args.threads,
         forced_tokens_per_window=args.tokens,
@@ -119,19 +104,11 @@ def main() -> None:
         temperature_increment=0.0 if args.tokens else 0.2,
     )
     label = args.label or ("graphs off" if os.environ.get("GGML_CUDA_DISABLE_GRAPHS") else "graphs on")
-    if args.batch and not args.label:
-        label = "batched" + (" g-off" if os.environ.get("GGML_CUDA_DISABLE_GRAPHS") else "")
     points: list[Point] = []
     if not args.no_header:
         print(header(), flush=True)
-    for i, n in enumerate(int(x) for x in args.jobs.split(",")):
-        if args.batch and i > 0:
-            model = WhisperModel(args.model, use_gpu=True, batch_decoding=True)
+    for n in (int(x) for x in args.jobs.split(",")):
         wall, ts, used = run(model, audio, n, opts)
-        if args.batch:
-            model.close()
-            if batcher_stats:
-                batcher_stats[-1] = f"{n} jobs: {batcher_stats[-1]}"
         steps = [max(1, t.decoder_steps) for t in ts]
         points.append(Point(
             label=label, jobs=n, beam=args.beam, threads=args.threads, wall_s=wall,
@@ -148,8 +125,6 @@ def main() -> None:
               f"{p.encode_ms_per_window:>8.1f} | {p.decoder_ms_per_step:>8.2f} | {p.sample_ms_per_step:>7.2f} | "
               f"{p.prompt_ms:>7.1f} | {p.steps_per_job:>6.0f} | {p.vram_mib:>6.0f} |", flush=True)
     model.close()
-    for line in batcher_stats:
-        print("  " + line)
     one = points[0].x_real_time if points and points[0].jobs == 1 else None
     if one:
         print("  scaling vs 1 job: " + ", ".join(f"{p.jobs}: {p.x_real_time / one:.2f}x" for p in points))

@@ -198,8 +198,7 @@ def latency(client: WhisperdClient, clip: Path, long: Path, beam: int) -> tuple[
 
 def bench_model(label: str, model: Path, tokens: int, args: argparse.Namespace, files: dict[str, Path],
                 rows: list[Row], vram: VramSampler) -> None:
-    env = {"PARALLEL_JOBS": "8", "THREADS": str(args.threads), "IDLE_TIMEOUT_SECS": "0",
-           "BATCH_DECODING": "1" if args.batch else "0"}
+    env = {"PARALLEL_JOBS": "8", "THREADS": str(args.threads), "IDLE_TIMEOUT_SECS": "0"}
     if tokens:
         env["WHISPERD_BENCH_TOKENS_PER_WINDOW"] = str(tokens)
     with tempfile.TemporaryDirectory(prefix="whisperd-bench-") as tmp:
@@ -263,7 +262,6 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--beams", default="1,5")
     ap.add_argument("--quick", action="store_true", help="smoke run: short files, 1 and 2 jobs")
-    ap.add_argument("--batch", action="store_true", help="servers with BATCH_DECODING=1")
     ap.add_argument("--peer-json", type=Path)
     ap.add_argument("--json", type=Path, default=Path("bench/results/gpu_service_bench.json"))
     args = ap.parse_args()

@@ -417,9 +417,10 @@ def test_the_same_audio_gives_the_same_transcript_whatever_ran_before(
     assert texts[0] == texts[1] == texts[2]
 
 
-def test_batch_decoding_serves_jobs_running_at_once(tiny_en_model: Path, tmp_path: Path, jfk_bytes: bytes) -> None:
-    """BATCH_DECODING=1: two jobs decoded in shared steps both get the sentence."""
-    server = ServerProcess(tmp_path, tiny_en_model, env={"BATCH_DECODING": "1", "PARALLEL_JOBS": "2"}).start()
+def test_two_jobs_share_the_batch(tiny_en_model: Path, tmp_path: Path, jfk_bytes: bytes) -> None:
+    """Two jobs admitted at once (greedy and beam 5) decode in shared batched steps and both
+    get the sentence."""
+    server = ServerProcess(tmp_path, tiny_en_model, env={"PARALLEL_JOBS": "2", "BATCH_SIZE": "2"}).start()
     try:
         ids = [submit(server, jfk_bytes, beam_size=beam).id for beam in (1, 5)]
         for job_id in ids:

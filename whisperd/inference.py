@@ -142,11 +142,7 @@ class WhisperModel:
         use_gpu: bool = True,
         flash_attn: bool = True,
         gpu_device: int = 0,
-        batch_decoding: bool = False,
     ) -> None:
-        """batch_decoding: compute the decoder steps of this model's states that run at
-        the same time in one graph, so the decoder weights are read once per step for all
-        of them (needs flash_attn; without it the states decode alone)."""
         from whisperd.models.errors import ModelFormatError
         from whisperd.models.ggml_file import check_model_file
 
@@ -165,9 +161,7 @@ class WhisperModel:
                 f"{exc} - this is not a usable whisper.cpp GGML model; convert or download "
                 "it again"
             ) from exc
-        self._model = _native.Model(
-            str(self.path), use_gpu, flash_attn, gpu_device, batch_decoding
-        )
+        self._model = _native.Model(str(self.path), use_gpu, flash_attn, gpu_device)
         self._eot = self._model.token_eot
         log.info("loaded model %s (%s)", self.path, self._model.type_name)
 
@@ -187,11 +181,6 @@ class WhisperModel:
     @property
     def closed(self) -> bool:
         return self._model.closed
-
-    @property
-    def batch_decoding(self) -> bool:
-        """Whether new states batch their decoder steps together."""
-        return self._model.decode_batching
 
     def new_state(self) -> DecodingState:
         return DecodingState(self._model.new_state(), self._eot)

@@ -565,8 +565,9 @@ std::vector<WindowOutput> BatchDecoder::step(CancelToken *token) {
     }
     const auto t0 = std::chrono::steady_clock::now();
     const int W = std::min(n_slots_, pow2_at_least(last + 1));
-    R = pow2_at_least(R);
-    r_out = pow2_at_least(r_out);
+    // Rows per slot as needed (1 greedy, the beam count, a prompt's length): padding them
+    // to powers of two cost up to 60% more work per step for a shape that changes rarely.
+    R = R <= 8 ? R : pow2_at_least(R);
     const int n_kv = std::min(n_cells_, ((max_cells + kKvPad - 1) / kKvPad) * kKvPad);
     const int n_rows = W * R;
     const int key[4] = {W, R, n_kv, r_out};

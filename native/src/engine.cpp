@@ -25,8 +25,6 @@ namespace {
 
 constexpr int kSampleRate = 16000;
 constexpr int kMaxBeam = 16;
-// The most states one batched decoder step takes (Model::set_decode_batching).
-constexpr int kMaxBatchedStates = 16;
 
 int default_threads() {
     const unsigned n = std::thread::hardware_concurrency();
@@ -155,11 +153,6 @@ const std::map<std::string, ggml_type> &quant_types() {
 }  // namespace
 
 ContextHandle::~ContextHandle() {
-#ifdef WHISPERD_DECODE_BATCHING
-    if (batcher != nullptr) {
-        whisper_batcher_free(batcher);
-    }
-#endif
     if (ctx != nullptr) {
         whisper_free(ctx);
     }
@@ -167,8 +160,7 @@ ContextHandle::~ContextHandle() {
 
 // ---------------------------------------------------------------- Model
 
-Model::Model(const std::string &path, bool use_gpu, bool flash_attn, int gpu_device,
-             bool decode_batching)
+Model::Model(const std::string &path, bool use_gpu, bool flash_attn, int gpu_device)
     : path_(path), use_gpu_(use_gpu), flash_attn_(flash_attn), gpu_device_(gpu_device) {
     std::error_code ec;
     if (!std::filesystem::is_regular_file(path, ec)) {
@@ -193,33 +185,6 @@ Model::Model(const std::string &path, bool use_gpu, bool flash_attn, int gpu_dev
                              capture.summary());
     }
     handle_ = std::make_shared<ContextHandle>(ctx);
-    if (decode_batching) {
-        set_decode_batching(true);
-    }
-}
-
-bool Model::set_decode_batching(bool on) {
-    ContextHandle &h = const_cast<ContextHandle &>(handle());
-#ifdef WHISPERD_DECODE_BATCHING
-    if (on && flash_attn_ && h.batcher == nullptr) {
-        LogCapture capture;
-        h.batcher = whisper_batcher_init(h.ctx, kMaxBatchedStates);
-        if (h.batcher == nullptr) {
-            if (capture.mentions_out_of_memory()) {
-                throw OutOfMemoryError("out of memory while reserving batched decoding: " +
-                                       capture.summary());
-            }
-            throw WhisperError("could not set up batched decoding: " + capture.summary());
-        }
-    }
-    // A state attached before keeps the batcher (freed with the context, after it).
-    decode_batching_ = on && h.batcher != nullptr;
-#else
-    (void)h;
-    (void)on;
-    decode_batching_ = false;
-#endif
-    return decode_batching_;
 }
 
 const ContextHandle &Model::handle() const {
@@ -240,11 +205,6 @@ std::unique_ptr<State> Model::new_state() {
         }
         throw WhisperError("could not create a decoding state: " + capture.summary());
     }
-#ifdef WHISPERD_DECODE_BATCHING
-    if (decode_batching_) {
-        whisper_state_set_batcher(st, h.batcher);
-    }
-#endif
     return std::make_unique<State>(handle_, st);
 }
 

@@ -11,7 +11,6 @@
 
 struct whisper_context;
 struct whisper_state;
-struct whisper_batcher;
 struct whisper_vad_context;
 
 namespace whisperd {
@@ -102,9 +101,6 @@ struct ContextHandle {
     ContextHandle(const ContextHandle &) = delete;
     ContextHandle &operator=(const ContextHandle &) = delete;
     whisper_context *ctx;
-    // Batches the decoder steps of the states attached to it (Model::set_decode_batching);
-    // freed with the context, so after every state that may use it.
-    whisper_batcher *batcher = nullptr;
 };
 
 class State;
@@ -112,14 +108,7 @@ class BatchDecoder;
 
 class Model {
 public:
-    Model(const std::string &path, bool use_gpu, bool flash_attn, int gpu_device,
-          bool decode_batching = false);
-
-    // Compute the decoder steps of this model's states that run at the same time in one
-    // graph (weights read once per step for all of them). Applies to states made from now
-    // on; needs flash attention (a no-op without it). Returns whether it is on.
-    bool set_decode_batching(bool on);
-    bool decode_batching() const { return decode_batching_; }
+    Model(const std::string &path, bool use_gpu, bool flash_attn, int gpu_device);
 
     std::unique_ptr<State> new_state();
     // One batched decoder over these weights (see batch_decoder.hpp).
@@ -149,7 +138,6 @@ private:
     bool use_gpu_;
     bool flash_attn_;
     int gpu_device_ = 0;
-    bool decode_batching_ = false;
 };
 
 using ProgressFn = std::function<void(int)>;

@@ -132,15 +132,10 @@ NB_MODULE(_native, m) {
         .def_prop_ro("closed", &State::closed);
 
     auto model = nb::class_<Model>(m, "Model", "Loaded whisper.cpp weights, shared by every state made from them.");
-    model.def(nb::init<const std::string &, bool, bool, int, bool>(), "path"_a, "use_gpu"_a = true,
-             "flash_attn"_a = true, "gpu_device"_a = 0, "decode_batching"_a = false,
+    model.def(nb::init<const std::string &, bool, bool, int>(), "path"_a, "use_gpu"_a = true,
+             "flash_attn"_a = true, "gpu_device"_a = 0,
              nb::call_guard<nb::gil_scoped_release>())
         .def("new_state", &Model::new_state, nb::call_guard<nb::gil_scoped_release>())
-        .def("set_decode_batching", &Model::set_decode_batching, "on"_a,
-             nb::call_guard<nb::gil_scoped_release>(),
-             "Batch the decoder steps of states made from now on (needs flash attention); "
-             "returns whether it is on.")
-        .def_prop_ro("decode_batching", &Model::decode_batching)
         .def("close", &Model::close, nb::call_guard<nb::gil_scoped_release>(),
              "Release the weights once every state is closed too.")
         .def_prop_ro("closed", &Model::closed)

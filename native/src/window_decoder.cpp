@@ -375,6 +375,10 @@ void WindowDecoder::feed(const std::vector<const float *> &logits) {
             out_.n_tokens++;
         }
     } else {
+        // whisper.cpp 1.8.5's beam search, step for step, so a window decodes as it does
+        // there: each live beam draws beam_size tokens from its distribution with its own
+        // generator; the candidates, best total log-probability first, are dealt to the
+        // beams in turn, skipping a copy of the sequence just dealt (from the second step).
         struct Cand {
             int parent;
             Tok tok;
@@ -382,23 +386,22 @@ void WindowDecoder::feed(const std::vector<const float *> &logits) {
         };
         std::vector<Cand> cands;
         const int k = static_cast<int>(seqs_.size());
+        std::vector<float> probs;
         for (size_t r = 0; r < row_seq_.size(); ++r) {
             const int j = row_seq_[r];
-            const Seq &s = seqs_[j];
+            Seq &s = seqs_[j];
             process_logits(s, logits[r], temperature, lg, lp);
             int tid;
             float pt;
             timestamp_stats(lp, v_.beg, tid, pt);
-            std::vector<int> idx(v_.n_vocab);
-            std::iota(idx.begin(), idx.end(), 0);
-            std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
-                              [&](int a, int b) { return lp[a] > lp[b]; });
+            probs.resize(lp.size());
+            for (size_t i = 0; i < lp.size(); ++i) {
+                probs[i] = lg[i] == -INFINITY ? 0.0f : expf(lp[i]);
+            }
+            std::discrete_distribution<> dist(probs.begin(), probs.end());
             for (int c = 0; c < k; ++c) {
-                const int id = idx[c];
-                if (lp[id] == -INFINITY) {
-                    break;
-                }
-                Tok t{id, tid, expf(lp[id]), lp[id], pt};
+                const int id = dist(s.rng);
+                Tok t{id, tid, probs[id], lp[id], pt};
                 if (id >= v_.beg) {
                     t.tid = id;
                     t.pt = t.p;
@@ -406,34 +409,35 @@ void WindowDecoder::feed(const std::vector<const float *> &logits) {
                 cands.push_back({j, t, s.sum_logprobs_all + t.plog});
             }
         }
-        std::stable_sort(cands.begin(), cands.end(),
-                         [](const Cand &a, const Cand &b) { return a.sum > b.sum; });
+        std::sort(cands.begin(), cands.end(), [](const Cand &a, const Cand &b) {
+            return a.sum != b.sum ? a.sum > b.sum : a.parent < b.parent;
+        });
+        auto same_seq = [&](const Cand &a, const Cand &b) {
+            const auto &ta = seqs_[a.parent].tokens, &tb = seqs_[b.parent].tokens;
+            if (ta.size() != tb.size() || a.tok.id != b.tok.id) {
+                return false;
+            }
+            for (size_t i = 0; i < ta.size(); ++i) {
+                if (ta[i].id != tb[i].id) {
+                    return false;
+                }
+            }
+            return true;
+        };
         std::vector<Seq> next = seqs_;
-        std::vector<std::vector<int>> taken;
         size_t c = 0;
         for (int j : row_seq_) {
-            // The next candidate whose token sequence no live sequence holds yet.
-            while (c < cands.size()) {
-                std::vector<int> ids;
-                for (const Tok &t : seqs_[cands[c].parent].tokens) {
-                    ids.push_back(t.id);
-                }
-                ids.push_back(cands[c].tok.id);
-                if (std::find(taken.begin(), taken.end(), ids) == taken.end()) {
-                    taken.push_back(ids);
-                    break;
-                }
+            if (c >= cands.size()) {
+                c = 0;
+            }
+            const Cand &cur = cands[c++];
+            while (cands.size() > c && same_seq(cands[c], cur) && step_ > 0) {
                 ++c;
             }
-            if (c >= cands.size()) {
-                next[j].failed = true;  // fewer distinct continuations than beams
-                continue;
-            }
-            const Cand &cand = cands[c++];
-            Seq s = seqs_[cand.parent];
+            Seq s = seqs_[cur.parent];
             s.rng = seqs_[j].rng;
-            s.tokens.push_back(cand.tok);
-            s.sum_logprobs_all = cand.sum;
+            s.tokens.push_back(cur.tok);
+            s.sum_logprobs_all = cur.sum;
             next[j] = std::move(s);
             out_.n_tokens++;
         }

@@ -65,13 +65,11 @@ class ModelHost:
         gpu_poll_interval: float,
         idle_timeout: float,
         fault_oom_loads: int = 0,
-        batch_decoding: bool = False,
         gpu_device: int = 0,
     ) -> None:
         self.model_path = model_path
         self.use_gpu = use_gpu
         self.gpu_device = gpu_device  # which GPU (GPU_DEVICES: one host per GPU)
-        self.batch_decoding = batch_decoding
         self.gpu_poll_interval = gpu_poll_interval
         self.idle_timeout = idle_timeout
         # Test-only fault switch (WHISPERD_FAULT_OOM_LOADS): the next N loads fail as if
@@ -194,8 +192,7 @@ class ModelHost:
             raise OutOfMemoryError("injected fault: WHISPERD_FAULT_OOM_LOADS")
         started = time.monotonic()
         model = WhisperModel(
-            self.model_path, use_gpu=self.use_gpu, batch_decoding=self.batch_decoding,
-            gpu_device=self.gpu_device,
+            self.model_path, use_gpu=self.use_gpu, gpu_device=self.gpu_device,
         )
         try:
             self._warm_up(model)
