@@ -117,9 +117,10 @@ class ModelControlService(mpb_grpc.ModelControlServicer):
 
     @unary
     async def Unload(self, request: mpb.UnloadModelRequest, context: grpc.aio.ServicerContext) -> mpb.ModelStatus:
-        if self._host.state in (ModelState.LOADING, ModelState.WAITING_FOR_GPU):
-            # A load in flight is abandoned only when its native call returns (seconds):
-            # answer now; the model is unloaded as soon as the load ends.
+        if self._host.state == ModelState.LOADING:
+            # A load in flight is abandoned only when its native call and warm-up return
+            # (seconds): answer now; the model is unloaded as soon as the load ends.
+            # (Waiting for the GPU stops at once, so that case answers when done.)
             task = asyncio.ensure_future(asyncio.to_thread(self._host.unload, "unload requested"))
             _BACKGROUND.add(task)
             task.add_done_callback(_BACKGROUND.discard)

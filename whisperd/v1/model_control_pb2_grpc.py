@@ -84,7 +84,8 @@ class ModelControlServicer:
     def Unload(self, request, context):
         """Unloads the model now and frees its GPU memory; idempotent. A running job is
         stopped and put back at the head of the queue (never lost); the model stays
-        unloaded until the next Load or Submit.
+        unloaded until the next Load or Submit. During a load it answers at once (the state
+        still says loading) and the load is abandoned as soon as it ends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

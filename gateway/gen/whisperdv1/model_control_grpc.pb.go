@@ -43,7 +43,8 @@ type ModelControlClient interface {
 	Load(ctx context.Context, in *LoadModelRequest, opts ...grpc.CallOption) (*ModelStatus, error)
 	// Unloads the model now and frees its GPU memory; idempotent. A running job is
 	// stopped and put back at the head of the queue (never lost); the model stays
-	// unloaded until the next Load or Submit.
+	// unloaded until the next Load or Submit. During a load it answers at once (the state
+	// still says loading) and the load is abandoned as soon as it ends.
 	Unload(ctx context.Context, in *UnloadModelRequest, opts ...grpc.CallOption) (*ModelStatus, error)
 	// Lifecycle events: first the current state, then every transition as it happens,
 	// until the client goes away.
@@ -134,7 +135,8 @@ type ModelControlServer interface {
 	Load(context.Context, *LoadModelRequest) (*ModelStatus, error)
 	// Unloads the model now and frees its GPU memory; idempotent. A running job is
 	// stopped and put back at the head of the queue (never lost); the model stays
-	// unloaded until the next Load or Submit.
+	// unloaded until the next Load or Submit. During a load it answers at once (the state
+	// still says loading) and the load is abandoned as soon as it ends.
 	Unload(context.Context, *UnloadModelRequest) (*ModelStatus, error)
 	// Lifecycle events: first the current state, then every transition as it happens,
 	// until the client goes away.
