@@ -367,6 +367,22 @@ def test_openai_verbose_json_with_words_and_segments(oai: openai.OpenAI, jfk_wav
     assert starts == sorted(starts) and r.words[-1].end <= 11.1
 
 
+def test_openai_refuses_a_lying_file_and_answers_silence_with_no_text(oai: openai.OpenAI, tmp_path: Path) -> None:
+    """A header that claims 4 GB over 1 KB of samples is 400 with the reason (not 200 and
+    an empty transcript); real silence is 200 with no text (not "[BLANK_AUDIO]")."""
+    from malformed import wav_bytes
+
+    lying = tmp_path / "lying.wav"
+    lying.write_bytes(wav_bytes(data=b"\1\0" * 512, declared_data=0xFFFFFFF0))
+    with lying.open("rb") as f, pytest.raises(openai.BadRequestError) as err:
+        oai.audio.transcriptions.create(model="whisper-1", file=f)
+    assert "too little to transcribe" in str(err.value)
+    quiet = write_wav(tmp_path / "quiet.wav", np.random.default_rng(0).normal(0, 0.0005, 16000 * 6).astype(np.float32))
+    with quiet.open("rb") as f:
+        r = oai.audio.transcriptions.create(model="whisper-1", file=f, response_format="verbose_json")
+    assert r.text == "" and not r.segments, r
+
+
 def test_openai_bad_response_format_is_bad_request(oai: openai.OpenAI, jfk_wav: Path) -> None:
     with jfk_wav.open("rb") as f, pytest.raises(openai.BadRequestError) as err:
         oai.audio.transcriptions.create(model="whisper-1", file=f, response_format="xml")  # type: ignore[arg-type]
