@@ -250,8 +250,10 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         workers=settings.parallel_jobs, threads_per_job=settings.threads_per_job,
         bench_tokens_per_window=settings.bench_tokens_per_window,
         batch_size=settings.batch_size, decoder_threads=settings.threads,
+        batch_max_beams=settings.batch_max_beams,
         on_finished=job_finished,
         on_started=metrics.job_started,
+        on_decoder_step=metrics.observe_batch,
         localise=spool.localise,
     ))
     metrics.bind(metrics.Sources(

@@ -35,6 +35,10 @@ class Settings:
     # BATCH_SIZE: 30 s windows decoded at once, of any jobs. 0 = automatic: what fits in
     # the free VRAM after the model loads (the batched decoder works it out), 4 on a CPU.
     batch_size: int = 0
+    # BATCH_MAX_BEAMS: beams a window's slot has room for (KV cells); a job asking for
+    # more is decoded with this many. 1 = greedy-only slots, a third of the memory each
+    # (large-v3 on an 8 GB card: ~11 windows instead of ~6). 1-16.
+    batch_max_beams: int = 5
     max_upload_bytes: int = 0  # MAX_UPLOAD_BYTES; 0 = unlimited
     # MAX_AUDIO_SECS: longest audio accepted, measured from the stream (not its header);
     # bounds the memory a job's decoded samples take (4 h = 920 MB). 0 = unlimited.
@@ -117,6 +121,7 @@ _ENV: dict[str, str] = {
     "gpu_poll_interval_secs": "GPU_POLL_INTERVAL_SECS",
     "parallel_jobs": "PARALLEL_JOBS",
     "batch_size": "BATCH_SIZE",
+    "batch_max_beams": "BATCH_MAX_BEAMS",
     "max_upload_bytes": "MAX_UPLOAD_BYTES",
     "max_audio_secs": "MAX_AUDIO_SECS",
     "job_retention_secs": "JOB_RETENTION_SECS",
@@ -203,6 +208,8 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(f"JOB_RETENTION_SECS must be 0 or more, got {s.job_retention_secs}")
     if not 0 <= s.batch_size <= 256:
         raise ConfigError(f"BATCH_SIZE must be 0 (automatic) or between 1 and 256, got {s.batch_size}")
+    if not 1 <= s.batch_max_beams <= 16:
+        raise ConfigError(f"BATCH_MAX_BEAMS must be between 1 and 16, got {s.batch_max_beams}")
     if s.threads < 0:
         raise ConfigError(f"THREADS must be 0 (automatic) or more, got {s.threads}")
     if s.shutdown_grace_secs < 0:

@@ -88,7 +88,7 @@ WEBHOOK_DELIVERIES = Counter(
 )
 BATCH_SIZE = Histogram(
     "whisperd_batch_size",
-    "Sequences decoded together in one batched decoder step.",
+    "Windows decoded together in one batched decoder step.",
     buckets=_BATCH_BUCKETS,
 )
 
@@ -107,8 +107,8 @@ for _result in ("delivered", "retrying", "dropped"):
 
 
 def observe_batch(size: int) -> None:
-    """The batched scheduler calls this once per decoder step with the number of
-    sequences (windows x beams) in that step."""
+    """The batch scheduler calls this once per decoder step with the number of windows
+    in that step."""
     if size > 0:
         BATCH_SIZE.observe(size)
 

@@ -157,12 +157,14 @@ class BatchDecoder:
         for req in windows:
             if len(req.samples) > 30 * SAMPLE_RATE:
                 raise ValueError(f"window {req.window_id} is longer than 30 s")
-            if req.options.beam_size > self._max_beams and req.options.temperature <= 0:
-                raise ValueError(
-                    f"beam_size {req.options.beam_size} is more than this decoder's {self._max_beams}"
-                )
             spec = self._prepared.pop(req.window_id, None)
-            specs.append(spec if spec is not None else _spec(req, self._model))
+            if spec is None:
+                spec = _spec(req, self._model)
+            # Every slot has KV cells for max_beams beams: a larger beam decodes with that
+            # many (docs/batching.md; sequential mode takes any beam size).
+            spec.beam_size = min(spec.beam_size, self._max_beams)
+            spec.best_of = min(spec.best_of, self._max_beams)
+            specs.append(spec)
             self._requests[req.window_id] = req
         try:
             self._decoder.add(specs, cancel)

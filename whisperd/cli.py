@@ -113,6 +113,7 @@ def serve(
     model_path: Optional[Path] = typer.Option(None, "--model-path", help="GGML model file (WHISPER_MODEL_PATH)."),
     parallel_jobs: Optional[int] = typer.Option(None, "--parallel-jobs", help="Jobs admitted at once (PARALLEL_JOBS; default 0 = 16 on a GPU, 2 on a CPU)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="30 s windows decoded at once, of any jobs (BATCH_SIZE; default 0 = from free VRAM on a GPU, 4 on a CPU)."),
+    batch_max_beams: Optional[int] = typer.Option(None, "--batch-max-beams", help="Beams a window's slot holds (BATCH_MAX_BEAMS, 5; 1 = greedy-only slots, less memory each)."),
     idle_timeout: Optional[int] = typer.Option(None, "--idle-timeout", help="Unload after this many idle seconds (IDLE_TIMEOUT_SECS, 300; 0 = never)."),
     gpu_poll_interval: Optional[int] = typer.Option(None, "--gpu-poll-interval", help="Seconds between load retries when the GPU is full (GPU_POLL_INTERVAL_SECS, 30)."),
     max_upload_bytes: Optional[int] = typer.Option(None, "--max-upload-bytes", help="Largest upload (MAX_UPLOAD_BYTES, 0 = unlimited)."),
@@ -134,6 +135,7 @@ def serve(
         settings = from_env().with_overrides(
             port=port, host=host, data_dir=data_dir, whisper_model=model,
             whisper_model_path=model_path, parallel_jobs=parallel_jobs, batch_size=batch_size,
+            batch_max_beams=batch_max_beams,
             idle_timeout_secs=idle_timeout, gpu_poll_interval_secs=gpu_poll_interval,
             max_upload_bytes=max_upload_bytes, max_audio_secs=max_audio_secs, job_retention_secs=job_retention,
             use_gpu=False if cpu else None, admission=admission,

@@ -54,7 +54,8 @@ std::string Vocab::text(int token) const {
 
 WindowDecoder::WindowDecoder(const Vocab &vocab, WindowSpec spec, int n_cells, int n_text_ctx)
     : v_(vocab), spec_(std::move(spec)), n_cells_(n_cells) {
-    n_max_ = n_text_ctx / 2 - 4;
+    n_max0_ = n_text_ctx / 2 - 4;
+    n_max_ = n_max0_;
     seek_end_ = static_cast<int>(spec_.samples.size() / 160);
     if (spec_.forced_tokens > 0) {
         spec_.temperature_increment = 0.0f;  // nothing to fall back from
@@ -93,12 +94,19 @@ int WindowDecoder::new_cell() { return next_cell_++; }
 
 void WindowDecoder::start_attempt() {
     const float t = temperatures_[attempt_];
+    const int n_seq = t > 0.0f ? std::max(1, spec_.best_of) : std::max(1, spec_.beam_size);
     next_cell_ = 0;
     prompt_.clear();
     if (!spec_.prompt_tokens.empty() && t < kPromptTempCutoff) {
-        prompt_.push_back(v_.prev);
-        const int take = std::min<int>(n_max_ + 4 - 1, spec_.prompt_tokens.size());
-        prompt_.insert(prompt_.end(), spec_.prompt_tokens.end() - take, spec_.prompt_tokens.end());
+        // The last tokens of the conditioning text, as many as whisper.cpp takes (half
+        // the context) and as leave every sequence room for a whole window's tokens.
+        const int room = n_cells_ - 1 - 4 - n_seq * n_max0_;
+        const int take = std::min<int>({n_max0_ + 4 - 1, static_cast<int>(spec_.prompt_tokens.size()),
+                                        std::max(0, room)});
+        if (take > 0) {
+            prompt_.push_back(v_.prev);
+            prompt_.insert(prompt_.end(), spec_.prompt_tokens.end() - take, spec_.prompt_tokens.end());
+        }
     }
     prompt_.push_back(v_.sot);
     if (v_.multilingual) {
@@ -116,14 +124,13 @@ void WindowDecoder::start_attempt() {
     for (int i = 0; i < n; ++i) {
         rows_.push_back(Row{prompt_[i], i, prompt_cells_[i], &prompt_visible_[i], i == n - 1});
     }
-    const int n_seq = t > 0.0f ? std::max(1, spec_.best_of) : std::max(1, spec_.beam_size);
     seqs_.assign(n_seq, Seq{});
     for (int j = 0; j < n_seq; ++j) {
         seqs_[j].cells = prompt_cells_;
         seqs_[j].rng = std::mt19937(j);
     }
     // Every sequence takes a cell per token: stop before the pool runs out.
-    n_max_ = std::min(n_max_, (n_cells_ - 1 - n) / n_seq);
+    n_max_ = std::min(n_max0_, (n_cells_ - 1 - n) / n_seq);
     step_ = 0;
     phase_ = Phase::Prompt;
 }

@@ -116,7 +116,8 @@ private:
     const Vocab &v_;
     WindowSpec spec_;
     int n_cells_;
-    int n_max_;       // tokens per attempt
+    int n_max0_;      // tokens per attempt, as whisper.cpp allows
+    int n_max_;       // ... as this attempt's cells allow
     int seek_end_;    // window length, centiseconds
     std::vector<float> temperatures_;
     int attempt_ = 0;

@@ -44,7 +44,9 @@ _CANCEL_POLL_SECS = 0.1
 CPU_BATCH_SIZE = 4
 
 
-def default_decoder_factory(*, batch_size: int = 0, threads: int = 0, gpu: bool = False) -> DecoderFactory:
+def default_decoder_factory(
+    *, batch_size: int = 0, threads: int = 0, gpu: bool = False, max_beams: int = 5
+) -> DecoderFactory:
     """The batched decoder when this build has it, else the sequential reference.
 
     batch_size 0 = automatic: on a GPU the batched decoder's own choice from free VRAM
@@ -63,9 +65,9 @@ def default_decoder_factory(*, batch_size: int = 0, threads: int = 0, gpu: bool 
         capacity = batch_size
         if capacity == 0:
             auto = getattr(BatchDecoder, "auto_capacity", None)
-            capacity = auto(model) if gpu and auto is not None else CPU_BATCH_SIZE
-        log.info("batched window decoder with %d slots", capacity)
-        return BatchDecoder(model, capacity, threads)
+            capacity = auto(model, max_beams=max_beams) if gpu and auto is not None else CPU_BATCH_SIZE
+        log.info("batched window decoder with %d slots of %d beams", capacity, max_beams)
+        return BatchDecoder(model, capacity, threads, max_beams=max_beams)
 
     return make
 
@@ -161,8 +163,15 @@ class _Job:
 class BatchScheduler:
     """Thread-safe; transcribe() blocks its caller until the job's windows are done."""
 
-    def __init__(self, factory: DecoderFactory, *, vad_threads: int = 1) -> None:
+    def __init__(
+        self,
+        factory: DecoderFactory,
+        *,
+        vad_threads: int = 1,
+        on_step: Callable[[int], None] = lambda windows: None,
+    ) -> None:
         self._factory = factory
+        self._on_step = on_step  # metrics: windows in each decoder step
         self._vad_threads = vad_threads
         self._cond = threading.Condition()
         self._jobs: deque[_Job] = deque()  # round-robin order: the head gives the next window
@@ -359,6 +368,7 @@ class BatchScheduler:
         if decoder.active() == 0:
             return True
         try:
+            self._on_step(decoder.active())
             results = decoder.step()
         except Exception as exc:  # noqa: BLE001
             log.warning("window decoder step failed: %s", exc)

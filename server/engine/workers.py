@@ -59,10 +59,12 @@ class WorkerPool:
         threads_per_job: int,
         bench_tokens_per_window: int = 0,
         batch_size: int = 0,
+        batch_max_beams: int = 5,
         decoder_threads: int = 0,
         decoder_factory: DecoderFactory | None = None,
         on_finished: Callable[[JobRecord], None] = lambda job: None,
         on_started: Callable[[JobRecord], None] = lambda job: None,
+        on_decoder_step: Callable[[int], None] = lambda windows: None,
         localise: Callable[[JobRecord], AbstractContextManager[JobRecord]] = nullcontext,
         storage: StorageGuard | None = None,
     ) -> None:
@@ -75,8 +77,11 @@ class WorkerPool:
         # it (BATCH_SIZE windows at once; decoder_threads 0 = every CPU).
         self._scheduler = BatchScheduler(
             decoder_factory
-            or default_decoder_factory(batch_size=batch_size, threads=decoder_threads, gpu=host.use_gpu),
+            or default_decoder_factory(
+                batch_size=batch_size, threads=decoder_threads, gpu=host.use_gpu, max_beams=batch_max_beams
+            ),
             vad_threads=decoder_threads or (os.cpu_count() or 1),
+            on_step=on_decoder_step,
         )
         self._on_finished = on_finished
         self._on_started = on_started  # metrics: a claimed job's wait in the queue
