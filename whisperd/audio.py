@@ -37,6 +37,10 @@ WHISPER_SAMPLE_RATE = 16000
 # 30 s at 16 kHz, doubled whenever it fills.
 _DEFAULT_CAPACITY_SECS = 30.0
 
+# decode_chunks' piece size: a few minutes is 8-20 MB of float32, and cuts the chunks
+# in few enough places for the window planner.
+DEFAULT_CHUNK_SECS = 120.0
+
 # How much audio probe_audio decodes to prove the stream is really decodable.
 _PROBE_DECODE_SECS = 1.0
 
@@ -116,6 +120,58 @@ def decode_audio(
     if samples.size == 0:
         raise AudioDecodeError("empty audio: the file has an audio stream but it holds no samples")
     return samples
+
+
+def decode_chunks(
+    source: Source,
+    sample_rate: int = WHISPER_SAMPLE_RATE,
+    *,
+    chunk_secs: float = DEFAULT_CHUNK_SECS,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[np.ndarray]:
+    """decode_audio in pieces: mono float32 arrays of `chunk_secs` (the last one shorter).
+
+    Memory stays at about one chunk whatever the audio's length, so an hour-long job
+    does not hold hundreds of megabytes of samples. The same limits and errors as
+    decode_audio, raised where the decode reaches them: AudioDecodeError (also for a
+    file that decodes to nothing), DecodeCancelled between resampled frames once
+    `should_stop()` is true, FileNotFoundError at the first chunk.
+    """
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
+    if chunk_secs <= 0:
+        raise ValueError(f"chunk_secs must be positive, got {chunk_secs}")
+    limits = audio_limits.current()
+    size = max(1, int(chunk_secs * sample_rate))
+    plain = _plain_wav_chunks(source, sample_rate, size, limits)
+    if plain is not None:
+        for chunk in plain:
+            if should_stop is not None and should_stop():
+                raise DecodeCancelled("stopped while decoding the audio")
+            yield chunk
+        return
+    most = math.ceil(limits.max_secs * sample_rate) if limits.max_secs else 0
+    buffer, filled, total = np.empty(size, dtype=np.float32), 0, 0
+    with _open(source) as container:
+        stream = _audio_stream(container)
+        _check_format(stream, limits)
+        for piece in _resampled_chunks(container, stream, sample_rate):
+            if should_stop is not None and should_stop():
+                raise DecodeCancelled("stopped while decoding the audio")
+            if most and total + piece.size > most + sample_rate:
+                raise AudioDecodeError(limits.too_long(most / sample_rate + 1) or "too long")
+            total += piece.size
+            while piece.size:
+                take = min(size - filled, piece.size)
+                buffer[filled : filled + take] = piece[:take]
+                filled, piece = filled + take, piece[take:]
+                if filled == size:
+                    yield buffer
+                    buffer, filled = np.empty(size, dtype=np.float32), 0
+    if total == 0:
+        raise AudioDecodeError("empty audio: the file has an audio stream but it holds no samples")
+    if filled:
+        yield buffer[:filled].copy()
 
 
 def probe_audio(path: str | Path, limits: AudioLimits | None = None) -> AudioInfo:
@@ -258,6 +314,32 @@ def _read_plain_wav(source: Source, sample_rate: int) -> np.ndarray | None:
     if not raw:
         return None
     return (np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0)
+
+
+def _plain_wav_chunks(
+    source: Source, sample_rate: int, size: int, limits: AudioLimits
+) -> Iterator[np.ndarray] | None:
+    """_read_plain_wav in chunks of `size` samples: None when FFmpeg must read it."""
+    if not isinstance(source, (str, Path)) or Path(source).suffix.lower() != ".wav":
+        return None
+    try:
+        with wave.open(str(source), "rb") as wav:
+            if (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) != (1, 2, sample_rate):
+                return None
+            frames = wav.getnframes()
+    except (wave.Error, EOFError, OSError):
+        return None  # let FFmpeg judge it and explain
+    if frames == 0:
+        return None
+    if (problem := limits.too_long(frames / sample_rate)) is not None:
+        raise AudioDecodeError(problem)
+
+    def chunks() -> Iterator[np.ndarray]:
+        with wave.open(str(source), "rb") as wav:
+            while raw := wav.readframes(size):
+                yield np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+
+    return chunks()
 
 
 @contextmanager

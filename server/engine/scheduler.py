@@ -1,12 +1,14 @@
 """One thread owns the window decoder and keeps its slots full with the windows of every
 running job (continuous batching).
 
-A job's caller (a WorkerPool worker) cuts its audio into windows, hands them over and
-waits; the scheduler thread refills free slots round-robin across jobs, one window of
-each job in turn, so a short job submitted behind a long one gets its windows into the
-batch at the next refill instead of after the long one. Results go back to the caller's
-thread, which stitches them (times offset by each window's start) and feeds its callbacks
-there, so a slow store write never holds up the decoder.
+A job's caller (a WorkerPool worker) cuts its audio into windows as it is decoded,
+chunk by chunk, hands them over and waits, reading ahead only a few windows more than
+the decoder can hold, so a job's memory does not grow with its length; the scheduler
+thread refills free slots round-robin across jobs, one window of each job in turn, so a
+short job submitted behind a long one gets its windows into the batch at the next refill
+instead of after the long one. Results go back to the caller's thread, which stitches
+them (times offset by each window's start) and feeds its callbacks there, so a slow
+store write never holds up the decoder.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -30,8 +32,9 @@ from whisperd.inference import (
     WhisperModel,
 )
 from whisperd.sequential_decoder import SequentialWindowDecoder
+from whisperd.stream_windows import PlannedWindow, StreamPlanner
 from whisperd.transcript import Segment, Transcript, Word
-from whisperd.windows import Span, has_speech, plan, speech_spans
+from whisperd.windows import Span, has_speech
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,9 @@ _CANCEL_POLL_SECS = 0.1
 # BATCH_SIZE 0 on a CPU: enough windows to keep 2-8 cores busy without a long wait for
 # the first window's result.
 CPU_BATCH_SIZE = 4
+# A job reads ahead at most this many times the decoder's slots in windows not yet
+# decoded (at most 30 s, 1.9 MB each): enough to refill every slot at once.
+_READ_AHEAD_PER_SLOT = 2
 
 
 def default_decoder_factory(
@@ -75,11 +81,14 @@ def default_decoder_factory(
 @dataclass(eq=False)
 class _Job:
     model: WhisperModel
-    samples: np.ndarray
     options: TranscribeOptions
-    windows: list[Span]
     language: str | None  # None until the first window decoded has detected it
-    spans: list[Span] | None = None  # speech found by the detector; None = not looked
+    windows: list[Span] = field(default_factory=list)  # planned so far, in order
+    complete: bool = False  # every window is planned
+    # Window index -> its samples (a copy, so the decoded chunk is freed) and the speech
+    # the detector found in it (None = not looked); dropped once the window is done.
+    pieces: dict[int, np.ndarray] = field(default_factory=dict)
+    spans: dict[int, list[Span] | None] = field(default_factory=dict)
     # The windows to decode, in order (the vad option leaves out those without speech);
     # the first one detects the language.
     order: list[int] = field(default_factory=list)
@@ -98,17 +107,22 @@ class _Job:
     error: BaseException | None = None
     gone: bool = False  # cancelled or failed: its windows leave the decoder
 
-    def skip_silent_windows(self) -> None:
-        """The vad option: a window in which the detector found no speech is done as it
-        is, with no segments, and never decoded."""
-        assert self.spans is not None
-        self.order = []
-        for index, (a, b) in enumerate(self.windows):
-            if has_speech(self.spans, a, b):
-                self.order.append(index)
-            else:
+    def add(self, planned: list[PlannedWindow], complete: bool) -> None:
+        """Windows the planner placed. The vad option: a window in which the detector
+        found no speech is done as it is, with no segments, and never decoded."""
+        for window in planned:
+            index = len(self.windows)
+            self.windows.append((window.start, window.end))
+            silent = window.spans is not None and not has_speech(window.spans, window.start, window.end)
+            if self.options.vad and silent:
                 self.done[index] = []
-                self.decoded += b - a
+                self.decoded += window.end - window.start
+                continue
+            self.pieces[index] = window.samples
+            self.spans[index] = window.spans
+            self.order.append(index)
+        self.complete = complete
+        self.changes += 1
 
     def can_queue(self) -> bool:
         if self.gone or self.error is not None:
@@ -135,8 +149,7 @@ class _Job:
         options = self.options
         if options.language != self.language:
             options = dataclasses.replace(options, language=self.language)
-        end = self.windows[index][1]
-        return WindowRequest(window_id, self.samples[start:end], options, prompt)
+        return WindowRequest(window_id, self.pieces[index][start - self.windows[index][0] :], options, prompt)
 
     def finished(self, window_id: int, result: WindowResult) -> None:
         index, start = self.in_flight.pop(window_id)
@@ -151,13 +164,16 @@ class _Job:
         # Less than a second left, or no progress: the window is done (whisper.cpp's
         # rule); so is a rest in which the detector found no speech (decoding silence
         # only invites a hallucination).
-        speech_left = self.spans is None or has_speech(self.spans, reached, end)
+        spans = self.spans.get(index)
+        speech_left = spans is None or has_speech(spans, reached, end)
         if end - reached > SAMPLE_RATE and reached > start and speech_left:
             self.rests.append((index, reached))
             self.decoded += reached - start
         else:
             self.done[index] = self.parts.pop(index)
             self.decoded += end - start
+            self.pieces.pop(index, None)
+            self.spans.pop(index, None)
 
 
 class BatchScheduler:
@@ -200,32 +216,64 @@ class BatchScheduler:
     ) -> Transcript:
         """Decode `samples` (16 kHz mono float32) in windows; blocks until done.
 
-        Raises TranscriptionAborted when `cancel` fires or the decoder is released under
-        the job, ValueError on bad options, and the decoder's errors (OutOfMemoryError
-        included) as they happened.
+        The windows are planned on the whole array at once (windows.plan) and are views
+        of it. Raises TranscriptionAborted when `cancel` fires or the decoder is released
+        under the job, ValueError on bad options, and the decoder's errors
+        (OutOfMemoryError included) as they happened.
         """
         options.validate()
         samples = np.ascontiguousarray(samples, dtype=np.float32)
         if samples.ndim != 1:
             raise ValueError(f"audio must be mono (1-D), got shape {samples.shape}")
-        windows, spans = plan(samples, self._vad_threads, lambda: cancel.cancelled)
-        if cancel.cancelled:
-            raise TranscriptionAborted("transcription cancelled")
-        language = options.language if model.multilingual else "en"
-        if not windows:
-            return Transcript((), language or "en", 1.0, 0.0)
-        job = _Job(model, samples, options, windows, language, spans, order=list(range(len(windows))))
-        if options.vad:
-            if job.spans is None:  # one window: no detector ran yet
-                job.spans = speech_spans(samples, self._vad_threads, lambda: cancel.cancelled)
-            job.skip_silent_windows()
+        planner = StreamPlanner(
+            self._vad_threads, lambda: cancel.cancelled, detect_short=options.vad, incremental=False, copy=False
+        )
+        return self._run_job(model, planner, iter([samples]), len(samples), options, cancel, on_progress, on_segment)
+
+    def transcribe_stream(
+        self,
+        model: WhisperModel,
+        chunks: Iterable[np.ndarray],
+        options: TranscribeOptions,
+        *,
+        cancel: CancelToken,
+        duration_secs: float = 0.0,
+        on_progress: ProgressCallback | None = None,
+        on_segment: SegmentCallback | None = None,
+    ) -> Transcript:
+        """transcribe() for audio that arrives in chunks (audio.decode_chunks), in order.
+
+        Windows are planned as the chunks come and copied out of them; the next chunk is
+        read only while fewer than _READ_AHEAD_PER_SLOT x the decoder's slots of this
+        job's windows wait undecoded, so memory does not grow with the audio's length.
+        `duration_secs` (the job's measured length) is the progress denominator.
+        Whatever iterating `chunks` raises (a decode error, a cancelled decode) reaches
+        the caller as it is.
+        """
+        options.validate()
+        planner = StreamPlanner(self._vad_threads, lambda: cancel.cancelled, detect_short=options.vad)
+        total = round(duration_secs * SAMPLE_RATE)
+        return self._run_job(model, planner, iter(chunks), total, options, cancel, on_progress, on_segment)
+
+    def _run_job(
+        self,
+        model: WhisperModel,
+        planner: StreamPlanner,
+        chunks: Iterator[np.ndarray],
+        total: int,
+        options: TranscribeOptions,
+        cancel: CancelToken,
+        on_progress: ProgressCallback | None,
+        on_segment: SegmentCallback | None,
+    ) -> Transcript:
+        job = _Job(model, options, options.language if model.multilingual else "en")
         with self._cond:
             if self._stopping:
                 raise TranscriptionAborted("the scheduler is stopping")
             self._jobs.append(job)
             self._cond.notify_all()
         try:
-            return self._wait(job, cancel, on_progress, on_segment)
+            return self._wait(job, planner, chunks, total, cancel, on_progress, on_segment)
         finally:
             with self._cond:
                 self._forget_locked(job)
@@ -254,57 +302,86 @@ class BatchScheduler:
     def _wait(
         self,
         job: _Job,
+        planner: StreamPlanner,
+        chunks: Iterator[np.ndarray],
+        total: int,
         cancel: CancelToken,
         on_progress: ProgressCallback | None,
         on_segment: SegmentCallback | None,
     ) -> Transcript:
-        total = len(job.samples)
         emitted = 0  # windows whose segments went out
         segments: list[Segment] = []
         last_progress = -1
         seen = -1
         while True:
             with self._cond:
-                self._cond.wait_for(
-                    lambda: job.error is not None or job.changes != seen, timeout=_CANCEL_POLL_SECS
-                )
+                read_more = not job.complete and len(job.pieces) < self._read_ahead()
+            if read_more:
+                # One chunk per turn, so segments and progress go out between chunks.
+                if cancel.cancelled:
+                    raise TranscriptionAborted("transcription cancelled")
+                chunk = next(chunks, None)
+                last = chunk is None
+                planned = planner.finish() if chunk is None else planner.feed(chunk)
+                del chunk  # the planner copied what it needs
+                with self._cond:
+                    job.add(planned, complete=last)
+                    self._cond.notify_all()
+            with self._cond:
+                if not read_more:
+                    self._cond.wait_for(
+                        lambda: job.error is not None or job.changes != seen, timeout=_CANCEL_POLL_SECS
+                    )
                 seen = job.changes
                 error = job.error
-                done = dict(job.done)
+                complete = job.complete
                 decoded = job.decoded
+                planned = len(job.windows)
+                finished: list[tuple[Span, list[tuple[int, WindowResult]]]] = []
+                while emitted + len(finished) in job.done:
+                    index = emitted + len(finished)
+                    finished.append((job.windows[index], job.done.pop(index)))
             if cancel.cancelled:
                 raise TranscriptionAborted("transcription cancelled")
             if error is not None:
                 raise error
             ready: list[Segment] = []
-            while emitted in done:
-                end = job.windows[emitted][1]
+            for (_, end), parts in finished:
                 before = len(segments)
-                for start, result in done[emitted]:
+                for start, result in parts:
                     _stitch(segments, result, start / SAMPLE_RATE, (end - start) / SAMPLE_RATE)
                 ready.extend(segments[before:])
-                emitted += 1
+            emitted += len(finished)
             if on_segment is not None:
                 for segment in ready:
                     on_segment(segment)
-            percent = 100 if emitted == len(job.windows) else min(99, decoded * 100 // total)
-            if on_progress is not None and percent > last_progress:
+            all_done = complete and emitted == planned
+            percent = 100 if all_done else min(99, decoded * 100 // max(total, planner.seen, 1))
+            # The first report once windows are queued (the worker reported 0 % already).
+            if on_progress is not None and percent > last_progress and planned:
                 last_progress = percent
                 on_progress(percent)
-            if emitted == len(job.windows):
+            if all_done:
                 break
         first = job.first
         return Transcript(
             segments=tuple(segments),
             language=job.language or (first.language if first else "") or "en",
-            language_probability=first.language_probability if first else 0.0,
-            duration_secs=total / SAMPLE_RATE,
+            language_probability=first.language_probability if first else (0.0 if job.windows else 1.0),
+            duration_secs=planner.seen / SAMPLE_RATE,
         )
+
+    def _read_ahead(self) -> int:
+        """Windows a job may hold undecoded: a multiple of the decoder's slots."""
+        decoder = self._decoder
+        capacity = decoder.capacity if decoder is not None else CPU_BATCH_SIZE
+        return max(2, _READ_AHEAD_PER_SLOT * capacity)
 
     # ------------------------------------------------------------------ the scheduler thread
 
     def _forget_locked(self, job: _Job) -> None:
         job.gone = True
+        job.pieces.clear()
         if job in self._jobs:
             self._jobs.remove(job)
         for window_id in job.in_flight:

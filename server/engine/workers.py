@@ -20,7 +20,7 @@ from whisperd.server.jobs.events import EventHub, FinishedEvent, ProgressEvent, 
 from whisperd.server.jobs.health_guard import StorageGuard
 from whisperd.server.jobs.model import JobRecord, JobStatus
 from whisperd.server.jobs.store import JobStore
-from whisperd.audio import AudioDecodeError, DecodeCancelled, decode_audio
+from whisperd.audio import AudioDecodeError, DecodeCancelled, decode_audio, decode_chunks
 from whisperd.inference import (
     CancelToken,
     OutOfMemoryError,
@@ -261,14 +261,7 @@ class WorkerPool:
     def _transcribe(self, job: JobRecord, model: WhisperModel, running: _Running) -> None:
         log.info("job %s: started (attempt %d, %.1f s of audio)", job.id, job.attempts, job.duration_secs)
         self._hub.publish_threadsafe(ProgressEvent(job.id, 0.0))
-        try:
-            samples = decode_audio(Path(job.audio_path or ""), should_stop=lambda: running.token.cancelled)
-        except (AudioDecodeError, FileNotFoundError) as exc:
-            self._finish(job, JobStatus.FAILED, error=f"audio could not be decoded: {exc}")
-            return
-        except DecodeCancelled:
-            self._stopped(job, running)
-            return
+        audio = Path(job.audio_path or "")
         opts = job.options
         options = TranscribeOptions(
             language=opts.language,
@@ -306,15 +299,24 @@ class WorkerPool:
                 # Sequential mode: the whole file on one state, each 30 s window prompted
                 # with the previous one's text. A fresh state per job: whisper.cpp 1.8.5's
                 # results on a reused state depend on what that state decoded before.
+                # It holds the whole file's samples (MAX_AUDIO_SECS bounds them).
+                samples = decode_audio(audio, should_stop=lambda: running.token.cancelled)
                 with model.new_state() as state:
                     result = state.transcribe(
                         samples, options, cancel=running.token, on_progress=on_progress, on_segment=on_segment
                     )
             else:
-                result = self._scheduler.transcribe(
-                    model, samples, options, cancel=running.token, on_progress=on_progress, on_segment=on_segment
+                # Decoded chunk by chunk as the windows are needed: memory does not grow
+                # with the audio's length.
+                result = self._scheduler.transcribe_stream(
+                    model, decode_chunks(audio, should_stop=lambda: running.token.cancelled), options,
+                    duration_secs=job.duration_secs, cancel=running.token, on_progress=on_progress,
+                    on_segment=on_segment,
                 )
-        except TranscriptionAborted:
+        except (AudioDecodeError, FileNotFoundError) as exc:
+            self._finish(job, JobStatus.FAILED, error=f"audio could not be decoded: {exc}")
+            return
+        except (TranscriptionAborted, DecodeCancelled):
             self._stopped(job, running)
             return
         except (ValueError, WhisperError) as exc:

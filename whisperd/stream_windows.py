@@ -1,0 +1,119 @@
+"""Cutting audio that arrives in chunks into windows, without holding the whole of it.
+
+The decoder hands over a few minutes at a time. Each time enough has arrived, the
+detector runs on the new audio (its spans join those already found in the tail left
+after the last cut, as speech_spans joins its own pieces), and the windows that
+cut_windows would place the same way with the rest of the file present are taken: a
+window's cut looks only at the 30 s after its start, and a silence that runs into the
+end of what arrived could reach further, so a window is taken only when a full two
+windows of audio follow its start. What is left (under a minute) waits for the next
+chunk. Cuts therefore still fall in silences and no window exceeds 30 s.
+
+Every offset is in samples at 16 kHz, from the start of the audio.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from whisperd.windows import MAX_WINDOW, Span, cut_windows, merge_spans, speech_spans
+
+# A window is taken once this much audio follows its start (see the module comment).
+_LOOK_AHEAD = 2 * MAX_WINDOW
+# The detector misses speech that is already under way where its input starts, so each
+# run starts this much before the audio not yet analysed, and its spans replace the
+# earlier run's from half-way into that overlap.
+_OVERLAP = 4 * MAX_WINDOW // 30
+# No detector run on less than this: the tail alone is under _LOOK_AHEAD, so each run
+# takes at least half a minute of new audio.
+_PLAN_FROM = 3 * MAX_WINDOW
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedWindow:
+    start: int
+    end: int
+    samples: np.ndarray  # the window's audio: its own copy unless the planner was told not to
+    spans: list[Span] | None  # speech inside the window; None = no detector ran (one short window)
+
+
+class StreamPlanner:
+    """Feed chunks in order, then call finish(); each call returns the windows it could
+    place, in order, each with its own samples, so the chunks can be let go."""
+
+    def __init__(
+        self,
+        threads: int,
+        should_stop: Callable[[], bool] | None = None,
+        *,
+        detect_short: bool = False,
+        incremental: bool = True,
+        copy: bool = True,
+    ) -> None:
+        self._threads = threads
+        self._should_stop = should_stop
+        # The vad option wants speech spans even for audio that fits in one window.
+        self._detect_short = detect_short
+        # False: plan everything at finish(), as windows.plan does on a whole array.
+        self._incremental = incremental
+        # False: windows are views of the chunks (the caller holds the whole array anyway).
+        self._copy = copy
+        self._pending = np.empty(0, np.float32)  # audio not yet in a window
+        self._base = 0  # offset of _pending[0]
+        self._placed = False  # a window was already taken
+        # Speech found in _pending[:_analysed], offsets into _pending.
+        self._spans: list[Span] = []
+        self._analysed = 0
+        self.seen = 0  # samples fed so far
+
+    def feed(self, chunk: np.ndarray) -> list[PlannedWindow]:
+        chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+        self.seen += chunk.size
+        self._pending = np.concatenate([self._pending, chunk]) if self._pending.size else chunk
+        if not self._incremental or self._pending.size < _PLAN_FROM:
+            return []
+        n = self._pending.size
+        spans = self._detect()
+        windows = [w for w in cut_windows(self._pending, spans) if w[0] + _LOOK_AHEAD <= n]
+        return self._take(windows, spans, tail=True)
+
+    def finish(self) -> list[PlannedWindow]:
+        n = self._pending.size
+        if n == 0:
+            return []
+        if n <= MAX_WINDOW and not self._placed and not self._detect_short:
+            return self._take([(0, n)], None, tail=False)
+        spans = self._detect()
+        return self._take(cut_windows(self._pending, spans), spans, tail=False)
+
+    def _detect(self) -> list[Span]:
+        """Speech in all of _pending: the detector runs on the part not yet analysed."""
+        start = max(0, self._analysed - _OVERLAP)
+        seam = max(0, self._analysed - _OVERLAP // 2)
+        new = speech_spans(self._pending[start:], self._threads, self._should_stop)
+        old = [(a, min(b, seam)) for a, b in self._spans if a < seam]
+        self._spans = merge_spans(
+            old + [(max(seam, start + a), start + b) for a, b in new if start + b > seam], self._pending.size
+        )
+        self._analysed = self._pending.size
+        return self._spans
+
+    def _take(self, windows: list[Span], spans: list[Span] | None, *, tail: bool) -> list[PlannedWindow]:
+        out: list[PlannedWindow] = []
+        for a, b in windows:
+            piece = self._pending[a:b]
+            inside = None if spans is None else [
+                (self._base + max(a, s), self._base + min(b, e)) for s, e in spans if s < b and a < e
+            ]
+            out.append(PlannedWindow(self._base + a, self._base + b, piece.copy() if self._copy else piece, inside))
+        if out:
+            self._placed = True
+            cut = windows[-1][1]
+            # A copy, so the chunk the tail came from is freed.
+            self._pending = self._pending[cut:].copy() if tail else np.empty(0, np.float32)
+            self._spans = [(max(0, a - cut), b - cut) for a, b in self._spans if b > cut]
+            self._analysed = max(0, self._analysed - cut)
+            self._base += cut
+        return out
