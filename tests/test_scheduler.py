@@ -221,26 +221,32 @@ def test_release_during_a_job_aborts_it_and_the_next_job_gets_a_new_decoder(
     model: WhisperModel, jfk: np.ndarray
 ) -> None:
     made: list[WindowDecoder] = []
+    decoding = threading.Event()
+
+    class Watched(SequentialWindowDecoder):
+        def step(self) -> list:  # type: ignore[override]
+            decoding.set()
+            return super().step()
 
     def factory(m: WhisperModel) -> WindowDecoder:
-        made.append(SequentialWindowDecoder(m, 1, THREADS))
+        made.append(Watched(m, 1, THREADS))
         return made[-1]
 
     s = BatchScheduler(factory, vad_threads=THREADS)
     try:
         errors: list[BaseException] = []
-        started = threading.Event()
 
         def job() -> None:
             try:
-                s.transcribe(model, tile(jfk, 6), GREEDY, cancel=CancelToken(),
-                             on_progress=lambda p: started.set())
+                s.transcribe(model, tile(jfk, 6), GREEDY, cancel=CancelToken())
             except TranscriptionAborted as exc:
                 errors.append(exc)
 
         t = threading.Thread(target=job)
         t.start()
-        assert started.wait(30)
+        # Released while the decoder is really decoding the job (progress can come
+        # before the scheduler thread has made its decoder).
+        assert decoding.wait(60)
         s.release()  # what the worker pool does before an unload
         t.join(30)
         assert errors and "unloaded" in str(errors[0])
