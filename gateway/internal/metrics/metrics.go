@@ -18,6 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"whisperd/gateway/internal/statusrec"
 )
 
 // Unmatched is the route label of requests no route answered (404s of unknown paths).
@@ -79,7 +81,7 @@ func (m *Metrics) Instrument(next http.Handler) http.Handler {
 		defer m.inFlight.Dec()
 		rt := &route{}
 		r = r.WithContext(context.WithValue(r.Context(), routeKey{}, rt))
-		rec := &recorder{ResponseWriter: w}
+		rec := statusrec.New(w)
 		next.ServeHTTP(rec, r)
 		pattern := rt.pattern
 		if pattern == "" {
@@ -88,11 +90,7 @@ func (m *Metrics) Instrument(next http.Handler) http.Handler {
 		if pattern == "" {
 			pattern = Unmatched
 		}
-		code := rec.status
-		if code == 0 {
-			code = http.StatusOK
-		}
-		labels := prometheus.Labels{"method": method(r.Method), "route": pattern, "code": strconv.Itoa(code)}
+		labels := prometheus.Labels{"method": method(r.Method), "route": pattern, "code": strconv.Itoa(rec.Status())}
 		m.requests.With(labels).Inc()
 		m.duration.With(labels).Observe(time.Since(start).Seconds())
 	})
@@ -136,32 +134,3 @@ func method(m string) string {
 	}
 	return "other"
 }
-
-// recorder remembers the status and keeps Flush working (event streams).
-type recorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (r *recorder) WriteHeader(code int) {
-	if r.status == 0 {
-		r.status = code
-	}
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (r *recorder) Write(b []byte) (int, error) {
-	if r.status == 0 {
-		r.status = http.StatusOK
-	}
-	return r.ResponseWriter.Write(b)
-}
-
-func (r *recorder) Flush() {
-	if f, ok := r.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
-}
-
-// Unwrap lets http.ResponseController reach the real writer.
-func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
