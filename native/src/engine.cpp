@@ -282,29 +282,33 @@ int64_t State::to_original_cs(int64_t filtered_cs) const {
     return (span->original_start + within) * 100 / kSampleRate;
 }
 
-std::vector<float> State::keep_speech(const float *samples, size_t n_samples, const Options &opts,
-                                      int threads) {
-    if (vad_ == nullptr) {
-        whisper_vad_context_params vp = whisper_vad_default_context_params();
-        vp.n_threads = threads;
-        vp.use_gpu = false;  // Silero is tiny: the CPU avoids a second CUDA context
-        vad_ = whisper_vad_init_from_file_with_params(opts.vad_model_path.c_str(), vp);
-        if (vad_ == nullptr) {
-            throw WhisperError("could not load the VAD model " + opts.vad_model_path);
-        }
+namespace {
+
+whisper_vad_context *open_vad(const Options &opts, int threads) {
+    whisper_vad_context_params vp = whisper_vad_default_context_params();
+    vp.n_threads = threads > 0 ? threads : default_threads();
+    vp.use_gpu = false;  // Silero is tiny: the CPU avoids a second CUDA context
+    whisper_vad_context *vad = whisper_vad_init_from_file_with_params(opts.vad_model_path.c_str(), vp);
+    if (vad == nullptr) {
+        throw WhisperError("could not load the VAD model " + opts.vad_model_path);
     }
+    return vad;
+}
+
+// The speech Silero finds, as (start, end) sample offsets within the audio.
+std::vector<std::pair<int64_t, int64_t>> speech_segments(whisper_vad_context *vad, const float *samples,
+                                                         size_t n_samples, const Options &opts) {
     whisper_vad_params params = whisper_vad_default_params();
     params.threshold = opts.vad_threshold;
     params.min_speech_duration_ms = opts.vad_min_speech_ms;
     params.min_silence_duration_ms = opts.vad_min_silence_ms;
     params.speech_pad_ms = opts.vad_speech_pad_ms;
     whisper_vad_segments *segments =
-        whisper_vad_segments_from_samples(vad_, params, samples, static_cast<int>(n_samples));
+        whisper_vad_segments_from_samples(vad, params, samples, static_cast<int>(n_samples));
     if (segments == nullptr) {
         throw WhisperError("voice activity detection failed");
     }
-    std::vector<float> speech;
-    const int64_t gap = kSampleRate / 10;  // 0.1 s of silence between kept stretches
+    std::vector<std::pair<int64_t, int64_t>> spans;
     const int n = whisper_vad_segments_n_segments(segments);
     for (int i = 0; i < n; ++i) {
         // Segment times are centiseconds.
@@ -314,16 +318,30 @@ std::vector<float> State::keep_speech(const float *samples, size_t n_samples, co
         const int64_t end = std::clamp<int64_t>(
             static_cast<int64_t>(whisper_vad_segments_get_segment_t1(segments, i) * kSampleRate / 100), 0,
             static_cast<int64_t>(n_samples));
-        if (end <= start) {
-            continue;
+        if (end > start) {
+            spans.emplace_back(start, end);
         }
+    }
+    whisper_vad_free_segments(segments);
+    return spans;
+}
+
+}  // namespace
+
+std::vector<float> State::keep_speech(const float *samples, size_t n_samples, const Options &opts,
+                                      int threads) {
+    if (vad_ == nullptr) {
+        vad_ = open_vad(opts, threads);
+    }
+    std::vector<float> speech;
+    const int64_t gap = kSampleRate / 10;  // 0.1 s of silence between kept stretches
+    for (const auto &[start, end] : speech_segments(vad_, samples, n_samples, opts)) {
         if (!speech.empty()) {
             speech.insert(speech.end(), gap, 0.0f);
         }
         spans_.push_back(SpeechSpan{start, static_cast<int64_t>(speech.size()), end - start});
         speech.insert(speech.end(), samples + start, samples + end);
     }
-    whisper_vad_free_segments(segments);
     return speech;
 }
 
@@ -575,41 +593,15 @@ namespace whisperd {
 
 std::vector<std::pair<int64_t, int64_t>> vad_speech_spans(const float *samples, size_t n_samples,
                                                           const Options &opts, int threads) {
-    whisper_vad_context_params vp = whisper_vad_default_context_params();
-    vp.n_threads = threads > 0 ? threads : default_threads();
-    vp.use_gpu = false;  // Silero is tiny: the CPU avoids a second CUDA context
-    LogCapture capture;
-    whisper_vad_context *vad = whisper_vad_init_from_file_with_params(opts.vad_model_path.c_str(), vp);
-    if (vad == nullptr) {
-        throw WhisperError("could not load the VAD model " + opts.vad_model_path);
-    }
-    whisper_vad_params params = whisper_vad_default_params();
-    params.threshold = opts.vad_threshold;
-    params.min_speech_duration_ms = opts.vad_min_speech_ms;
-    params.min_silence_duration_ms = opts.vad_min_silence_ms;
-    params.speech_pad_ms = opts.vad_speech_pad_ms;
-    whisper_vad_segments *segments =
-        whisper_vad_segments_from_samples(vad, params, samples, static_cast<int>(n_samples));
-    if (segments == nullptr) {
+    whisper_vad_context *vad = open_vad(opts, threads);
+    try {
+        auto spans = speech_segments(vad, samples, n_samples, opts);
         whisper_vad_free(vad);
-        throw WhisperError("voice activity detection failed");
+        return spans;
+    } catch (...) {
+        whisper_vad_free(vad);
+        throw;
     }
-    std::vector<std::pair<int64_t, int64_t>> spans;
-    const int n = whisper_vad_segments_n_segments(segments);
-    for (int i = 0; i < n; ++i) {
-        const int64_t start = std::clamp<int64_t>(
-            static_cast<int64_t>(whisper_vad_segments_get_segment_t0(segments, i) * kSampleRate / 100), 0,
-            static_cast<int64_t>(n_samples));
-        const int64_t end = std::clamp<int64_t>(
-            static_cast<int64_t>(whisper_vad_segments_get_segment_t1(segments, i) * kSampleRate / 100), 0,
-            static_cast<int64_t>(n_samples));
-        if (end > start) {
-            spans.emplace_back(start, end);
-        }
-    }
-    whisper_vad_free_segments(segments);
-    whisper_vad_free(vad);
-    return spans;
 }
 
 }  // namespace whisperd
