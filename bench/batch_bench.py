@@ -27,21 +27,15 @@ from whisperd.audio import decode_audio
 from whisperd.batch_decoder import BatchDecoder, cells_for, slot_cost
 from whisperd.batching import WindowRequest
 from whisperd.inference import SAMPLE_RATE, TranscribeOptions, WhisperModel
+from whisperd.server.engine import gpu_info
 
 HBM_BYTES_PER_S = 4.8e12  # H200
 
 
 def gpu_memory() -> tuple[int, int]:
     """(used, free) bytes of GPU 0, from NVML; (0, 0) without it."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        h = pynvml.nvmlDeviceGetHandleByIndex(0)
-        info = pynvml.nvmlDeviceGetMemoryInfo(h)
-        return int(info.used), int(info.free)
-    except Exception:
-        return 0, 0
+    found = gpu_info.gpus()
+    return (found[0].used, found[0].free) if found else (0, 0)
 
 
 def decoder_weight_bytes(model: WhisperModel) -> int:
