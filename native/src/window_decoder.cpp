@@ -258,6 +258,14 @@ void timestamp_stats(const std::vector<float> &logprobs, int beg, int &tid, floa
     pt = static_cast<float>(mx / (sum + 1e-10));
 }
 
+// Probabilities from log-probabilities; suppressed tokens (-inf) get 0.
+void to_probs(const std::vector<float> &logprobs, std::vector<float> &probs) {
+    probs.resize(logprobs.size());
+    for (size_t i = 0; i < probs.size(); ++i) {
+        probs[i] = logprobs[i] == -INFINITY ? 0.0f : expf(logprobs[i]);
+    }
+}
+
 }  // namespace
 
 WindowDecoder::Tok WindowDecoder::sample_best(const std::vector<float> &logprobs) const {
@@ -283,10 +291,8 @@ WindowDecoder::Tok WindowDecoder::sample_random(const std::vector<float> &logpro
                                                 std::mt19937 &rng) const {
     Tok t{0, v_.beg, 0.0f, 0.0f, 0.0f};
     timestamp_stats(logprobs, v_.beg, t.tid, t.pt);
-    std::vector<float> probs(logprobs.size());
-    for (size_t i = 0; i < probs.size(); ++i) {
-        probs[i] = logprobs[i] == -INFINITY ? 0.0f : expf(logprobs[i]);
-    }
+    std::vector<float> probs;
+    to_probs(logprobs, probs);
     std::discrete_distribution<> dist(probs.begin(), probs.end());
     t.id = dist(rng);
     t.p = probs[t.id];
@@ -401,10 +407,7 @@ void WindowDecoder::feed(const std::vector<const float *> &logits) {
             int tid;
             float pt;
             timestamp_stats(lp, v_.beg, tid, pt);
-            probs.resize(lp.size());
-            for (size_t i = 0; i < lp.size(); ++i) {
-                probs[i] = lg[i] == -INFINITY ? 0.0f : expf(lp[i]);
-            }
+            to_probs(lp, probs);
             std::discrete_distribution<> dist(probs.begin(), probs.end());
             for (int c = 0; c < k; ++c) {
                 const int id = dist(s.rng);
