@@ -17,6 +17,9 @@
 #            windows), the peer beside it on the same audio, and both under a 7.5 GB
 #            VRAM cap (a ballast process holds the rest of the card)
 #   check    batched vs sequential transcripts of real speech on the GPU (tiny.en)
+#   profile  bench/profile_engine.py: the encoder per window and the decoder step, timed
+#            apart (with ggml's cuBLAS settings and with ours), then the kernels of one
+#            encode and of a step at batch 8 under ncu (NCU_REGIONS="encode step")
 # The host needs cmake, ninja, nvcc, python3 with numpy and nanobind (torch and
 # transformers for the peer); PyAV is optional (plain 16 kHz WAV is read without it).
 # Inputs prepared here by bench/gpu_prep.sh travel in .gpu/ (a trimmed whisper.cpp
@@ -90,7 +93,7 @@ tests_rc=0
 if has_stage tests; then
   set +e
   WHISPERD_TEST_GPU=1 WHISPERD_TEST_MODEL="$MODEL" "$PY" -m pytest -p no:cacheprovider -q \
-    -rfEP --tb=short tests/test_native.py tests/test_gpu.py tests/test_gpu_lifecycle.py --junitxml="$RESULTS/gpu-tests.xml" \
+    -rfEP --tb=short ${GPU_TESTS:-tests/test_native.py tests/test_gpu.py tests/test_gpu_lifecycle.py tests/test_device_mel.py} --junitxml="$RESULTS/gpu-tests.xml" \
     2>&1 | tee "$RESULTS/gpu-tests.log"
   tests_rc=${PIPESTATUS[0]}
   set -e
@@ -102,11 +105,11 @@ if has_stage engine; then
     --json "$RESULTS/gpu_bench.json"
 fi
 
-if has_stage diag || has_stage service || has_stage peer || has_stage batch; then
+if has_stage diag || has_stage service || has_stage peer || has_stage batch || has_stage profile; then
   "$PY" -c "from whisperd.audio import decode_audio, write_wav; import numpy as np; \
 a = decode_audio('third_party/whisper.cpp/samples/jfk.wav'); write_wav('$RESULTS/speech121.wav', np.tile(a, 11))"
 fi
-if (has_stage diag || has_stage service || has_stage batch) && [[ ! -f $LARGE ]]; then
+if (has_stage diag || has_stage service || has_stage batch || has_stage profile) && [[ ! -f $LARGE ]]; then
   mkdir -p build
   t=$(date +%s)
   "$PY" bench/make_random_model.py --shape large-v3 --ftype f16 --out "$LARGE"
@@ -142,6 +145,32 @@ if has_stage check; then
   echo "== batched vs sequential on real speech (tiny.en, GPU)"
   "$PY" bench/batch_check.py --model "$MODEL" --wav third_party/whisper.cpp/samples/jfk.wav \
     || echo "check: the batched greedy transcript differs from the sequential one"
+fi
+
+if has_stage profile; then
+  echo
+  echo "== where the batched engine's GPU time goes (large-v3 shape)"
+  # ggml's own choice (f16 products, converted to f32) against ours on this GPU
+  # (whisperd/cuda_env.py: f32 products where f32 accumulation runs at full rate)
+  echo "-- GGML_CUDA_FORCE_CUBLAS_COMPUTE_16F=1 (ggml's default)"
+  GGML_CUDA_FORCE_CUBLAS_COMPUTE_16F=1 "$PY" bench/profile_engine.py --model "$LARGE" \
+    --wav "$RESULTS/speech121.wav" ${PROFILE_ARGS:-}
+  echo "-- whisperd's CUDA settings"
+  "$PY" bench/profile_engine.py --model "$LARGE" --wav "$RESULTS/speech121.wav" ${PROFILE_ARGS:-}
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || true)
+  if [[ -n "$NCU" ]]; then
+    for region in ${NCU_REGIONS:-encode step}; do
+      echo
+      echo "== ncu: kernels of one $region"
+      "$NCU" --clock-control none --profile-from-start off --csv --metrics gpu__time_duration.sum \
+        --log-file "$RESULTS/ncu-$region.csv" "$PY" bench/profile_engine.py --model "$LARGE" \
+        --wav "$RESULTS/speech121.wav" --ncu-region "$region" >"$RESULTS/ncu-$region.out" 2>&1 \
+        || { echo "ncu failed:"; tail -5 "$RESULTS/ncu-$region.out"; }
+      "$PY" bench/ncu_summary.py "$RESULTS/ncu-$region.csv" --top "${NCU_TOP:-25}" || true
+    done
+  else
+    echo "no ncu on this host"
+  fi
 fi
 
 if has_stage batch; then

@@ -14,7 +14,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from whisperd import _native
+from whisperd import _native, cuda_env
 from whisperd.transcript import DecodeTimings, Segment, Transcript, Word
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,8 @@ class WhisperModel:
                 f"{exc} - this is not a usable whisper.cpp GGML model; convert or download "
                 "it again"
             ) from exc
+        if use_gpu and _native.built_with_cuda():
+            cuda_env.configure()
         self._model = _native.Model(str(self.path), use_gpu, flash_attn, gpu_device)
         self._eot = self._model.token_eot
         log.info("loaded model %s (%s)", self.path, self._model.type_name)

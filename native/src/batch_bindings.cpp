@@ -70,11 +70,14 @@ void bind_batch(nb::module_ &m, nb::class_<Model> &model) {
         .def("close", &BatchDecoder::close, nb::call_guard<nb::gil_scoped_release>())
         .def("stats", &BatchDecoder::stats)
         .def("mel", &BatchDecoder::mel, "samples"_a)
+        .def("device_mel", &BatchDecoder::device_mel, "samples"_a, nb::call_guard<nb::gil_scoped_release>(),
+             "The window's log-mel frames as the encoder graph computes them.")
+        .def_prop_ro("mel_on_device", &BatchDecoder::mel_on_device)
         .def("prepare", &BatchDecoder::prepare, "spec"_a, nb::call_guard<nb::gil_scoped_release>(),
              "Compute the window's mel spectrogram now (any thread), ahead of add().");
 
     model.def("new_batch_decoder", &Model::new_batch_decoder, "n_slots"_a, "n_cells"_a,
-              "n_threads"_a, "max_encode_batch"_a, nb::call_guard<nb::gil_scoped_release>(),
+              "n_threads"_a, "max_encode_batch"_a, "mel_on_device"_a = 1, nb::call_guard<nb::gil_scoped_release>(),
               "A batched decoder of n_slots windows over these weights.");
 
     model.def("tokenize", &Model::tokenize, "text"_a, "The text's tokens (no special tokens).")

@@ -1,0 +1,64 @@
+"""Process-wide settings of the CUDA libraries, made once before a model loads on a GPU.
+
+Both are read by the libraries when they first start, so they must be in the environment
+before the first matrix product; a value the user set is never changed.
+
+- ``NVIDIA_TF32_OVERRIDE=0``: cuBLAS would round the f32 matrix products to TF32 (10-bit
+  mantissa). The only f32 products are the mel spectrogram's DFT, where TF32 turns the
+  quiet bins into noise; the f16 weights' products are not affected.
+- ``GGML_CUDA_FORCE_CUBLAS_COMPUTE_32F=1`` on GPUs whose tensor cores accumulate f16
+  products in f32 at full rate (A100, H100/H200, B200): ggml-cuda then writes each
+  product straight to f32 instead of writing f16 and converting it in a second kernel
+  (the conversions were a fifth of the encoder's time on an H200). GeForce and
+  workstation cards accumulate in f32 at half rate, so they keep ggml's default.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+# (major, minor) compute capabilities of the data-centre parts with full-rate f32 accumulation.
+_FULL_RATE_F32_ACCUMULATE = {(8, 0), (9, 0), (10, 0), (10, 3)}
+_FORCE_32F = "GGML_CUDA_FORCE_CUBLAS_COMPUTE_32F"
+_FORCE_16F = "GGML_CUDA_FORCE_CUBLAS_COMPUTE_16F"
+_done = False
+
+
+def compute_capabilities() -> list[tuple[int, int]]:
+    """(major, minor) of every NVIDIA GPU NVML sees; empty without NVML or a driver."""
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+        try:
+            return [
+                tuple(pynvml.nvmlDeviceGetCudaComputeCapability(pynvml.nvmlDeviceGetHandleByIndex(i)))
+                for i in range(pynvml.nvmlDeviceGetCount())
+            ]
+        finally:
+            pynvml.nvmlShutdown()
+    except pynvml.NVMLError:
+        return []
+
+
+def configure(capabilities: list[tuple[int, int]] | None = None) -> dict[str, str]:
+    """Set the variables above where the user has not; returns what was set."""
+    global _done
+    if _done and capabilities is None:
+        return {}
+    _done = True
+    caps = compute_capabilities() if capabilities is None else capabilities
+    chosen: dict[str, str] = {}
+    if "NVIDIA_TF32_OVERRIDE" not in os.environ:
+        chosen["NVIDIA_TF32_OVERRIDE"] = "0"
+    if (caps and all(c in _FULL_RATE_F32_ACCUMULATE for c in caps)
+            and _FORCE_32F not in os.environ and _FORCE_16F not in os.environ):
+        chosen[_FORCE_32F] = "1"
+    os.environ.update(chosen)
+    if chosen:
+        log.info("CUDA settings: %s", ", ".join(f"{k}={v}" for k, v in chosen.items()))
+    return chosen
