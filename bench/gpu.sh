@@ -17,6 +17,8 @@
 #            windows), the peer beside it on the same audio, and both under a 7.5 GB
 #            VRAM cap (a ballast process holds the rest of the card)
 #   check    batched vs sequential transcripts of real speech on the GPU (tiny.en)
+#   service-batch  bench/batch_service_bench.py: 32 jobs of 121 s at once, one 1-hour job,
+#            a short job behind it, through a real server (large-v3 shape)
 #   profile  bench/profile_engine.py: the encoder per window and the decoder step, timed
 #            apart (with ggml's cuBLAS settings and with ours), then the kernels of one
 #            encode and of a step at batch 8 under ncu (NCU_REGIONS="encode step")
@@ -105,11 +107,11 @@ if has_stage engine; then
     --json "$RESULTS/gpu_bench.json"
 fi
 
-if has_stage diag || has_stage service || has_stage peer || has_stage batch || has_stage profile; then
+if has_stage diag || has_stage service || has_stage peer || has_stage batch || has_stage profile || has_stage service-batch; then
   "$PY" -c "from whisperd.audio import decode_audio, write_wav; import numpy as np; \
 a = decode_audio('third_party/whisper.cpp/samples/jfk.wav'); write_wav('$RESULTS/speech121.wav', np.tile(a, 11))"
 fi
-if (has_stage diag || has_stage service || has_stage batch || has_stage profile) && [[ ! -f $LARGE ]]; then
+if (has_stage diag || has_stage service || has_stage batch || has_stage profile || has_stage service-batch) && [[ ! -f $LARGE ]]; then
   mkdir -p build
   t=$(date +%s)
   "$PY" bench/make_random_model.py --shape large-v3 --ftype f16 --out "$LARGE"
@@ -147,6 +149,14 @@ if has_stage check; then
     || echo "check: the batched greedy transcript differs from the sequential one"
 fi
 
+if has_stage service-batch; then
+  echo
+  echo "== the batched engine through the service: large-v3 shape, $TOKENS tokens per window"
+  "$PY" bench/batch_service_bench.py --model "$LARGE" --wav "$RESULTS/speech121.wav" --tokens "$TOKENS" \
+    --jobs "${SERVICE_JOBS:-32}" --long-minutes "${LONG_MINUTES:-60}" --json "$RESULTS/batch_service.json" \
+    || echo "service-batch benchmark failed"
+fi
+
 if has_stage profile; then
   echo
   echo "== where the batched engine's GPU time goes (large-v3 shape)"
@@ -178,7 +188,7 @@ if has_stage batch; then
   echo
   echo "== batched engine: large-v3 shape, ${SECS} s of audio, $TOKENS tokens per window"
   "$PY" bench/batch_bench.py --model "$LARGE" --wav "$RESULTS/speech121.wav" --seconds "$SECS" \
-    --batches "${BATCHES:-8,16,32,64,128}" --tokens "$TOKENS" --json "$RESULTS/batch.json"
+    --batches "${BATCHES-8,16,32,64,128}" --tokens "$TOKENS" --json "$RESULTS/batch.json"
   if [[ "${CAP_GIB:-7.5}" != "0" ]]; then
     echo
     echo "== under a ${CAP_GIB:-7.5} GiB VRAM cap (the users' RTX 2080): the batch size chosen from free VRAM"
@@ -195,7 +205,7 @@ if has_stage batch; then
     kill "$ballast" 2>/dev/null || true
     wait "$ballast" 2>/dev/null || true
   fi
-  if [[ -n "${PEER_BATCH:-8,16,32,64,128}" ]]; then
+  if [[ -n "${PEER_BATCH-8,16,32,64,128}" ]]; then
     echo
     echo "== the peer on the same ${SECS} s: transformers, large-v3 shape, $TOKENS tokens per window"
     "$PY" bench/peer_transformers.py --wav "$RESULTS/speech121.wav" --tile-to "$SECS" --tokens-per-window "$TOKENS" \

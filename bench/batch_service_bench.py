@@ -1,0 +1,129 @@
+"""The batched engine through the service: many jobs at once, one long job, and a short
+job behind a long one, each through a real `whisperd serve` and its client.
+
+What (large-v3-shaped random model; every 30 s window decodes exactly --tokens tokens
+through WHISPERD_BENCH_TOKENS_PER_WINDOW; the audio is real speech, so VAD cuts it):
+  a. --jobs jobs of the 121 s file submitted at once: all their audio / wall seconds
+     from the first Submit to the last job done (uploads included);
+  b. one --long-minutes job alone: its audio / Submit-to-done wall seconds;
+  c. a 5 s clip alone (median of 3), then while the long job runs: the ratio (the
+     scheduler's promise is under 2).
+Server settings are the defaults (BATCH_SIZE and PARALLEL_JOBS automatic) unless --env.
+
+Usage (GPU host, bench/gpu.sh stage `service-batch`):
+  python bench/batch_service_bench.py --model build/ggml-large-v3-random-f16.bin \
+      --wav speech121.wav --jobs 32 --long-minutes 60 --json out/batch_service.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from gpu_service_bench import wait_ready  # noqa: E402
+from server_process import ServerProcess  # noqa: E402
+
+from whisperd.audio import decode_audio, write_wav  # noqa: E402
+from whisperd.client import WhisperdClient  # noqa: E402
+
+SR = 16000
+
+
+def run_job(client: WhisperdClient, path: Path) -> float:
+    t = time.perf_counter()
+    job = client.submit(path, language="en", beam_size=1)
+    done = client.wait(job.id)
+    if done.status.value != "done":
+        raise RuntimeError(f"job {job.id} ended {done.status.value}: {done.error}")
+    return time.perf_counter() - t
+
+
+def many_at_once(client: WhisperdClient, path: Path, n: int) -> float:
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            run_job(client, path)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {n} jobs failed: {errors[0]}")
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--wav", type=Path, required=True, help="the 121 s speech file")
+    ap.add_argument("--jobs", type=int, default=32)
+    ap.add_argument("--long-minutes", type=float, default=60)
+    ap.add_argument("--tokens", type=int, default=100)
+    ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    env = {"IDLE_TIMEOUT_SECS": "0", "WHISPERD_BENCH_TOKENS_PER_WINDOW": str(args.tokens)}
+    env.update(dict(kv.split("=", 1) for kv in args.env))
+    speech = decode_audio(args.wav)
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="whisperd-batch-bench-") as tmp:
+        long_path = Path(tmp) / "long.wav"
+        n_long = int(args.long_minutes * 60 * SR)
+        write_wav(long_path, np.tile(speech, n_long // len(speech) + 1)[:n_long])
+        clip_path = Path(tmp) / "clip.wav"
+        write_wav(clip_path, speech[: 5 * SR])
+        server = ServerProcess(Path(tmp) / "data", args.model, env=env, use_gpu=True).start(timeout=300)
+        try:
+            client = WhisperdClient(f"127.0.0.1:{server.port}", timeout=600)
+            wait_ready(client)
+            run_job(client, clip_path)  # warm-up: the decoder, its graphs, the VAD
+            secs = len(speech) / SR
+            wall = many_at_once(client, args.wav, args.jobs)
+            rows.append({"what": f"{args.jobs} jobs of {secs:.0f} s at once", "audio_s": args.jobs * secs,
+                         "wall_s": wall})
+            alone = statistics.median(run_job(client, clip_path) for _ in range(3))
+            long_wall: list[float] = []
+            long_thread = threading.Thread(target=lambda: long_wall.append(run_job(client, long_path)))
+            long_thread.start()
+            time.sleep(2.0)  # the long job's windows fill the batch first
+            behind = statistics.median(run_job(client, clip_path) for _ in range(3))
+            long_thread.join()
+            rows.append({"what": f"one {args.long_minutes:g}-minute job alone (a 5 s clip joined it)",
+                         "audio_s": n_long / SR, "wall_s": long_wall[0]})
+            rows.append({"what": "5 s clip alone", "audio_s": 5.0, "wall_s": alone})
+            rows.append({"what": "5 s clip behind the long job", "audio_s": 5.0, "wall_s": behind,
+                         "note": f"{behind / alone:.2f}x its time alone"})
+            batch_lines = [ln for ln in server.log().splitlines() if "batched decoder:" in ln]
+        finally:
+            server.stop()
+    print(f"{'what':<52} {'audio s':>8} {'wall s':>7} {'x real time':>11}")
+    for r in rows:
+        x = float(r["audio_s"]) / float(r["wall_s"])  # type: ignore[arg-type]
+        r["x_real_time"] = x
+        print(f"{r['what']:<52} {r['audio_s']:>8.0f} {r['wall_s']:>7.2f} {x:>11.1f}  {r.get('note', '')}")
+    for ln in batch_lines[:2]:
+        print("server:", ln.strip()[-120:])
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
