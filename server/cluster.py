@@ -8,7 +8,7 @@ import asyncio
 import logging
 import socket
 import time
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from whisperd.server.config import Settings
 from whisperd.server.engine import gpu_info
@@ -16,12 +16,24 @@ from whisperd.server.engine.lifecycle import ModelHost, ModelState
 from whisperd.server.engine.workers import WorkerPool
 from whisperd.server.jobs.events import FinishedEvent, RequeuedEvent
 from whisperd.server.jobs.model import JobRecord
-from whisperd.server.jobs.pg_events import ClusterHub
 from whisperd.server.jobs.backends import host_id
-from whisperd.server.jobs.pg_store import PgJobStore
 from whisperd.v1 import model_control_pb2 as mpb
 
+if TYPE_CHECKING:
+    from whisperd.server.jobs.pg_events import ClusterHub
+    from whisperd.server.jobs.pg_store import PgJobStore
+
 log = logging.getLogger(__name__)
+
+
+def is_shared(store: Any) -> bool:
+    """Whether the store is PostgreSQL, shared by a fleet. psycopg (the `cluster` extra)
+    is imported only then: a single server on SQLite runs without it."""
+    if type(store).__name__ != "PgJobStore":
+        return False
+    from whisperd.server.jobs.pg_store import PgJobStore
+
+    return isinstance(store, PgJobStore)
 
 
 class Heartbeat:
@@ -85,8 +97,10 @@ def make_hub(
 ) -> ClusterHub | None:
     """The cross-replica event hub, listening already; None for a SQLite store. `cancel`
     stops a job here that a client cancelled through another replica."""
-    if not isinstance(store, PgJobStore):
+    if not is_shared(store):
         return None
+    from whisperd.server.jobs.pg_events import ClusterHub
+
     hub = ClusterHub(loop, store, on_remote_finished=cancel)
     hub.start()
     return hub
@@ -117,7 +131,7 @@ def start_heartbeat(
     on_failed: Callable[[JobRecord], None],
     on_beat: Callable[[], Awaitable[None]] | None = None,
 ) -> asyncio.Task[None] | None:
-    if hub is None or not isinstance(store, PgJobStore):
+    if hub is None or not is_shared(store):
         return None
 
     def requeued() -> None:
@@ -176,7 +190,7 @@ class ClusterView:
         self.started_at = time.time()
 
     def _self_id(self) -> str:
-        return self._store.host_id if isinstance(self._store, PgJobStore) else host_id(self._settings)
+        return self._store.host_id if is_shared(self._store) else host_id(self._settings)
 
     async def status(self) -> mpb.ClusterStatus:
         from whisperd.server.api.convert import timestamp
@@ -184,7 +198,7 @@ class ClusterView:
 
         me = self._self_id()
         depth = await asyncio.to_thread(self._store.queue_depth)
-        if isinstance(self._store, PgJobStore):
+        if is_shared(self._store):
             lease = self._store.lease_secs
             hosts = await asyncio.to_thread(self._store.hosts, 3 * lease)
             rows = [(h.id, h.info, h.running_jobs, h.started_at, h.heartbeat_at) for h in hosts]
@@ -206,6 +220,6 @@ class ClusterView:
                 started_at=timestamp(started), heartbeat_at=timestamp(beat), self=replica_id == me,
             ))
         return mpb.ClusterStatus(
-            shared_store=isinstance(self._store, PgJobStore), replicas=replicas,
+            shared_store=is_shared(self._store), replicas=replicas,
             queue_depth=depth, lease_secs=int(lease),
         )

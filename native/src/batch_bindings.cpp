@@ -81,6 +81,8 @@ void bind_batch(nb::module_ &m, nb::class_<Model> &model) {
               "A batched decoder of n_slots windows over these weights.");
 
     model.def("tokenize", &Model::tokenize, "text"_a, "The text's tokens (no special tokens).")
+        .def("tokenize_reference", &Model::tokenize_reference, "text"_a,
+             "The text's tokens from whisper.cpp's whisper_tokenize (tests).")
         .def_prop_ro("n_text_ctx", &Model::n_text_ctx)
         .def_prop_ro("n_text_state", &Model::n_text_state)
         .def_prop_ro("n_audio_ctx", &Model::n_audio_ctx)

@@ -158,6 +158,11 @@ ContextHandle::~ContextHandle() {
     }
 }
 
+const Tokenizer &ContextHandle::tokenizer() const {
+    std::call_once(tokenizer_once_, [this] { tokenizer_ = std::make_unique<Tokenizer>(ctx); });
+    return *tokenizer_;
+}
+
 // ---------------------------------------------------------------- Model
 
 Model::Model(const std::string &path, bool use_gpu, bool flash_attn, int gpu_device)
@@ -228,6 +233,10 @@ std::unique_ptr<BatchDecoder> Model::new_batch_decoder(int n_slots, int n_cells,
 void Model::close() { handle_.reset(); }
 
 std::vector<int> Model::tokenize(const std::string &text) const {
+    return handle().tokenizer().encode(text);
+}
+
+std::vector<int> Model::tokenize_reference(const std::string &text) const {
     whisper_context *ctx = handle().ctx;
     std::vector<whisper_token> out(text.size() + 8);  // never more tokens than bytes
     const int got = whisper_tokenize(ctx, text.c_str(), out.data(), static_cast<int>(out.size()));
@@ -420,7 +429,11 @@ Result State::transcribe(const float *samples, size_t n_samples, const Options &
     p.print_realtime = false;
     p.print_timestamps = false;
     p.token_timestamps = opts.token_timestamps;
-    p.initial_prompt = opts.initial_prompt.empty() ? nullptr : opts.initial_prompt.c_str();
+    // whisper_full would tokenize initial_prompt with whisper_tokenize; the tokens are
+    // the same from our tokenizer (tokenizer.hpp).
+    const std::vector<int> prompt = handle_->tokenizer().encode(opts.initial_prompt);
+    p.prompt_tokens = prompt.empty() ? nullptr : prompt.data();
+    p.prompt_n_tokens = static_cast<int>(prompt.size());
     p.temperature = opts.temperature;
     p.temperature_inc = opts.temperature_increment;
     p.no_speech_thold = opts.no_speech_threshold;

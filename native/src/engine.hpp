@@ -6,8 +6,11 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
+
+#include "tokenizer.hpp"
 
 struct whisper_context;
 struct whisper_state;
@@ -100,7 +103,14 @@ struct ContextHandle {
     ~ContextHandle();
     ContextHandle(const ContextHandle &) = delete;
     ContextHandle &operator=(const ContextHandle &) = delete;
+    // Prompts go through our tokenizer, never whisper_tokenize (tokenizer.hpp says why);
+    // built on first use, from any thread.
+    const Tokenizer &tokenizer() const;
     whisper_context *ctx;
+
+private:
+    mutable std::once_flag tokenizer_once_;
+    mutable std::unique_ptr<Tokenizer> tokenizer_;
 };
 
 class State;
@@ -116,6 +126,8 @@ public:
                                                     int max_encode_batch, int mel_on_device = 1);
     int gpu_device() const { return gpu_device_; }
     std::vector<int> tokenize(const std::string &text) const;
+    // whisper.cpp's own whisper_tokenize (tests compare it with tokenize()).
+    std::vector<int> tokenize_reference(const std::string &text) const;
     int n_text_ctx() const;
     int n_text_state() const;
     int n_audio_ctx() const;
