@@ -12,11 +12,9 @@ store write never holds up the decoder.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -31,149 +29,19 @@ from whisperd.inference import (
     TranscriptionAborted,
     WhisperModel,
 )
-from whisperd.sequential_decoder import SequentialWindowDecoder
-from whisperd.stream_windows import PlannedWindow, StreamPlanner
-from whisperd.transcript import Segment, Transcript, Word
-from whisperd.windows import Span, has_speech
+from whisperd.server.engine.decoder_factory import CPU_BATCH_SIZE, DecoderFactory
+from whisperd.server.engine.scheduled_job import ScheduledJob, stitch
+from whisperd.stream_windows import StreamPlanner
+from whisperd.transcript import Segment, Transcript
+from whisperd.windows import Span
 
 log = logging.getLogger(__name__)
 
-DecoderFactory = Callable[[WhisperModel], WindowDecoder]
-
 # How often a waiting caller looks at its cancel token: the bound on cancel latency.
 _CANCEL_POLL_SECS = 0.1
-# BATCH_SIZE 0 on a CPU: enough windows to keep 2-8 cores busy without a long wait for
-# the first window's result.
-CPU_BATCH_SIZE = 4
 # A job reads ahead at most this many times the decoder's slots in windows not yet
 # decoded (at most 30 s, 1.9 MB each): enough to refill every slot at once.
 _READ_AHEAD_PER_SLOT = 2
-
-
-def default_decoder_factory(
-    *, batch_size: int = 0, threads: int = 0, gpu: bool = False, max_beams: int = 5
-) -> DecoderFactory:
-    """The batched decoder when this build has it, else the sequential reference.
-
-    batch_size 0 = automatic: on a GPU the batched decoder's own choice from free VRAM
-    (`BatchDecoder.auto_capacity(model)` when it has one), CPU_BATCH_SIZE on a CPU. The
-    sequential decoder always gets one slot: it decodes one window per step anyway, and
-    windows waiting in its slots would only delay a new job's first window.
-    """
-    try:
-        from whisperd.batch_decoder import BatchDecoder  # type: ignore[import-not-found]
-    except ImportError:
-        BatchDecoder = None  # noqa: N806
-
-    def make(model: WhisperModel) -> WindowDecoder:
-        if BatchDecoder is None:
-            return SequentialWindowDecoder(model, 1, threads)
-        capacity = batch_size
-        if capacity == 0:
-            auto = getattr(BatchDecoder, "auto_capacity", None)
-            capacity = auto(model, max_beams=max_beams) if gpu and auto is not None else CPU_BATCH_SIZE
-        log.info("batched window decoder with %d slots of %d beams", capacity, max_beams)
-        return BatchDecoder(model, capacity, threads, max_beams=max_beams)
-
-    return make
-
-
-@dataclass(eq=False)
-class _Job:
-    model: WhisperModel
-    options: TranscribeOptions
-    language: str | None  # None until the first window decoded has detected it
-    windows: list[Span] = field(default_factory=list)  # planned so far, in order
-    complete: bool = False  # every window is planned
-    # Window index -> its samples (a copy, so the decoded chunk is freed) and the speech
-    # the detector found in it (None = not looked); dropped once the window is done.
-    pieces: dict[int, np.ndarray] = field(default_factory=dict)
-    spans: dict[int, list[Span] | None] = field(default_factory=dict)
-    # The windows to decode, in order (the vad option leaves out those without speech);
-    # the first one detects the language.
-    order: list[int] = field(default_factory=list)
-    next_window: int = 0  # position in `order` of the next window for the decoder
-    # Rests of windows the decoder ended early (window index, start sample): Whisper's
-    # last timestamp fell well before the window's end, so the rest is decoded again
-    # from there, as whisper.cpp seeks within a file. They go before new windows.
-    rests: deque[tuple[int, int]] = field(default_factory=deque)
-    # window id -> (window index, start sample of the piece decoded)
-    in_flight: dict[int, tuple[int, int]] = field(default_factory=dict)
-    parts: dict[int, list[tuple[int, WindowResult]]] = field(default_factory=dict)
-    done: dict[int, list[tuple[int, WindowResult]]] = field(default_factory=dict)  # complete windows
-    decoded: int = 0  # samples decoded, for progress
-    changes: int = 0  # results taken in: the waiting caller looks again
-    first: WindowResult | None = None  # the first result: the job's language
-    error: BaseException | None = None
-    gone: bool = False  # cancelled or failed: its windows leave the decoder
-
-    def add(self, planned: list[PlannedWindow], complete: bool) -> None:
-        """Windows the planner placed. The vad option: a window in which the detector
-        found no speech is done as it is, with no segments, and never decoded."""
-        for window in planned:
-            index = len(self.windows)
-            self.windows.append((window.start, window.end))
-            silent = window.spans is not None and not has_speech(window.spans, window.start, window.end)
-            if self.options.vad and silent:
-                self.done[index] = []
-                self.decoded += window.end - window.start
-                continue
-            self.pieces[index] = window.samples
-            self.spans[index] = window.spans
-            self.order.append(index)
-        self.complete = complete
-        self.changes += 1
-
-    def can_queue(self) -> bool:
-        if self.gone or self.error is not None:
-            return False
-        if self.rests:
-            return True
-        if self.next_window >= len(self.order):
-            return False
-        # Language detection: the other windows wait for the first one's answer.
-        return self.language is not None or self.next_window == 0
-
-    def request(self, window_id: int) -> WindowRequest:
-        prompt = None
-        if self.rests:
-            index, start = self.rests.popleft()
-            # whisper.cpp carries the text decoded so far into the rest of a window.
-            before = " ".join(seg.text for _, r in self.parts[index] for seg in r.segments)
-            prompt = " ".join(p for p in (self.options.initial_prompt, before) if p) or None
-        else:
-            index = self.order[self.next_window]
-            start = self.windows[index][0]
-            self.next_window += 1
-        self.in_flight[window_id] = (index, start)
-        options = self.options
-        if options.language != self.language:
-            options = dataclasses.replace(options, language=self.language)
-        return WindowRequest(window_id, self.pieces[index][start - self.windows[index][0] :], options, prompt)
-
-    def finished(self, window_id: int, result: WindowResult) -> None:
-        index, start = self.in_flight.pop(window_id)
-        end = self.windows[index][1]
-        reached = min(end, start + max(0, round(result.end_secs * SAMPLE_RATE)))
-        self.changes += 1
-        self.parts.setdefault(index, []).append((start, result))
-        if self.first is None:
-            self.first = result
-        if self.language is None:
-            self.language = result.language
-        # Less than a second left, or no progress: the window is done (whisper.cpp's
-        # rule); so is a rest in which the detector found no speech (decoding silence
-        # only invites a hallucination).
-        spans = self.spans.get(index)
-        speech_left = spans is None or has_speech(spans, reached, end)
-        if end - reached > SAMPLE_RATE and reached > start and speech_left:
-            self.rests.append((index, reached))
-            self.decoded += reached - start
-        else:
-            self.done[index] = self.parts.pop(index)
-            self.decoded += end - start
-            self.pieces.pop(index, None)
-            self.spans.pop(index, None)
 
 
 class BatchScheduler:
@@ -190,8 +58,8 @@ class BatchScheduler:
         self._on_step = on_step  # metrics: windows in each decoder step
         self._vad_threads = vad_threads
         self._cond = threading.Condition()
-        self._jobs: deque[_Job] = deque()  # round-robin order: the head gives the next window
-        self._windows: dict[int, _Job] = {}  # window id in the decoder -> its job
+        self._jobs: deque[ScheduledJob] = deque()  # round-robin order: the head gives the next window
+        self._windows: dict[int, ScheduledJob] = {}  # window id in the decoder -> its job
         self._to_drop: list[int] = []
         self._next_id = 0
         self._release_requested = 0
@@ -266,7 +134,7 @@ class BatchScheduler:
         on_progress: ProgressCallback | None,
         on_segment: SegmentCallback | None,
     ) -> Transcript:
-        job = _Job(model, options, options.language if model.multilingual else "en")
+        job = ScheduledJob(model, options, options.language if model.multilingual else "en")
         with self._cond:
             if self._stopping:
                 raise TranscriptionAborted("the scheduler is stopping")
@@ -301,7 +169,7 @@ class BatchScheduler:
 
     def _wait(
         self,
-        job: _Job,
+        job: ScheduledJob,
         planner: StreamPlanner,
         chunks: Iterator[np.ndarray],
         total: int,
@@ -349,7 +217,7 @@ class BatchScheduler:
             for (_, end), parts in finished:
                 before = len(segments)
                 for start, result in parts:
-                    _stitch(segments, result, start / SAMPLE_RATE, (end - start) / SAMPLE_RATE)
+                    stitch(segments, result, start / SAMPLE_RATE, (end - start) / SAMPLE_RATE)
                 ready.extend(segments[before:])
             emitted += len(finished)
             if on_segment is not None:
@@ -379,7 +247,7 @@ class BatchScheduler:
 
     # ------------------------------------------------------------------ the scheduler thread
 
-    def _forget_locked(self, job: _Job) -> None:
+    def _forget_locked(self, job: ScheduledJob) -> None:
         job.gone = True
         job.pieces.clear()
         if job in self._jobs:
@@ -389,7 +257,7 @@ class BatchScheduler:
                 self._to_drop.append(window_id)
         job.in_flight.clear()
 
-    def _fail_locked(self, jobs: list[_Job], error: BaseException) -> None:
+    def _fail_locked(self, jobs: list[ScheduledJob], error: BaseException) -> None:
         for job in jobs:
             if job.error is None:
                 job.error = error
@@ -550,19 +418,3 @@ class BatchScheduler:
                 decoder.close()
             except Exception:  # noqa: BLE001 - it is gone either way
                 log.exception("closing the window decoder failed")
-
-
-def _stitch(out: list[Segment], result: WindowResult, offset: float, length: float) -> None:
-    """Append a window's segments with times from the start of the audio, renumbered,
-    inside the window and never before the previous segment's end."""
-    for seg in result.segments:
-        floor = out[-1].end if out else 0.0
-        start = max(offset + min(max(seg.start, 0.0), length), floor)
-        end = max(offset + min(max(seg.end, 0.0), length), start)
-        words = tuple(_shift_word(w, offset, start, end) for w in seg.words)
-        out.append(dataclasses.replace(seg, index=len(out), start=start, end=end, words=words))
-
-
-def _shift_word(word: Word, offset: float, lo: float, hi: float) -> Word:
-    start = min(max(word.start + offset, lo), hi)
-    return dataclasses.replace(word, start=start, end=min(max(word.end + offset, start), hi))

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from whisperd.server.engine.lifecycle import ModelHost, ModelState, Transition
-from whisperd.server.engine.scheduler import BatchScheduler, DecoderFactory, default_decoder_factory
+from whisperd.server.engine.decoder_factory import DecoderFactory, default_decoder_factory
+from whisperd.server.engine.scheduler import BatchScheduler
 from whisperd.server.jobs.errors import JobStateError
 from whisperd.server.jobs.events import EventHub, FinishedEvent, ProgressEvent, RequeuedEvent, SegmentEvent
 from whisperd.server.jobs.health_guard import StorageGuard

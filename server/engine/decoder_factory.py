@@ -1,0 +1,45 @@
+"""Which window decoder the scheduler uses: the batched one when this build has it."""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from whisperd.batching import WindowDecoder
+from whisperd.inference import WhisperModel
+from whisperd.sequential_decoder import SequentialWindowDecoder
+
+log = logging.getLogger(__name__)
+
+DecoderFactory = Callable[[WhisperModel], WindowDecoder]
+
+# BATCH_SIZE 0 on a CPU: enough windows to keep 2-8 cores busy without a long wait for
+# the first window's result.
+CPU_BATCH_SIZE = 4
+
+
+def default_decoder_factory(
+    *, batch_size: int = 0, threads: int = 0, gpu: bool = False, max_beams: int = 5
+) -> DecoderFactory:
+    """The batched decoder when this build has it, else the sequential reference.
+
+    batch_size 0 = automatic: on a GPU the batched decoder's own choice from free VRAM
+    (`BatchDecoder.auto_capacity(model)` when it has one), CPU_BATCH_SIZE on a CPU. The
+    sequential decoder always gets one slot: it decodes one window per step anyway, and
+    windows waiting in its slots would only delay a new job's first window.
+    """
+    try:
+        from whisperd.batch_decoder import BatchDecoder  # type: ignore[import-not-found]
+    except ImportError:
+        BatchDecoder = None  # noqa: N806
+
+    def make(model: WhisperModel) -> WindowDecoder:
+        if BatchDecoder is None:
+            return SequentialWindowDecoder(model, 1, threads)
+        capacity = batch_size
+        if capacity == 0:
+            auto = getattr(BatchDecoder, "auto_capacity", None)
+            capacity = auto(model, max_beams=max_beams) if gpu and auto is not None else CPU_BATCH_SIZE
+        log.info("batched window decoder with %d slots of %d beams", capacity, max_beams)
+        return BatchDecoder(model, capacity, threads, max_beams=max_beams)
+
+    return make

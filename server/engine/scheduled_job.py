@@ -1,0 +1,130 @@
+"""One job's windows as the batch scheduler sees them: planned, queued for the decoder,
+in flight, decoded (with the rest of a window decoded again when Whisper stopped early),
+and stitched back into one transcript with times from the start of the audio."""
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from whisperd.batching import WindowRequest, WindowResult
+from whisperd.inference import SAMPLE_RATE, TranscribeOptions, WhisperModel
+from whisperd.stream_windows import PlannedWindow
+from whisperd.transcript import Segment, Word
+from whisperd.windows import Span, has_speech
+
+
+@dataclass(eq=False)
+class ScheduledJob:
+    model: WhisperModel
+    options: TranscribeOptions
+    language: str | None  # None until the first window decoded has detected it
+    windows: list[Span] = field(default_factory=list)  # planned so far, in order
+    complete: bool = False  # every window is planned
+    # Window index -> its samples (a copy, so the decoded chunk is freed) and the speech
+    # the detector found in it (None = not looked); dropped once the window is done.
+    pieces: dict[int, np.ndarray] = field(default_factory=dict)
+    spans: dict[int, list[Span] | None] = field(default_factory=dict)
+    # The windows to decode, in order (the vad option leaves out those without speech);
+    # the first one detects the language.
+    order: list[int] = field(default_factory=list)
+    next_window: int = 0  # position in `order` of the next window for the decoder
+    # Rests of windows the decoder ended early (window index, start sample): Whisper's
+    # last timestamp fell well before the window's end, so the rest is decoded again
+    # from there, as whisper.cpp seeks within a file. They go before new windows.
+    rests: deque[tuple[int, int]] = field(default_factory=deque)
+    # window id -> (window index, start sample of the piece decoded)
+    in_flight: dict[int, tuple[int, int]] = field(default_factory=dict)
+    parts: dict[int, list[tuple[int, WindowResult]]] = field(default_factory=dict)
+    done: dict[int, list[tuple[int, WindowResult]]] = field(default_factory=dict)  # complete windows
+    decoded: int = 0  # samples decoded, for progress
+    changes: int = 0  # results taken in: the waiting caller looks again
+    first: WindowResult | None = None  # the first result: the job's language
+    error: BaseException | None = None
+    gone: bool = False  # cancelled or failed: its windows leave the decoder
+
+    def add(self, planned: list[PlannedWindow], complete: bool) -> None:
+        """Windows the planner placed. The vad option: a window in which the detector
+        found no speech is done as it is, with no segments, and never decoded."""
+        for window in planned:
+            index = len(self.windows)
+            self.windows.append((window.start, window.end))
+            silent = window.spans is not None and not has_speech(window.spans, window.start, window.end)
+            if self.options.vad and silent:
+                self.done[index] = []
+                self.decoded += window.end - window.start
+                continue
+            self.pieces[index] = window.samples
+            self.spans[index] = window.spans
+            self.order.append(index)
+        self.complete = complete
+        self.changes += 1
+
+    def can_queue(self) -> bool:
+        if self.gone or self.error is not None:
+            return False
+        if self.rests:
+            return True
+        if self.next_window >= len(self.order):
+            return False
+        # Language detection: the other windows wait for the first one's answer.
+        return self.language is not None or self.next_window == 0
+
+    def request(self, window_id: int) -> WindowRequest:
+        prompt = None
+        if self.rests:
+            index, start = self.rests.popleft()
+            # whisper.cpp carries the text decoded so far into the rest of a window.
+            before = " ".join(seg.text for _, r in self.parts[index] for seg in r.segments)
+            prompt = " ".join(p for p in (self.options.initial_prompt, before) if p) or None
+        else:
+            index = self.order[self.next_window]
+            start = self.windows[index][0]
+            self.next_window += 1
+        self.in_flight[window_id] = (index, start)
+        options = self.options
+        if options.language != self.language:
+            options = dataclasses.replace(options, language=self.language)
+        return WindowRequest(window_id, self.pieces[index][start - self.windows[index][0] :], options, prompt)
+
+    def finished(self, window_id: int, result: WindowResult) -> None:
+        index, start = self.in_flight.pop(window_id)
+        end = self.windows[index][1]
+        reached = min(end, start + max(0, round(result.end_secs * SAMPLE_RATE)))
+        self.changes += 1
+        self.parts.setdefault(index, []).append((start, result))
+        if self.first is None:
+            self.first = result
+        if self.language is None:
+            self.language = result.language
+        # Less than a second left, or no progress: the window is done (whisper.cpp's
+        # rule); so is a rest in which the detector found no speech (decoding silence
+        # only invites a hallucination).
+        spans = self.spans.get(index)
+        speech_left = spans is None or has_speech(spans, reached, end)
+        if end - reached > SAMPLE_RATE and reached > start and speech_left:
+            self.rests.append((index, reached))
+            self.decoded += reached - start
+        else:
+            self.done[index] = self.parts.pop(index)
+            self.decoded += end - start
+            self.pieces.pop(index, None)
+            self.spans.pop(index, None)
+
+
+def stitch(out: list[Segment], result: WindowResult, offset: float, length: float) -> None:
+    """Append a window's segments with times from the start of the audio, renumbered,
+    inside the window and never before the previous segment's end."""
+    for seg in result.segments:
+        floor = out[-1].end if out else 0.0
+        start = max(offset + min(max(seg.start, 0.0), length), floor)
+        end = max(offset + min(max(seg.end, 0.0), length), start)
+        words = tuple(_shift_word(w, offset, start, end) for w in seg.words)
+        out.append(dataclasses.replace(seg, index=len(out), start=start, end=end, words=words))
+
+
+def _shift_word(word: Word, offset: float, lo: float, hi: float) -> Word:
+    start = min(max(word.start + offset, lo), hi)
+    return dataclasses.replace(word, start=start, end=min(max(word.end + offset, start), hi))
