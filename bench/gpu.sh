@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command on a host with an NVIDIA GPU: build the CUDA extension, run the GPU tests,
 # benchmark, print the tables. Used through the device tool as
-#   bash bench/gpu.sh                 # sm_90 (H100) build + tests, peer, service
+#   bash bench/gpu.sh                 # sm_90 build, batched vs sequential check, the
+#                                     # batched engine's table with the peer beside it
 #   STAGES="tests diag" bash bench/gpu.sh   # only some stages (the build always runs;
 #                                           # ninja makes it a no-op when it is current)
 #   bash bench/gpu.sh --build-only 75 # prove the users' default architecture compiles
@@ -42,10 +43,11 @@ ARCHS="${1:-${CMAKE_CUDA_ARCHITECTURES:-90}}"
 PY="${PYTHON:-python3}"
 RESULTS="${OUT:-bench/results}"
 MODEL="${WHISPERD_TEST_MODEL:-.gpu/ggml-tiny.en-q8_0.bin}"
-# The default is issue 6's table (~10 minutes on an H100, 5.5 of them the build); the
-# engine and diag stages add ~4 minutes: run them as a second call while the machine is
-# still warm (the build is then a no-op), e.g. STAGES="diag" bash bench/gpu.sh.
-STAGES="${STAGES:-tests peer service}"
+# The default is the batched engine's table beside the peer (~8.5 minutes on the H200,
+# 3.6 of them the build). Run the others as a second call while the machine is still
+# warm (the build is then a no-op), e.g. STAGES="tests service-batch" bash bench/gpu.sh;
+# "tests peer service" is the earlier per-state engine's table.
+STAGES="${STAGES:-check batch}"
 TOKENS="${TOKENS:-100}"
 LARGE=build/ggml-large-v3-random-f16.bin  # build/ stays on a warm machine; .gpu/ is replaced by each carry
 has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -209,8 +211,13 @@ if has_stage batch; then
     echo
     echo "== the peer on the same ${SECS} s: transformers, large-v3 shape, $TOKENS tokens per window"
     "$PY" bench/peer_transformers.py --wav "$RESULTS/speech121.wav" --tile-to "$SECS" --tokens-per-window "$TOKENS" \
-      --batch-sizes "${PEER_BATCH:-8,16,32,64,128}" --modes "${PEER_MODES:-generate,loop}" --json "$RESULTS/peer-batch.json" \
+      --batch-sizes "${PEER_BATCH-8,16,32,64,128}" --modes "${PEER_MODES:-generate,loop}" --json "$RESULTS/peer-batch.json" \
       || echo "peer benchmark failed"
+    if [[ -s "$RESULTS/batch.json" && -s "$RESULTS/peer-batch.json" ]]; then
+      echo
+      echo "== whisperd beside the peer (same audio, same call)"
+      "$PY" bench/batch_table.py "$RESULTS/batch.json" "$RESULTS/peer-batch.json" || true
+    fi
   fi
 fi
 exit "$tests_rc"
