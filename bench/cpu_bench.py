@@ -4,9 +4,13 @@
 One invocation measures, on the same Whisper tiny.en weights and the same 121 s speech
 file (samples/jfk.wav concatenated 11 times), for beam 1 and beam 5:
 
-  whisperd        our extension: WhisperModel(use_gpu=False) + DecodingState.transcribe
-                  (only the transcribe call is timed; model load and state creation are
-                  reported separately)
+  whisperd        our extension: WhisperModel(use_gpu=False) + DecodingState.transcribe,
+                  whisper.cpp's whole-file decode on one state (the path before batching,
+                  today's sequential mode); only the transcribe call is timed, model load
+                  and state creation are reported separately
+  whisperd-batched  the service's default path: the batch scheduler (windows cut at
+                  silences, decoded together by the batched decoder), BatchScheduler.
+                  transcribe timed; the decoder is made during the warm-up
   whisper-cli     whisper.cpp's own CLI built from the same source with the same flags
                   (bench/build_whisper_cli.sh): wall time of the process, and its own
                   `total time` / `load time` from whisper_print_timings
@@ -22,6 +26,8 @@ other processes took during it. The table goes to stdout as Markdown; the same f
 to bench/results/cpu_bench.json.
 
   .venv/bin/python bench/cpu_bench.py [--repeat N] [--beams 1,5] [--flash-attn both]
+  .venv/bin/python bench/cpu_bench.py --copies 55 --beams 1 --skip whisper-cli,faster-whisper
+      (a 10-minute file: whisperd's two paths only)
 """
 from __future__ import annotations
 
@@ -43,8 +49,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
 JSON_OUT = RESULTS_DIR / "cpu_bench.json"
-LONG_WAV = RESULTS_DIR / "jfk_x11.wav"
-COPIES = 11
+COPIES = 11  # --copies: jfk.wav repeated, 121 s by default
 SAMPLE_RATE = 16000
 
 # samples/jfk.wav, as spoken; the reference for the word error rate is this ×11.
@@ -208,12 +213,39 @@ class _FasterWhisperEngine:
                 "background": meter.background}
 
 
+class _WhisperdBatchedEngine(_WhisperdEngine):
+    """The service's path: one batch scheduler (and its decoder) for every run."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args)
+        from whisperd.server.engine.decoder_factory import default_decoder_factory
+        from whisperd.server.engine.scheduler import BatchScheduler
+
+        self._scheduler = BatchScheduler(default_decoder_factory(threads=self._threads),
+                                         vad_threads=self._threads)
+
+    def run(self, samples, beam: int) -> dict:
+        from whisperd.inference import CancelToken
+
+        opts = self._options(beam_size=beam, threads=self._threads)
+        with CpuMeter(_own_cpu) as meter:
+            t = time.perf_counter()
+            tr = self._scheduler.transcribe(self._model, samples, opts, cancel=CancelToken())
+            wall = time.perf_counter() - t
+        return {"wall_s": wall, "state_s": 0.0, "text": tr.text, "segments": len(tr.segments),
+                "background": meter.background, "best_of": opts.best_of}
+
+
+_WORKERS = {"whisperd": _WhisperdEngine, "whisperd-batched": _WhisperdBatchedEngine,
+            "faster-whisper": _FasterWhisperEngine}
+
+
 def serve_worker(args: argparse.Namespace) -> int:
     """Child side: load once, then one JSON request per stdin line, one JSON answer per line."""
     from whisperd.audio import decode_audio
 
     audio = {"long": decode_audio(args.audio), "warmup": decode_audio(args.warmup)}
-    engine = (_WhisperdEngine if args.worker == "whisperd" else _FasterWhisperEngine)(args)
+    engine = _WORKERS[args.worker](args)
     print(json.dumps({"load_s": engine.load_s, **engine.info}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)
@@ -319,7 +351,7 @@ class Engine:
                 "segments": best["segments"], "background_cpu": best["background"], **self.info}
         if self.name != "whisper-cli":
             extra = {k: best[k] for k in ("state_s", "best_of") if k in best}
-            timed = "transcribe()" if self.name == "whisperd" else "transcribe()+segments"
+            timed = "transcribe()" if self.name.startswith("whisperd") else "transcribe()+segments"
             return [{**base, **extra, "timed": timed, "wall_s": best["wall_s"],
                      "load_s": self.load_s, "runs_s": [r["wall_s"] for r in runs]}]
         # whisper-cli: the process, and its own figures; each the best of its own.
@@ -351,6 +383,13 @@ def line_up(args: argparse.Namespace, ggml: Path, gtype: str, ct2: Path, cli: Pa
                                   lambda beam, warm, w=w: w.run(beam, warm, args.quiet_wait),
                                   w.hello["load_s"], {"system_info": w.hello["system_info"]},
                                   w.close))
+        if "whisperd-batched" not in args.skip:
+            progress(f"whisperd-batched fa={fa}: loading the model in a worker process")
+            wb = Worker("whisperd-batched", ggml, gtype, fa, args)
+            engines.append(Engine("whisperd-batched", gtype, fa == "on",
+                                  lambda beam, warm, w=wb: w.run(beam, warm, args.quiet_wait),
+                                  wb.hello["load_s"], {"system_info": wb.hello["system_info"]},
+                                  wb.close))
         if cli is not None:
             def cli_run(beam: int, warm: bool, fa_on: bool = fa == "on") -> dict:
                 return run_cli_once(cli, ggml, args.warmup if warm else args.audio, beam, best_of,
@@ -411,7 +450,7 @@ def ggml_type_name(path: Path) -> str:
         hp[10] % 1000, f"ftype {hp[10]}")
 
 
-def prepare_audio() -> tuple[Path, Path, float]:
+def prepare_audio(copies: int) -> tuple[Path, Path, float]:
     from whisperd import paths
     from whisperd.audio import decode_audio, write_wav
     import numpy as np
@@ -420,12 +459,13 @@ def prepare_audio() -> tuple[Path, Path, float]:
     if not jfk.is_file():
         sys.exit(f"error: {jfk} is missing (make native fetches whisper.cpp's source)")
     one = decode_audio(jfk)
-    long = np.tile(one, COPIES)
+    long = np.tile(one, copies)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    if not LONG_WAV.is_file() or LONG_WAV.stat().st_size != 44 + 2 * len(long):
-        write_wav(LONG_WAV, long, SAMPLE_RATE)
-    secs = len(decode_audio(LONG_WAV)) / SAMPLE_RATE
-    return LONG_WAV, jfk, secs
+    wav = RESULTS_DIR / f"jfk_x{copies}.wav"
+    if not wav.is_file() or wav.stat().st_size != 44 + 2 * len(long):
+        write_wav(wav, long, SAMPLE_RATE)
+    secs = len(decode_audio(wav)) / SAMPLE_RATE
+    return wav, jfk, secs
 
 
 def build_cli() -> Path:
@@ -515,6 +555,14 @@ def footnotes(rows: list[dict]) -> list[str]:
                          f"({100 * (ours / wall['wall_s'] - 1):+.1f}%)")
         notes.append("; ".join(parts))
     for r in rows:
+        if r["engine"] != "whisperd-batched":
+            continue
+        one = next((o for o in rows if o["engine"] == "whisperd" and o["beam"] == r["beam"]
+                    and o["flash_attn"] == r["flash_attn"]), None)
+        if one:
+            notes.append(f"whisperd-batched beam {r['beam']}: {one['wall_s'] / r['wall_s']:.2f}x as fast "
+                         f"as one state ({r['wall_s']:.2f} s vs {one['wall_s']:.2f} s)")
+    for r in rows:
         if r["engine"] == "whisper-cli" and r["timed"] == "process wall" and r.get("fallbacks"):
             p, h = r["fallbacks"]
             notes.append(f"whisper-cli beam {r['beam']} fa={'on' if r['flash_attn'] else 'off'}: "
@@ -538,7 +586,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="threads for every engine (default: CPU count)")
     p.add_argument("--flash-attn", choices=["on", "off", "both"], default="on",
                    help="for whisperd and whisper-cli (default on, both engines' default)")
-    p.add_argument("--skip", default="", help="comma-separated: whisperd, whisper-cli, faster-whisper")
+    p.add_argument("--skip", default="",
+                   help="comma-separated: whisperd, whisperd-batched, whisper-cli, faster-whisper")
+    p.add_argument("--copies", type=int, default=COPIES,
+                   help=f"jfk.wav repeated this many times (default {COPIES}: 121 s; 55: 10 minutes)")
     p.add_argument("--cli-no-prints", action="store_true",
                    help="pass -np to whisper-cli (it then prints no timings of its own)")
     p.add_argument("--quiet-wait", type=float, default=30.0,
@@ -546,7 +597,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "processes to leave the CPUs alone (default 30; 0 = do not wait)")
     p.add_argument("--json", type=Path, default=JSON_OUT, help=f"output (default {JSON_OUT})")
     # Internal: one engine in a child process.
-    p.add_argument("--worker", choices=["whisperd", "faster-whisper"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=sorted(_WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--compute-type", default="", help=argparse.SUPPRESS)
     p.add_argument("--audio", type=Path, help=argparse.SUPPRESS)
@@ -574,9 +625,9 @@ def main(argv: list[str] | None = None) -> int:
     ggml = ensure_tiny_en(paths.models_dir())
     ct2 = ensure_ct2_tiny_en()
     gtype = ggml_type_name(ggml)
-    args.audio, args.warmup, audio_s = prepare_audio()
+    args.audio, args.warmup, audio_s = prepare_audio(args.copies)
     cli = build_cli() if "whisper-cli" not in args.skip else None
-    reference = " ".join([JFK_SENTENCE] * COPIES)
+    reference = " ".join([JFK_SENTENCE] * args.copies)
     progress(f"audio {args.audio.name}: {audio_s:.1f} s; model {ggml.name} ({gtype}); "
              f"threads {args.threads}; beams {args.beams}; repeat {args.repeat}")
 
@@ -589,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         for e in engines:
             e.close()
 
-    order = {"whisperd": 0, "whisper-cli": 1, "faster-whisper": 2}
+    order = {"whisperd": 0, "whisperd-batched": 1, "whisper-cli": 2, "faster-whisper": 3}
     rows.sort(key=lambda r: (r["beam"], r["flash_attn"] is False, order[r["engine"]]))
     add_derived(rows, audio_s, reference)
     runtime = time.time() - _T0
@@ -598,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"CPU benchmark, {started:%Y-%m-%d %H:%M %Z}: {info['cpu']}, {info['cpus']} CPUs, "
           f"{args.threads} threads; tiny.en ({gtype} GGML / CTranslate2 from the same weights); "
-          f"{audio_s:.0f} s of speech (jfk.wav x{COPIES}); best of {args.repeat} run(s) after "
+          f"{audio_s:.0f} s of speech (jfk.wav x{args.copies}); best of {args.repeat} run(s) after "
           "one warm-up.")
     bases = sorted({r["vs_cli_basis"] for r in rows if r.get("vs_cli_basis")})
     print("x real time = audio seconds / wall seconds (higher is faster). vs whisper-cli = "
@@ -614,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "date": started.isoformat(timespec="seconds"), "machine": info,
         "runtime_s": runtime, "threads": args.threads, "repeat": args.repeat,
-        "audio": {"path": str(args.audio), "seconds": audio_s, "copies_of_jfk": COPIES},
+        "audio": {"path": str(args.audio), "seconds": audio_s, "copies_of_jfk": args.copies},
         "model": {"ggml": str(ggml), "ggml_type": gtype, "ct2": str(ct2)},
         "whisper_cli": str(cli) if cli else None,
         "x_real_time": "audio seconds / wall seconds",

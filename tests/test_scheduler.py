@@ -156,6 +156,23 @@ def test_a_three_minute_file_matches_the_sequential_path(
     assert streamed == list(result.segments)
 
 
+def test_a_sentence_cut_at_its_pause_is_heard_once_and_silence_adds_nothing(
+    scheduler: BatchScheduler, model: WhisperModel, jfk: np.ndarray
+) -> None:
+    """jfk x11 without pauses between the copies, then 4 s of silence. The longest pauses
+    are inside the sentence ("ask not ... what your country"), so windows are cut there
+    and rests of windows end there: every phrase must come out once (a rest prompted
+    with the text before it finished the sentence, heard again in the next window), and
+    the silence at the end must give no words."""
+    audio = np.concatenate([np.tile(jfk, 11), np.zeros(4 * SR, np.float32)])
+    result, _, _ = run(scheduler, model, audio, TranscribeOptions(beam_size=5, threads=THREADS))
+    text = normalise(result.text)
+    for phrase in ("fellow americans", "what your country can do for you", "ask what you can do for your country"):
+        assert text.count(phrase) == 11, (phrase, result.text)
+    assert "blank" not in text
+    assert result.segments[-1].start < len(audio) / SR - 4.0, result.segments[-1]
+
+
 def test_two_jobs_at_once_both_right_and_the_short_one_first(
     scheduler: BatchScheduler, model: WhisperModel, jfk: np.ndarray
 ) -> None:

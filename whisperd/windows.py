@@ -220,3 +220,14 @@ def plan_windows(samples: np.ndarray, threads: int) -> list[Span]:
 def has_speech(spans: Sequence[Span], start: int, end: int) -> bool:
     """Whether any speech span overlaps [start, end)."""
     return any(a < end and start < b for a, b in spans)
+
+
+def speech_samples(spans: Sequence[Span], start: int, end: int) -> int:
+    """Samples of [start, end) inside speech spans (overlapping spans counted once)."""
+    total, cursor = 0, start
+    for a, b in sorted(spans):
+        lo, hi = max(a, cursor), min(b, end)
+        if hi > lo:
+            total += hi - lo
+            cursor = hi
+    return total

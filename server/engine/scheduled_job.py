@@ -13,7 +13,10 @@ from whisperd.batching import WindowRequest, WindowResult
 from whisperd.inference import SAMPLE_RATE, TranscribeOptions, WhisperModel
 from whisperd.stream_windows import PlannedWindow
 from whisperd.transcript import Segment, Word
-from whisperd.windows import Span, has_speech
+from whisperd.windows import Span, has_speech, speech_samples
+
+# A rest of a window is decoded only when it holds at least this much speech.
+_MIN_REST_SPEECH = SAMPLE_RATE // 2
 
 
 @dataclass(eq=False)
@@ -73,12 +76,12 @@ class ScheduledJob:
         return self.language is not None or self.next_window == 0
 
     def request(self, window_id: int) -> WindowRequest:
-        prompt = None
         if self.rests:
+            # The rest is not prompted with the window's text so far (whisper.cpp would):
+            # it ends at the window's cut, not where the speech goes on, and with the text
+            # before it Whisper finished the cut sentence from the prompt ("ask not" ->
+            # "ask not what your country can do for you", heard again in the next window).
             index, start = self.rests.popleft()
-            # whisper.cpp carries the text decoded so far into the rest of a window.
-            before = " ".join(seg.text for _, r in self.parts[index] for seg in r.segments)
-            prompt = " ".join(p for p in (self.options.initial_prompt, before) if p) or None
         else:
             index = self.order[self.next_window]
             start = self.windows[index][0]
@@ -87,7 +90,7 @@ class ScheduledJob:
         options = self.options
         if options.language != self.language:
             options = dataclasses.replace(options, language=self.language)
-        return WindowRequest(window_id, self.pieces[index][start - self.windows[index][0] :], options, prompt)
+        return WindowRequest(window_id, self.pieces[index][start - self.windows[index][0] :], options)
 
     def finished(self, window_id: int, result: WindowResult) -> None:
         index, start = self.in_flight.pop(window_id)
@@ -100,10 +103,12 @@ class ScheduledJob:
         if self.language is None:
             self.language = result.language
         # Less than a second left, or no progress: the window is done (whisper.cpp's
-        # rule); so is a rest in which the detector found no speech (decoding silence
-        # only invites a hallucination).
+        # rule); so is a rest in which the detector found less than _MIN_REST_SPEECH of
+        # speech: Whisper's last timestamp often falls a little before the detector's
+        # end of the speech, and a rest of that tail and seconds of silence decoded to
+        # a hallucinated word ("to", "[BLANK_AUDIO]") instead of nothing.
         spans = self.spans.get(index)
-        speech_left = spans is None or has_speech(spans, reached, end)
+        speech_left = spans is None or speech_samples(spans, reached, end) >= _MIN_REST_SPEECH
         if end - reached > SAMPLE_RATE and reached > start and speech_left:
             self.rests.append((index, reached))
             self.decoded += reached - start
