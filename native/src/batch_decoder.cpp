@@ -26,6 +26,7 @@ namespace {
 constexpr int kMelFrames = 3000;  // 30 s
 constexpr int kFrame = 400;       // samples per STFT frame (WHISPER_N_FFT)
 constexpr int kHop = 160;         // WHISPER_HOP_LENGTH
+constexpr int kBins = kFrame / 2 + 1;  // the DFT's bins, the mel filterbank's width
 // whisper.cpp takes the spectrogram's maximum over every frame that sees audio: a full
 // 30 s window reaches into frame 3001 (its reflected start shifts it by 200 samples).
 constexpr int kMelFramesSeen = kMelFrames + 2;
@@ -163,6 +164,11 @@ BatchDecoder::BatchDecoder(std::shared_ptr<ContextHandle> handle, bool use_gpu, 
     n_audio_pad_ = ((n_audio_ctx_ + kKvPad - 1) / kKvPad) * kKvPad;
     n_text_ctx_ = whisper_model_n_text_ctx(wctx_);
 
+    int fb_mels = 0, fb_bins = 0;
+    const float *filters = whisper_model_mel_filters(wctx_, &fb_mels, &fb_bins);
+    if (fb_mels != n_mels_ || fb_bins != kBins) {
+        throw WhisperError("the model's mel filterbank has an unexpected shape");
+    }
     trace("dimensions read");
     if (use_gpu) {
         int seen = 0;
@@ -201,10 +207,8 @@ BatchDecoder::BatchDecoder(std::shared_ptr<ContextHandle> handle, bool use_gpu, 
     const int n_audio_state = whisper_model_n_audio_state(wctx_);
     pad_k_ = ggml_new_tensor_3d(cache_ctx_, GGML_TYPE_F16, n_audio_state, n_audio_pad_, max_encode_batch_);
     pad_v_ = ggml_new_tensor_3d(cache_ctx_, GGML_TYPE_F16, n_audio_state, n_audio_pad_, max_encode_batch_);
-    int fb_mels = 0, n_fft = 0;
-    whisper_model_mel_filters(wctx_, &fb_mels, &n_fft);
-    mel_dft_ = ggml_new_tensor_2d(cache_ctx_, GGML_TYPE_F32, kFrame, 2 * n_fft);
-    mel_fb_ = ggml_new_tensor_2d(cache_ctx_, GGML_TYPE_F32, 2 * n_fft, n_mels_);
+    mel_dft_ = ggml_new_tensor_2d(cache_ctx_, GGML_TYPE_F32, kFrame, 2 * kBins);
+    mel_fb_ = ggml_new_tensor_2d(cache_ctx_, GGML_TYPE_F32, 2 * kBins, n_mels_);
     mel_frame_ = ggml_new_tensor_2d(cache_ctx_, GGML_TYPE_F32, kFrame, 1);
     trace("cache tensors described");
     cache_buf_ = ggml_backend_alloc_ctx_tensors(cache_ctx_, backend_);
@@ -221,7 +225,7 @@ BatchDecoder::BatchDecoder(std::shared_ptr<ContextHandle> handle, bool use_gpu, 
     // masked cells must never hold NaN (0 x NaN poisons flash attention).
     ggml_backend_buffer_clear(cache_buf_, 0);
     trace("caches cleared");
-    init_mel_tensors();
+    init_mel_tensors(filters);
     enc_alloc_ = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
     dec_alloc_ = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
     enc_meta_.resize(ggml_tensor_overhead() * kMaxNodes + ggml_graph_overhead_custom(kMaxNodes, false));
@@ -299,28 +303,23 @@ void BatchDecoder::prepare(WindowSpec &spec) const {
 
 // ---------------------------------------------------------------- mel on the device
 
-void BatchDecoder::init_mel_tensors() {
-    int fb_mels = 0, n_fft = 0;
-    const float *filters = whisper_model_mel_filters(wctx_, &fb_mels, &n_fft);
-    if (fb_mels != n_mels_ || n_fft != kFrame / 2 + 1) {
-        throw WhisperError("the model's mel filterbank has an unexpected shape");
-    }
+void BatchDecoder::init_mel_tensors(const float *filters) {
     // whisper.cpp's periodic Hann window, folded into the DFT's cosines and sines.
-    std::vector<float> dft(static_cast<size_t>(kFrame) * 2 * n_fft);
-    for (int k = 0; k < n_fft; ++k) {
+    std::vector<float> dft(static_cast<size_t>(kFrame) * 2 * kBins);
+    for (int k = 0; k < kBins; ++k) {
         for (int j = 0; j < kFrame; ++j) {
             const float hann = 0.5f * (1.0f - cosf((2.0 * M_PI * j) / kFrame));
             const double phase = 2.0 * M_PI * static_cast<double>((static_cast<int64_t>(j) * k) % kFrame) / kFrame;
             dft[static_cast<size_t>(k) * kFrame + j] = hann * static_cast<float>(cos(phase));
-            dft[static_cast<size_t>(k + n_fft) * kFrame + j] = hann * static_cast<float>(sin(phase));
+            dft[static_cast<size_t>(k + kBins) * kFrame + j] = hann * static_cast<float>(sin(phase));
         }
     }
-    std::vector<float> fb(static_cast<size_t>(2) * n_fft * n_mels_);
+    std::vector<float> fb(static_cast<size_t>(2) * kBins * n_mels_);
     for (int m = 0; m < n_mels_; ++m) {
-        for (int k = 0; k < n_fft; ++k) {
-            const float f = filters[static_cast<size_t>(m) * n_fft + k];
-            fb[static_cast<size_t>(m) * 2 * n_fft + k] = f;
-            fb[static_cast<size_t>(m) * 2 * n_fft + n_fft + k] = f;
+        for (int k = 0; k < kBins; ++k) {
+            const float f = filters[static_cast<size_t>(m) * kBins + k];
+            fb[static_cast<size_t>(m) * 2 * kBins + k] = f;
+            fb[static_cast<size_t>(m) * 2 * kBins + kBins + k] = f;
         }
     }
     ggml_backend_tensor_set(mel_dft_, dft.data(), 0, dft.size() * sizeof(float));

@@ -78,7 +78,7 @@ private:
                                ggml_tensor **input);
     ggml_tensor *build_mel(ggml_context *ctx, int n, ggml_tensor **pcm) const;
     std::vector<float> mel_input(const std::vector<float> &samples) const;
-    void init_mel_tensors();
+    void init_mel_tensors(const float *filters);  // n_mels rows of kFrame / 2 + 1
     ggml_cgraph *build_decoder(ggml_context *ctx, int w, int r, int n_kv, int r_out);
     ggml_tensor *w(const std::string &name) const;
     ggml_tensor *conv(ggml_context *ctx, const std::string &name, ggml_tensor *x, int stride) const;
