@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from whisperd import paths
@@ -31,6 +32,16 @@ def jfk_wav() -> Path:
     path = paths.samples_dir() / "jfk.wav"
     assert path.exists(), f"{path} missing: run `make setup` to fetch whisper.cpp's samples"
     return path
+
+
+@pytest.fixture(scope="session")
+def jfk(jfk_wav: Path) -> np.ndarray:
+    """jfk.wav's samples (16 kHz mono float32), read-only: every test shares them."""
+    from whisperd.audio import decode_audio
+
+    samples = decode_audio(jfk_wav)
+    samples.flags.writeable = False
+    return samples
 
 
 @pytest.fixture(scope="session")

@@ -12,25 +12,18 @@ import pytest
 
 from conftest import EXPECTED_JFK, normalise
 from whisperd import cuda_env
-from whisperd.audio import decode_audio
 from whisperd.batch_decoder import BatchDecoder
 from whisperd.batching import WindowRequest
 from whisperd.inference import TranscribeOptions, WhisperModel
 
 SR = 16000
-ON_GPU = os.environ.get("WHISPERD_TEST_GPU") == "1"
 
 
 @pytest.fixture(scope="module")
-def model(tiny_en_model: Path) -> Iterator[WhisperModel]:
-    m = WhisperModel(tiny_en_model, use_gpu=ON_GPU)
+def model(tiny_en_model: Path, use_gpu: bool) -> Iterator[WhisperModel]:
+    m = WhisperModel(tiny_en_model, use_gpu=use_gpu)
     yield m
     m.close()
-
-
-@pytest.fixture(scope="module")
-def jfk(jfk_wav: Path) -> np.ndarray:
-    return decode_audio(jfk_wav)
 
 
 def clips(jfk: np.ndarray) -> dict[str, np.ndarray]:

@@ -30,11 +30,6 @@ def model(tiny_en_model: Path, use_gpu: bool) -> WhisperModel:
     m.close()
 
 
-@pytest.fixture(scope="module")
-def jfk(jfk_wav: Path) -> np.ndarray:
-    return decode_audio(jfk_wav)
-
-
 def test_jfk_wav_gives_the_sentence(model: WhisperModel, jfk: np.ndarray) -> None:
     with model.new_state() as state:
         result = state.transcribe(jfk)  # defaults: beam 5, temperature 0

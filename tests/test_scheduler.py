@@ -64,11 +64,6 @@ def model(tiny_en_model: Path) -> Iterator[WhisperModel]:
     m.close()
 
 
-@pytest.fixture(scope="module")
-def jfk(jfk_wav: Path) -> np.ndarray:
-    return decode_audio(jfk_wav)
-
-
 def tile(jfk: np.ndarray, copies: int, gaps_s: tuple[float, ...] = (1.0, 2.5, 4.0)) -> np.ndarray:
     parts = []
     for i in range(copies):

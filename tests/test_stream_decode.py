@@ -58,11 +58,6 @@ def scheduler() -> Iterator[BatchScheduler]:
 
 
 @pytest.fixture(scope="module")
-def jfk(jfk_wav: Path) -> np.ndarray:
-    return decode_audio(jfk_wav)
-
-
-@pytest.fixture(scope="module")
 def three_minutes_flac(jfk: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
     # 16 x 11 s of speech with 1-4 s pauses (~218 s) at 44.1 kHz: the resampler runs.
     audio = tile(jfk, 16)

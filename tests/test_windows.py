@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from whisperd.audio import decode_audio
 from whisperd.windows import (
@@ -86,11 +85,6 @@ def test_merge_spans_sorts_clips_and_joins() -> None:
     assert merge_spans([(50, 80), (-5, 10), (5, 20), (20, 30), (90, 200), (40, 40)], 100) == [
         (0, 30), (50, 80), (90, 100)
     ]
-
-
-@pytest.fixture(scope="module")
-def jfk(jfk_wav: Path) -> np.ndarray:
-    return decode_audio(jfk_wav)
 
 
 def tiled(jfk: np.ndarray, copies: int, gaps_s: list[float]) -> tuple[np.ndarray, list[tuple[int, int]]]:
