@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from gpu_service_bench import wait_ready  # noqa: E402
+from gpu_service_bench import run_job, wait_ready  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
 
 from whisperd.audio import decode_audio, write_wav  # noqa: E402
@@ -40,13 +40,9 @@ from whisperd.client import WhisperdClient  # noqa: E402
 SR = 16000
 
 
-def run_job(client: WhisperdClient, path: Path) -> float:
-    t = time.perf_counter()
-    job = client.submit(path, language="en", beam_size=1)
-    done = client.wait(job.id)
-    if done.status.value != "done":
-        raise RuntimeError(f"job {job.id} ended {done.status.value}: {done.error}")
-    return time.perf_counter() - t
+def greedy_job(client: WhisperdClient, path: Path) -> float:
+    """Submit-to-done wall seconds of one greedy job (gpu_service_bench.run_job)."""
+    return run_job(client, path, 1)[0]
 
 
 def many_at_once(client: WhisperdClient, path: Path, n: int) -> float:
@@ -54,7 +50,7 @@ def many_at_once(client: WhisperdClient, path: Path, n: int) -> float:
 
     def one() -> None:
         try:
-            run_job(client, path)
+            greedy_job(client, path)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -94,17 +90,17 @@ def main() -> None:
         try:
             client = WhisperdClient(f"127.0.0.1:{server.port}", timeout=600)
             wait_ready(client)
-            run_job(client, clip_path)  # warm-up: the decoder, its graphs, the VAD
+            greedy_job(client, clip_path)  # warm-up: the decoder, its graphs, the VAD
             secs = len(speech) / SR
             wall = many_at_once(client, args.wav, args.jobs)
             rows.append({"what": f"{args.jobs} jobs of {secs:.0f} s at once", "audio_s": args.jobs * secs,
                          "wall_s": wall})
-            alone = statistics.median(run_job(client, clip_path) for _ in range(3))
+            alone = statistics.median(greedy_job(client, clip_path) for _ in range(3))
             long_wall: list[float] = []
-            long_thread = threading.Thread(target=lambda: long_wall.append(run_job(client, long_path)))
+            long_thread = threading.Thread(target=lambda: long_wall.append(greedy_job(client, long_path)))
             long_thread.start()
             time.sleep(2.0)  # the long job's windows fill the batch first
-            behind = statistics.median(run_job(client, clip_path) for _ in range(3))
+            behind = statistics.median(greedy_job(client, clip_path) for _ in range(3))
             long_thread.join()
             rows.append({"what": f"one {args.long_minutes:g}-minute job alone (a 5 s clip joined it)",
                          "audio_s": n_long / SR, "wall_s": long_wall[0]})

@@ -188,6 +188,9 @@ class _WhisperdEngine:
         return {"wall_s": wall, "state_s": state_s, "text": tr.text, "segments": len(tr.segments),
                 "background": meter.background, "best_of": opts.best_of}
 
+    def close(self) -> None:
+        self._model.close()
+
 
 class _FasterWhisperEngine:
     """faster-whisper: temperature 0 only, the lazy segment generator read inside the timing."""
@@ -212,6 +215,9 @@ class _FasterWhisperEngine:
         return {"wall_s": wall, "text": text, "segments": len(segs),
                 "background": meter.background}
 
+    def close(self) -> None:
+        pass
+
 
 class _WhisperdBatchedEngine(_WhisperdEngine):
     """The service's path: one batch scheduler (and its decoder) for every run."""
@@ -235,6 +241,10 @@ class _WhisperdBatchedEngine(_WhisperdEngine):
         return {"wall_s": wall, "state_s": 0.0, "text": tr.text, "segments": len(tr.segments),
                 "background": meter.background, "best_of": opts.best_of}
 
+    def close(self) -> None:
+        self._scheduler.close()  # its decoder first: it holds the model's weights
+        super().close()
+
 
 _WORKERS = {"whisperd": _WhisperdEngine, "whisperd-batched": _WhisperdBatchedEngine,
             "faster-whisper": _FasterWhisperEngine}
@@ -252,6 +262,7 @@ def serve_worker(args: argparse.Namespace) -> int:
         if req.get("quiet_wait", 0) > 0:
             wait_for_quiet(req["quiet_wait"])
         print(json.dumps(engine.run(audio[req["audio"]], req["beam"])), flush=True)
+    engine.close()
     return 0
 
 
@@ -376,20 +387,15 @@ def line_up(args: argparse.Namespace, ggml: Path, gtype: str, ct2: Path, cli: Pa
             fa_modes: list[str], best_of: int) -> list[Engine]:
     engines: list[Engine] = []
     for fa in fa_modes:
-        if "whisperd" not in args.skip:
-            progress(f"whisperd fa={fa}: loading the model in a worker process")
-            w = Worker("whisperd", ggml, gtype, fa, args)
-            engines.append(Engine("whisperd", gtype, fa == "on",
+        for kind in ("whisperd", "whisperd-batched"):
+            if kind in args.skip:
+                continue
+            progress(f"{kind} fa={fa}: loading the model in a worker process")
+            w = Worker(kind, ggml, gtype, fa, args)
+            engines.append(Engine(kind, gtype, fa == "on",
                                   lambda beam, warm, w=w: w.run(beam, warm, args.quiet_wait),
                                   w.hello["load_s"], {"system_info": w.hello["system_info"]},
                                   w.close))
-        if "whisperd-batched" not in args.skip:
-            progress(f"whisperd-batched fa={fa}: loading the model in a worker process")
-            wb = Worker("whisperd-batched", ggml, gtype, fa, args)
-            engines.append(Engine("whisperd-batched", gtype, fa == "on",
-                                  lambda beam, warm, w=wb: w.run(beam, warm, args.quiet_wait),
-                                  wb.hello["load_s"], {"system_info": wb.hello["system_info"]},
-                                  wb.close))
         if cli is not None:
             def cli_run(beam: int, warm: bool, fa_on: bool = fa == "on") -> dict:
                 return run_cli_once(cli, ggml, args.warmup if warm else args.audio, beam, best_of,
