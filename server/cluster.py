@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -29,11 +30,9 @@ log = logging.getLogger(__name__)
 def is_shared(store: Any) -> bool:
     """Whether the store is PostgreSQL, shared by a fleet. psycopg (the `cluster` extra)
     is imported only then: a single server on SQLite runs without it."""
-    if type(store).__name__ != "PgJobStore":
-        return False
-    from whisperd.server.jobs.pg_store import PgJobStore
-
-    return isinstance(store, PgJobStore)
+    # A PgJobStore exists only once its module (and psycopg) was imported.
+    pg_store = sys.modules.get("whisperd.server.jobs.pg_store")
+    return pg_store is not None and isinstance(store, pg_store.PgJobStore)
 
 
 class Heartbeat:
