@@ -296,8 +296,8 @@ def write_wav(
 # --- internals ------------------------------------------------------------------------
 
 
-def _read_plain_wav(source: Source, sample_rate: int) -> np.ndarray | None:
-    """Samples of a mono 16-bit PCM WAV already at `sample_rate`, else None.
+def _plain_wav_frames(source: Source, sample_rate: int) -> int | None:
+    """Frames of a mono 16-bit PCM WAV file already at `sample_rate`, else None.
 
     Such a file needs neither decoding nor resampling, so it is read without FFmpeg; that
     also lets a host without PyAV (the GPU benchmark host) transcribe WAV files.
@@ -308,28 +308,33 @@ def _read_plain_wav(source: Source, sample_rate: int) -> np.ndarray | None:
         with wave.open(str(source), "rb") as wav:
             if (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) != (1, 2, sample_rate):
                 return None
+            return wav.getnframes() or None
+    except (wave.Error, EOFError, OSError):
+        return None  # let FFmpeg judge it and explain
+
+
+def _pcm16(raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def _read_plain_wav(source: Source, sample_rate: int) -> np.ndarray | None:
+    """The samples of a file _plain_wav_frames accepts, else None."""
+    if _plain_wav_frames(source, sample_rate) is None:
+        return None
+    try:
+        with wave.open(str(source), "rb") as wav:
             raw = wav.readframes(wav.getnframes())
     except (wave.Error, EOFError, OSError):
         return None  # let FFmpeg judge it and explain
-    if not raw:
-        return None
-    return (np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0)
+    return _pcm16(raw) if raw else None
 
 
 def _plain_wav_chunks(
     source: Source, sample_rate: int, size: int, limits: AudioLimits
 ) -> Iterator[np.ndarray] | None:
     """_read_plain_wav in chunks of `size` samples: None when FFmpeg must read it."""
-    if not isinstance(source, (str, Path)) or Path(source).suffix.lower() != ".wav":
-        return None
-    try:
-        with wave.open(str(source), "rb") as wav:
-            if (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) != (1, 2, sample_rate):
-                return None
-            frames = wav.getnframes()
-    except (wave.Error, EOFError, OSError):
-        return None  # let FFmpeg judge it and explain
-    if frames == 0:
+    frames = _plain_wav_frames(source, sample_rate)
+    if frames is None:
         return None
     if (problem := limits.too_long(frames / sample_rate)) is not None:
         raise AudioDecodeError(problem)
@@ -337,7 +342,7 @@ def _plain_wav_chunks(
     def chunks() -> Iterator[np.ndarray]:
         with wave.open(str(source), "rb") as wav:
             while raw := wav.readframes(size):
-                yield np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+                yield _pcm16(raw)
 
     return chunks()
 
