@@ -93,7 +93,7 @@ private:
     std::vector<Layer> layers_;
     ggml_tensor *pad_k_ = nullptr, *pad_v_ = nullptr;  // encoder K/V padded to 256 rows
     bool mel_on_device_ = false;
-    // [400, 2 * n_fft]: Hann-windowed cosines then sines; [2 * n_fft, n_mels]: the
+    // [400, 2 * kBins]: Hann-windowed cosines then sines; [2 * kBins, n_mels]: the
     // filterbank twice (re^2 and im^2); [400, 1]: only im2col's frame shape.
     ggml_tensor *mel_dft_ = nullptr, *mel_fb_ = nullptr, *mel_frame_ = nullptr;
     ggml_gallocr *enc_alloc_ = nullptr;
