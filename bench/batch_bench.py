@@ -86,6 +86,7 @@ def run(model: WhisperModel, windows: list[np.ndarray], batch: int, tokens: int,
     cross = 2 * m.n_text_layer * m.n_text_state * 1536 * 2
     self_kv = 2 * m.n_text_layer * m.n_text_state * 256 * 2
     floor_ms = (decoder_weight_bytes(model) + batch * (cross + self_kv)) / HBM_BYTES_PER_S * 1e3
+    cuda_encoder = dec.cuda_encoder
     dec.close()
     return {
         "batch": batch, "beam": beam, "windows": len(windows), "audio_s": audio,
@@ -94,7 +95,7 @@ def run(model: WhisperModel, windows: list[np.ndarray], batch: int, tokens: int,
         "encode_ms": s1.encode_ms - s0.encode_ms, "decode_ms": s1.decode_ms - s0.decode_ms,
         "sample_ms": s1.sample_ms - s0.sample_ms, "graph_builds": s1.graph_builds,
         "vram_used_gib": used1 / 2**30, "vram_added_gib": (used1 - used0) / 2**30,
-        "peak_in_flight": peak,
+        "peak_in_flight": peak, "cuda_encoder": cuda_encoder,
     }
 
 
@@ -136,6 +137,8 @@ def main() -> None:
         print(f"{b:>5} {r['x_real_time']:>11.1f} {r['wall_s']:>7.2f} {r['ms_per_step']:>8.2f} "
               f"{r['floor_ms_per_step']:>8.2f} {r['over_floor']:>7.2f} {r['encode_ms'] / 1e3:>8.2f} "
               f"{r['sample_ms'] / 1e3:>8.2f} {r['vram_used_gib']:>8.1f}", flush=True)
+    if rows:
+        print("encoder layers: " + ("whisperd's CUDA code" if rows[0]["cuda_encoder"] else "a ggml graph"))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

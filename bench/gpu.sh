@@ -21,7 +21,7 @@
 #   service-batch  bench/batch_service_bench.py: 32 jobs of 121 s at once, one 1-hour job,
 #            a short job behind it, through a real server (large-v3 shape)
 #   profile  bench/profile_engine.py: the encoder per window and the decoder step, timed
-#            apart (with ggml's cuBLAS settings and with ours), then the kernels of one
+#            apart (the encoder as a ggml graph and as our CUDA code), then the kernels of one
 #            encode and of a step at batch 8 under ncu (NCU_REGIONS="encode step")
 # The host needs cmake, ninja, nvcc, python3 with numpy and nanobind (torch and
 # transformers for the peer); PyAV is optional (plain 16 kHz WAV is read without it).
@@ -95,9 +95,12 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 tests_rc=0
 if has_stage tests; then
+  # The CUDA encoder's tests need an f16 model: an f16 copy of the carried q8_0 tiny.en.
+  F16_MODEL=build/ggml-tiny.en-f16.bin
+  [[ -f $F16_MODEL ]] || { mkdir -p build && "$PY" bench/dequantize_model.py "$MODEL" "$F16_MODEL"; }
   set +e
-  WHISPERD_TEST_GPU=1 WHISPERD_TEST_MODEL="$MODEL" "$PY" -m pytest -p no:cacheprovider -q \
-    -rfEP --tb=short ${GPU_TESTS:-tests/test_native.py tests/test_gpu.py tests/test_gpu_lifecycle.py tests/test_device_mel.py} --junitxml="$RESULTS/gpu-tests.xml" \
+  WHISPERD_TEST_GPU=1 WHISPERD_TEST_MODEL="$MODEL" WHISPERD_TEST_F16_MODEL="$F16_MODEL" "$PY" -m pytest -p no:cacheprovider -q \
+    -rfEP --tb=short ${GPU_TESTS:-tests/test_native.py tests/test_gpu.py tests/test_gpu_lifecycle.py tests/test_device_mel.py tests/test_cuda_encoder.py} --junitxml="$RESULTS/gpu-tests.xml" \
     2>&1 | tee "$RESULTS/gpu-tests.log"
   tests_rc=${PIPESTATUS[0]}
   set -e
@@ -162,12 +165,11 @@ fi
 if has_stage profile; then
   echo
   echo "== where the batched engine's GPU time goes (large-v3 shape)"
-  # ggml's own choice (f16 products, converted to f32) against ours on this GPU
-  # (whisperd/cuda_env.py: f32 products where f32 accumulation runs at full rate)
-  echo "-- GGML_CUDA_FORCE_CUBLAS_COMPUTE_16F=1 (ggml's default)"
-  GGML_CUDA_FORCE_CUBLAS_COMPUTE_16F=1 "$PY" bench/profile_engine.py --model "$LARGE" \
+  # the encoder's layers as a ggml graph against whisperd's CUDA code (the default here)
+  echo "-- WHISPERD_CUDA_ENCODER=0 (the encoder as a ggml graph)"
+  WHISPERD_CUDA_ENCODER=0 "$PY" bench/profile_engine.py --model "$LARGE" \
     --wav "$RESULTS/speech121.wav" ${PROFILE_ARGS:-}
-  echo "-- whisperd's CUDA settings"
+  echo "-- whisperd's defaults on this GPU"
   "$PY" bench/profile_engine.py --model "$LARGE" --wav "$RESULTS/speech121.wav" ${PROFILE_ARGS:-}
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || true)
   if [[ -n "$NCU" ]]; then

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from whisperd import _native
+from whisperd import _native, cuda_env
 from whisperd.batching import WindowRequest, WindowResult
 from whisperd.inference import SAMPLE_RATE, CancelToken, WhisperModel, group_words
 from whisperd.transcript import Segment
@@ -73,6 +73,14 @@ def slot_cost(model: WhisperModel, *, max_beams: int, encode_batch: int) -> Slot
     return SlotCost(per_slot_bytes=per_slot, fixed_bytes=encoder + logits + 256 * 2**20)
 
 
+def _encoder_mode(choice: bool | None) -> int:
+    """The native decoder's cuda_encoder argument: the caller's choice, else the
+    environment's WHISPERD_CUDA_ENCODER, else -1 (automatic)."""
+    if choice is None:
+        choice = cuda_env.cuda_encoder_choice()
+    return -1 if choice is None else int(choice)
+
+
 def _spec(req: WindowRequest, model: WhisperModel) -> _native.WindowSpec:
     o = req.options
     spec = _native.WindowSpec()
@@ -104,6 +112,7 @@ class BatchDecoder:
         max_beams: int = 5,
         encode_batch: int = 4,
         mel_on_device: bool = True,
+        cuda_encoder: bool | None = None,
     ) -> None:
         self._model = model
         self._eot = model.native.token_eot
@@ -112,11 +121,12 @@ class BatchDecoder:
         self._max_beams = max(1, max_beams)
         self._decoder = model.native.new_batch_decoder(
             capacity, cells_for(self._max_beams), threads or (os.cpu_count() or 4), encode_batch,
-            1 if mel_on_device else 0,
+            1 if mel_on_device else 0, _encoder_mode(cuda_encoder),
         )
         log.info(
-            "batched decoder: %d windows at once, %.0f MiB of caches",
+            "batched decoder: %d windows at once, %.0f MiB of caches, encoder %s",
             capacity, self._decoder.memory_bytes / 2**20,
+            "in whisperd's CUDA code" if self.cuda_encoder else "as a ggml graph",
         )
 
     @classmethod
@@ -134,6 +144,18 @@ class BatchDecoder:
     @property
     def capacity(self) -> int:
         return self._decoder.capacity
+
+    @property
+    def cuda_encoder(self) -> bool:
+        """Whether the encoder layers run as whisperd's CUDA code (else a ggml graph)."""
+        return bool(self._decoder.cuda_encoder)
+
+    def cross_kv(self, window_id: int, layer: int) -> np.ndarray:
+        """A window's cross-attention keys and values for one decoder layer, as the
+        encoder wrote them: float32 [2, n_audio_ctx, n_text_state] (tests)."""
+        m = self._model.native
+        kv = np.asarray(self._decoder.cross_kv(window_id, layer), dtype=np.float32)
+        return kv.reshape(2, m.n_audio_ctx, m.n_text_state)
 
     @property
     def memory_bytes(self) -> int:

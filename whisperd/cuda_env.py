@@ -11,6 +11,10 @@ before the first matrix product; a value the user set is never changed.
   product straight to f32 instead of writing f16 and converting it in a second kernel
   (the conversions were a fifth of the encoder's time on an H200). GeForce and
   workstation cards accumulate in f32 at half rate, so they keep ggml's default.
+
+``WHISPERD_CUDA_ENCODER`` (read here, set by nobody): ``1`` runs the batched engine's
+encoder layers as whisperd's CUDA code on any GPU, ``0`` keeps them a ggml graph; unset,
+the CUDA code runs on the same full-rate GPUs as above (it needs an f16 model).
 """
 from __future__ import annotations
 
@@ -62,3 +66,15 @@ def configure(capabilities: list[tuple[int, int]] | None = None) -> dict[str, st
     if chosen:
         log.info("CUDA settings: %s", ", ".join(f"{k}={v}" for k, v in chosen.items()))
     return chosen
+
+
+def cuda_encoder_choice() -> bool | None:
+    """WHISPERD_CUDA_ENCODER as True/False; None when unset (automatic)."""
+    raw = os.environ.get("WHISPERD_CUDA_ENCODER", "").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"WHISPERD_CUDA_ENCODER must be 0, 1 or auto, got {raw!r}")

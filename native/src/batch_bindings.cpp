@@ -73,11 +73,16 @@ void bind_batch(nb::module_ &m, nb::class_<Model> &model) {
         .def("device_mel", &BatchDecoder::device_mel, "samples"_a, nb::call_guard<nb::gil_scoped_release>(),
              "The window's log-mel frames as the encoder graph computes them.")
         .def_prop_ro("mel_on_device", &BatchDecoder::mel_on_device)
+        .def_prop_ro("cuda_encoder", &BatchDecoder::cuda_encoder,
+                     "Whether the encoder layers run as whisperd's CUDA code (else a ggml graph).")
+        .def("cross_kv", &BatchDecoder::cross_kv, "id"_a, "layer"_a, nb::call_guard<nb::gil_scoped_release>(),
+             "A window's cross-attention keys then values of one decoder layer (tests).")
         .def("prepare", &BatchDecoder::prepare, "spec"_a, nb::call_guard<nb::gil_scoped_release>(),
              "Compute the window's mel spectrogram now (any thread), ahead of add().");
 
     model.def("new_batch_decoder", &Model::new_batch_decoder, "n_slots"_a, "n_cells"_a,
-              "n_threads"_a, "max_encode_batch"_a, "mel_on_device"_a = 1, nb::call_guard<nb::gil_scoped_release>(),
+              "n_threads"_a, "max_encode_batch"_a, "mel_on_device"_a = 1, "cuda_encoder"_a = -1,
+              nb::call_guard<nb::gil_scoped_release>(),
               "A batched decoder of n_slots windows over these weights.");
 
     model.def("tokenize", &Model::tokenize, "text"_a, "The text's tokens (no special tokens).")

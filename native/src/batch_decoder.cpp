@@ -13,6 +13,9 @@
 #include <thread>
 
 #include "errors.hpp"
+#ifdef WHISPERD_WITH_CUDA
+#include "cuda_encoder.hpp"
+#endif
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
@@ -143,7 +146,7 @@ private:
 
 BatchDecoder::BatchDecoder(std::shared_ptr<ContextHandle> handle, bool use_gpu, int gpu_device,
                            int n_slots, int n_cells, int n_threads, int max_encode_batch,
-                           int mel_on_device)
+                           int mel_on_device, int cuda_encoder)
     : handle_(std::move(handle)),
       wctx_(handle_->ctx),
       vocab_(handle_->ctx),
@@ -205,6 +208,8 @@ BatchDecoder::BatchDecoder(std::shared_ptr<ContextHandle> handle, bool use_gpu, 
         layers_.push_back(L);
     }
     const int n_audio_state = whisper_model_n_audio_state(wctx_);
+    // ggml's encoder's K/V, padded for flash attention (unused by the CUDA encoder, but
+    // that is only decided once the caches exist; 8 MB a window).
     pad_k_ = ggml_new_tensor_3d(cache_ctx_, GGML_TYPE_F16, n_audio_state, n_audio_pad_, max_encode_batch_);
     pad_v_ = ggml_new_tensor_3d(cache_ctx_, GGML_TYPE_F16, n_audio_state, n_audio_pad_, max_encode_batch_);
     mel_dft_ = ggml_new_tensor_2d(cache_ctx_, GGML_TYPE_F32, kFrame, 2 * kBins);
@@ -226,6 +231,7 @@ BatchDecoder::BatchDecoder(std::shared_ptr<ContextHandle> handle, bool use_gpu, 
     ggml_backend_buffer_clear(cache_buf_, 0);
     trace("caches cleared");
     init_mel_tensors(filters);
+    start_cuda_encoder(cuda_encoder, gpu_device);
     enc_alloc_ = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
     dec_alloc_ = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
     enc_meta_.resize(ggml_tensor_overhead() * kMaxNodes + ggml_graph_overhead_custom(kMaxNodes, false));
@@ -240,6 +246,9 @@ BatchDecoder::~BatchDecoder() { close(); }
 void BatchDecoder::close() {
     slots_.clear();
     pool_.reset();
+#ifdef WHISPERD_WITH_CUDA
+    cuda_enc_.reset();
+#endif
     if (dec_ctx_ != nullptr) {
         ggml_free(dec_ctx_);
         dec_ctx_ = nullptr;
@@ -275,7 +284,11 @@ int BatchDecoder::free_slots() const {
 int BatchDecoder::active() const { return static_cast<int>(slots_.size()) - free_slots(); }
 
 size_t BatchDecoder::memory_bytes() const {
-    return cache_buf_ ? ggml_backend_buffer_get_size(cache_buf_) : 0;
+    size_t b = cache_buf_ ? ggml_backend_buffer_get_size(cache_buf_) : 0;
+#ifdef WHISPERD_WITH_CUDA
+    b += cuda_enc_ ? cuda_enc_->memory_bytes() : 0;
+#endif
+    return b;
 }
 
 ggml_tensor *BatchDecoder::w(const std::string &name) const {
@@ -402,6 +415,99 @@ void BatchDecoder::compute(ggml_cgraph *gf, CancelToken *token) {
 
 // ---------------------------------------------------------------- encoder
 
+bool BatchDecoder::cuda_encoder() const {
+#ifdef WHISPERD_WITH_CUDA
+    return cuda_enc_ != nullptr;
+#else
+    return false;
+#endif
+}
+
+void BatchDecoder::start_cuda_encoder(int mode, int gpu_device) {
+#ifdef WHISPERD_WITH_CUDA
+    if (mode == 0 || ggml_backend_is_cpu(backend_)) {
+        return;
+    }
+    if (mode < 0 && !CudaEncoder::full_rate_f32_accumulate(gpu_device)) {
+        trace("CUDA encoder off: this GPU accumulates f32 at half rate");
+        return;
+    }
+    auto f16 = [&](const std::string &name) {
+        ggml_tensor *t = w(name);
+        if (t->type != GGML_TYPE_F16 || !ggml_is_contiguous(t)) {
+            throw std::invalid_argument(name);
+        }
+        return static_cast<const void *>(t->data);
+    };
+    auto f32 = [&](const std::string &name) {
+        ggml_tensor *t = w(name);
+        if (t->type != GGML_TYPE_F32) {
+            throw std::invalid_argument(name);
+        }
+        return static_cast<const float *>(t->data);
+    };
+    std::vector<CudaEncoderLayer> layers;
+    std::vector<CudaCrossLayer> cross;
+    const float *ln_w = nullptr, *ln_b = nullptr;
+    try {
+        for (int l = 0; l < n_audio_layer_; ++l) {
+            const std::string p = "encoder.blocks." + std::to_string(l) + ".";
+            layers.push_back({f16(p + "attn.query.weight"), f16(p + "attn.key.weight"), f16(p + "attn.value.weight"),
+                              f16(p + "attn.out.weight"), f16(p + "mlp.0.weight"), f16(p + "mlp.2.weight"),
+                              f32(p + "attn.query.bias"), f32(p + "attn.value.bias"), f32(p + "attn.out.bias"),
+                              f32(p + "mlp.0.bias"), f32(p + "mlp.2.bias"), f32(p + "attn_ln.weight"),
+                              f32(p + "attn_ln.bias"), f32(p + "mlp_ln.weight"), f32(p + "mlp_ln.bias")});
+        }
+        for (int l = 0; l < n_text_layer_; ++l) {
+            const std::string p = "decoder.blocks." + std::to_string(l) + ".";
+            cross.push_back({f16(p + "cross_attn.key.weight"), f16(p + "cross_attn.value.weight"),
+                             f32(p + "cross_attn.value.bias"), layers_[l].ck->data, layers_[l].cv->data});
+        }
+        ln_w = f32("encoder.ln_post.weight");
+        ln_b = f32("encoder.ln_post.bias");
+    } catch (const std::invalid_argument &e) {
+        // quantised weights: cuBLAS multiplies only plain floats
+        fprintf(stderr, "whisperd: the batched encoder stays a ggml graph: %s is not f16/f32\n", e.what());
+        return;
+    }
+    CudaEncoderShape shape{};
+    shape.n_state = whisper_model_n_audio_state(wctx_);
+    shape.n_head = whisper_model_n_audio_head(wctx_);
+    shape.n_ctx = n_audio_ctx_;
+    shape.n_ff = static_cast<int>(w("encoder.blocks.0.mlp.0.weight")->ne[1]);
+    shape.n_text_state = n_state_;
+    shape.n_audio_pad = n_audio_pad_;
+    shape.max_windows = max_encode_batch_;
+    shape.kscale = powf(static_cast<float>(n_state_ / n_head_), -0.25f);
+    cuda_enc_ = std::make_unique<CudaEncoder>(gpu_device, shape, std::move(layers), ln_w, ln_b, std::move(cross));
+    trace("CUDA encoder ready");
+#else
+    (void)mode;
+    (void)gpu_device;
+#endif
+}
+
+std::vector<float> BatchDecoder::cross_kv(int64_t id, int layer) const {
+    if (layer < 0 || layer >= n_text_layer_) {
+        throw std::invalid_argument("no such decoder layer");
+    }
+    for (int s = 0; s < n_slots_; ++s) {
+        if (slots_[s] == nullptr || slots_[s]->id() != id) {
+            continue;
+        }
+        const size_t n = static_cast<size_t>(n_audio_ctx_) * n_state_;
+        const size_t off = static_cast<size_t>(s) * n_audio_pad_ * n_state_ * sizeof(ggml_fp16_t);
+        std::vector<ggml_fp16_t> half(n);
+        std::vector<float> out(2 * n);
+        ggml_backend_tensor_get(layers_[layer].ck, half.data(), off, n * sizeof(ggml_fp16_t));
+        ggml_fp16_to_fp32_row(half.data(), out.data(), static_cast<int64_t>(n));
+        ggml_backend_tensor_get(layers_[layer].cv, half.data(), off, n * sizeof(ggml_fp16_t));
+        ggml_fp16_to_fp32_row(half.data(), out.data() + n, static_cast<int64_t>(n));
+        return out;
+    }
+    throw std::invalid_argument("no window with that id is in the decoder");
+}
+
 // gelu(conv1d(x) + bias) with padding 1, channels first out: [OC, OL, n] from x [IL, IC, n].
 // (ggml_conv_1d mixes up the batch dimension when n > 1.)
 ggml_tensor *BatchDecoder::conv(ggml_context *ctx, const std::string &name, ggml_tensor *x,
@@ -438,6 +544,11 @@ ggml_cgraph *BatchDecoder::build_encoder(ggml_context *ctx, int n, const std::ve
     cur = ggml_reshape_2d(ctx, cur, n_as, T * n);
     ggml_tensor *pe = w("encoder.positional_embedding");
     cur = ggml_add(ctx, cur, ggml_view_2d(ctx, pe, pe->ne[0], T, pe->nb[1], 0));
+    if (cuda_encoder()) {  // the layers run as our CUDA code on this output
+        ggml_set_output(cur);
+        ggml_build_forward_expand(gf, cur);
+        return gf;
+    }
 
     const float scale = 1.0f / sqrtf(static_cast<float>(hd));
     const size_t es = ggml_element_size(pad_k_);
@@ -539,6 +650,13 @@ void BatchDecoder::encode_group(std::vector<WindowSpec> &group, const std::vecto
     try {
         compute(gf, token);
         trace("encoder computed");
+#ifdef WHISPERD_WITH_CUDA
+        if (cuda_enc_ != nullptr) {
+            const ggml_tensor *front = ggml_graph_node(gf, -1);
+            cuda_enc_->encode(static_cast<const float *>(front->data), n, slots);
+            trace("CUDA encoder layers computed");
+        }
+#endif
     } catch (...) {
         ggml_free(ctx);
         throw;

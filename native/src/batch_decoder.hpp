@@ -23,6 +23,8 @@ struct ggml_backend_buffer;
 
 namespace whisperd {
 
+class CudaEncoder;
+
 struct BatchStats {
     int64_t steps = 0;
     int64_t rows = 0;          // rows computed (padding included)
@@ -41,9 +43,12 @@ public:
     // a matrix product (~0.1 ms a window on a GPU; whisper.cpp's takes ~180 ms of a CPU
     // core, and the graph's is twice as fast on a CPU too). 0: whisper.cpp's on CPU
     // threads (tests compare the two).
+    // cuda_encoder: the encoder layers as our own CUDA code (cuda_encoder.hpp) on a GPU
+    // with an f16 model: -1 where f32 accumulation runs at full rate (A100, H100/H200,
+    // B200), 1 on any GPU, 0 never (ggml's graph, as on a CPU).
     BatchDecoder(std::shared_ptr<ContextHandle> handle, bool use_gpu, int gpu_device,
                  int n_slots, int n_cells, int n_threads, int max_encode_batch,
-                 int mel_on_device = 1);
+                 int mel_on_device = 1, int cuda_encoder = -1);
     ~BatchDecoder();
     BatchDecoder(const BatchDecoder &) = delete;
     BatchDecoder &operator=(const BatchDecoder &) = delete;
@@ -67,6 +72,11 @@ public:
     // The log-mel frames of a window as the encoder graph computes them (tests compare
     // them with mel()).
     std::vector<float> device_mel(const std::vector<float> &samples);
+    // Whether the encoder layers run as our CUDA code (else as a ggml graph).
+    bool cuda_encoder() const;
+    // A window's cross-attention keys then values of one decoder layer, [n_audio_ctx,
+    // n_state] each, as the encoder wrote them (tests compare the two encoders).
+    std::vector<float> cross_kv(int64_t id, int layer) const;
 
 private:
     struct Layer {
@@ -83,6 +93,7 @@ private:
     ggml_tensor *w(const std::string &name) const;
     ggml_tensor *conv(ggml_context *ctx, const std::string &name, ggml_tensor *x, int stride) const;
     void compute(ggml_cgraph *gf, CancelToken *token);
+    void start_cuda_encoder(int mode, int gpu_device);
 
     std::shared_ptr<ContextHandle> handle_;
     whisper_context *wctx_;
@@ -111,6 +122,9 @@ private:
     std::vector<float> logits_;
     class Pool;
     std::unique_ptr<Pool> pool_;  // sampling threads, kept between steps
+#ifdef WHISPERD_WITH_CUDA  // a definition private to the extension's own sources
+    std::unique_ptr<CudaEncoder> cuda_enc_;
+#endif
 };
 
 }  // namespace whisperd

@@ -214,12 +214,13 @@ std::unique_ptr<State> Model::new_state() {
 }
 
 std::unique_ptr<BatchDecoder> Model::new_batch_decoder(int n_slots, int n_cells, int n_threads,
-                                                       int max_encode_batch, int mel_on_device) {
+                                                       int max_encode_batch, int mel_on_device,
+                                                       int cuda_encoder) {
     handle();  // throws when closed
     LogCapture capture;
     try {
         return std::make_unique<BatchDecoder>(handle_, use_gpu_, gpu_device_, n_slots, n_cells,
-                                              n_threads, max_encode_batch, mel_on_device);
+                                              n_threads, max_encode_batch, mel_on_device, cuda_encoder);
     } catch (const OutOfMemoryError &) {
         throw;
     } catch (const std::exception &e) {

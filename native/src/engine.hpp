@@ -123,7 +123,8 @@ public:
     std::unique_ptr<State> new_state();
     // One batched decoder over these weights (see batch_decoder.hpp).
     std::unique_ptr<BatchDecoder> new_batch_decoder(int n_slots, int n_cells, int n_threads,
-                                                    int max_encode_batch, int mel_on_device = 1);
+                                                    int max_encode_batch, int mel_on_device = 1,
+                                                    int cuda_encoder = -1);
     int gpu_device() const { return gpu_device_; }
     std::vector<int> tokenize(const std::string &text) const;
     // whisper.cpp's own whisper_tokenize (tests compare it with tokenize()).

@@ -1,0 +1,369 @@
+// Whisper's encoder layers on CUDA: cuBLAS products and a few small kernels of our own
+// (see cuda_encoder.hpp for why). Row-major activations [rows][width]; cuBLAS is
+// column-major, so a row-major Y = X W^T is computed as the column-major Y^T = W^T X^T,
+// which is the same memory.
+#include "cuda_encoder.hpp"
+
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <string>
+
+#include "errors.hpp"
+
+namespace whisperd {
+
+namespace {
+
+constexpr int kThreads = 256;  // per row kernel
+constexpr int kMaxPer = 8;     // values per thread: rows up to 2048 wide
+constexpr float kEps = 1e-5f;  // Whisper's layer norm
+
+void check(cudaError_t e, const char *what) {
+    if (e == cudaSuccess) {
+        return;
+    }
+    cudaGetLastError();  // clear the sticky state of recoverable errors
+    if (e == cudaErrorMemoryAllocation) {
+        throw OutOfMemoryError(std::string("out of GPU memory for the CUDA encoder (") + what + ")");
+    }
+    throw WhisperError(std::string("CUDA encoder: ") + what + ": " + cudaGetErrorString(e));
+}
+
+void check(cublasStatus_t s, const char *what) {
+    if (s == CUBLAS_STATUS_SUCCESS) {
+        return;
+    }
+    if (s == CUBLAS_STATUS_ALLOC_FAILED) {
+        throw OutOfMemoryError(std::string("out of GPU memory for cuBLAS (") + what + ")");
+    }
+    throw WhisperError(std::string("CUDA encoder: cuBLAS ") + what + " failed (status " +
+                       std::to_string(static_cast<int>(s)) + ")");
+}
+
+__device__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) {
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    }
+    return v;
+}
+
+__device__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) {
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    }
+    return v;
+}
+
+// Sum (or max) over the block; every thread gets it. `red` holds one value per warp.
+__device__ float block_sum(float v, float *red) {
+    v = warp_sum(v);
+    __syncthreads();  // an earlier call's readers are done with red
+    if ((threadIdx.x & 31) == 0) {
+        red[threadIdx.x >> 5] = v;
+    }
+    __syncthreads();
+    float t = 0.0f;
+    for (int i = 0; i < (kThreads >> 5); ++i) {
+        t += red[i];
+    }
+    return t;
+}
+
+__device__ float block_max(float v, float *red) {
+    v = warp_max(v);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) {
+        red[threadIdx.x >> 5] = v;
+    }
+    __syncthreads();
+    float t = -INFINITY;
+    for (int i = 0; i < (kThreads >> 5); ++i) {
+        t = fmaxf(t, red[i]);
+    }
+    return t;
+}
+
+// One row per block: x += bias (when given, written back: the residual stream), then
+// y = layer_norm(x) * g + b in f16 for the next products.
+__global__ void add_norm(float *x, const float *bias, const float *g, const float *b, half *y, int C) {
+    __shared__ float red[kThreads / 32];
+    float *row = x + static_cast<size_t>(blockIdx.x) * C;
+    float v[kMaxPer];
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kMaxPer; ++j) {
+        const int c = threadIdx.x + j * kThreads;
+        v[j] = 0.0f;
+        if (c < C) {
+            float t = row[c];
+            if (bias != nullptr) {
+                t += bias[c];
+                row[c] = t;
+            }
+            v[j] = t;
+            s += t;
+        }
+    }
+    const float mean = block_sum(s, red) / C;
+    float q = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kMaxPer; ++j) {
+        const int c = threadIdx.x + j * kThreads;
+        if (c < C) {
+            const float d = v[j] - mean;
+            q += d * d;
+        }
+    }
+    const float inv = rsqrtf(block_sum(q, red) / C + kEps);
+    half *out = y + static_cast<size_t>(blockIdx.x) * C;
+#pragma unroll
+    for (int j = 0; j < kMaxPer; ++j) {
+        const int c = threadIdx.x + j * kThreads;
+        if (c < C) {
+            out[c] = __float2half((v[j] - mean) * inv * g[c] + b[c]);
+        }
+    }
+}
+
+__device__ float gelu(float x) {  // ggml's (tanh) form, as whisper.cpp's encoder uses
+    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * x * (1.0f + 0.044715f * x * x)));
+}
+
+// y[r][c] += b[c] (optionally then GELU), over n2 pairs of f16 in rows of C2 pairs.
+template <bool kGelu>
+__global__ void add_bias(half2 *y, const float *b, size_t n2, int C2) {
+    const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+    for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n2; i += stride) {
+        const int c = static_cast<int>(i % C2) * 2;
+        float2 f = __half22float2(y[i]);
+        f.x += b[c];
+        f.y += b[c + 1];
+        if (kGelu) {
+            f.x = gelu(f.x);
+            f.y = gelu(f.y);
+        }
+        y[i] = __float22half2_rn(f);
+    }
+}
+
+// Softmax of each row of n scores in place (f32 arithmetic).
+__global__ void softmax_rows(half *s, int n) {
+    __shared__ float red[kThreads / 32];
+    half *row = s + static_cast<size_t>(blockIdx.x) * n;
+    float v[kMaxPer];
+    float m = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kMaxPer; ++j) {
+        const int c = threadIdx.x + j * kThreads;
+        v[j] = c < n ? __half2float(row[c]) : -INFINITY;
+        m = fmaxf(m, v[j]);
+    }
+    m = block_max(m, red);
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kMaxPer; ++j) {
+        const int c = threadIdx.x + j * kThreads;
+        if (c < n) {
+            v[j] = __expf(v[j] - m);
+            sum += v[j];
+        }
+    }
+    const float inv = 1.0f / block_sum(sum, red);
+#pragma unroll
+    for (int j = 0; j < kMaxPer; ++j) {
+        const int c = threadIdx.x + j * kThreads;
+        if (c < n) {
+            row[c] = __float2half(v[j] * inv);
+        }
+    }
+}
+
+int grid_for(size_t n) {
+    const size_t blocks = (n + kThreads - 1) / kThreads;
+    return static_cast<int>(blocks < 65536 ? blocks : 65536);
+}
+
+}  // namespace
+
+struct CudaEncoder::Impl {
+    int device = 0;
+    CudaEncoderShape s{};
+    std::vector<CudaEncoderLayer> layers;
+    const float *ln_post_w, *ln_post_b;
+    std::vector<CudaCrossLayer> cross;
+    cudaStream_t stream = nullptr;
+    cublasHandle_t blas = nullptr;
+    // residual stream f32; h: normed input of the products, then attention output; f: MLP
+    float *x = nullptr;
+    half *h = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *f = nullptr;
+    half *scores = nullptr;  // one window: [n_head][n_ctx][n_ctx]
+    size_t bytes = 0;
+
+    ~Impl() {
+        cudaSetDevice(device);
+        if (stream != nullptr) {
+            cudaStreamSynchronize(stream);
+        }
+        for (void *p : {static_cast<void *>(x), static_cast<void *>(h), static_cast<void *>(q),
+                        static_cast<void *>(k), static_cast<void *>(v), static_cast<void *>(f),
+                        static_cast<void *>(scores)}) {
+            if (p != nullptr) {
+                cudaFree(p);
+            }
+        }
+        if (blas != nullptr) {
+            cublasDestroy(blas);
+        }
+        if (stream != nullptr) {
+            cudaStreamDestroy(stream);
+        }
+    }
+
+    template <typename T>
+    void alloc(T **p, size_t count) {
+        const size_t b = count * sizeof(T);
+        check(cudaMalloc(reinterpret_cast<void **>(p), b), "workspace");
+        bytes += b;
+    }
+
+    // Y[rows][out] = alpha * X[rows][in] W^T + beta * Y, W f16 [out][in].
+    void linear(const void *W, const half *X, int rows, int in, int out, void *Y, cudaDataType yt,
+                float alpha = 1.0f, float beta = 0.0f) {
+        check(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &alpha, W, CUDA_R_16F, in, X,
+                           CUDA_R_16F, in, &beta, Y, yt, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+              "linear");
+    }
+
+    void bias(half *y, const float *b, size_t rows, int C, bool with_gelu) {
+        const size_t n2 = rows * C / 2;
+        if (with_gelu) {
+            add_bias<true><<<grid_for(n2), kThreads, 0, stream>>>(reinterpret_cast<half2 *>(y), b, n2, C / 2);
+        } else {
+            add_bias<false><<<grid_for(n2), kThreads, 0, stream>>>(reinterpret_cast<half2 *>(y), b, n2, C / 2);
+        }
+        check(cudaGetLastError(), "bias kernel");
+    }
+
+    void norm(const float *add, const float *g, const float *b, int rows) {
+        add_norm<<<rows, kThreads, 0, stream>>>(x, add, g, b, h, s.n_state);
+        check(cudaGetLastError(), "norm kernel");
+    }
+
+    // Self-attention of one window's rows (all heads), output into h at the same rows.
+    void attention(size_t row0) {
+        const int T = s.n_ctx, C = s.n_state, hd = s.n_state / s.n_head;
+        const half *Q = q + row0 * C, *K = k + row0 * C, *V = v + row0 * C;
+        half *O = h + row0 * C;
+        const float scale = 1.0f / sqrtf(static_cast<float>(hd)), one = 1.0f, zero = 0.0f;
+        // scores[h][query][key] = scale * Q_h K_h^T  (column-major: keys x queries)
+        check(cublasGemmStridedBatchedEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, &scale, K, CUDA_R_16F, C, hd,
+                                         Q, CUDA_R_16F, C, hd, &zero, scores, CUDA_R_16F, T,
+                                         static_cast<long long>(T) * T, s.n_head, CUBLAS_COMPUTE_32F,
+                                         CUBLAS_GEMM_DEFAULT),
+              "attention scores");
+        softmax_rows<<<s.n_head * T, kThreads, 0, stream>>>(scores, T);
+        check(cudaGetLastError(), "softmax kernel");
+        // O_h[query][d] = P_h V_h  (column-major: d x queries, heads side by side in a row)
+        check(cublasGemmStridedBatchedEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, &one, V, CUDA_R_16F, C, hd,
+                                         scores, CUDA_R_16F, T, static_cast<long long>(T) * T, &zero, O,
+                                         CUDA_R_16F, C, hd, s.n_head, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+              "attention values");
+    }
+};
+
+bool CudaEncoder::full_rate_f32_accumulate(int device) {
+    int major = 0, minor = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    return (major == 8 && minor == 0) || (major == 9 && minor == 0) || (major == 10 && (minor == 0 || minor == 3));
+}
+
+CudaEncoder::CudaEncoder(int device, const CudaEncoderShape &shape, std::vector<CudaEncoderLayer> layers,
+                         const float *ln_post_w, const float *ln_post_b, std::vector<CudaCrossLayer> cross)
+    : impl_(std::make_unique<Impl>()) {
+    Impl &m = *impl_;
+    m.device = device;
+    m.s = shape;
+    m.layers = std::move(layers);
+    m.ln_post_w = ln_post_w;
+    m.ln_post_b = ln_post_b;
+    m.cross = std::move(cross);
+    if (shape.n_state > kThreads * kMaxPer || shape.n_ctx > kThreads * kMaxPer || shape.n_state % 2 != 0 ||
+        shape.n_ff % 2 != 0 || shape.n_text_state % 2 != 0 || shape.n_state % shape.n_head != 0) {
+        throw WhisperError("the CUDA encoder does not support this model's shape");
+    }
+    check(cudaSetDevice(device), "select the GPU");
+    try {
+        check(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking), "stream");
+        check(cublasCreate(&m.blas), "create");
+        check(cublasSetStream(m.blas, m.stream), "set stream");
+        const size_t rows = static_cast<size_t>(shape.max_windows) * shape.n_ctx;
+        m.alloc(&m.x, rows * shape.n_state);
+        m.alloc(&m.h, rows * shape.n_state);
+        m.alloc(&m.q, rows * shape.n_state);
+        m.alloc(&m.k, rows * shape.n_state);
+        m.alloc(&m.v, rows * shape.n_state);
+        m.alloc(&m.f, rows * shape.n_ff);
+        m.alloc(&m.scores, static_cast<size_t>(shape.n_head) * shape.n_ctx * shape.n_ctx);
+    } catch (...) {
+        impl_.reset();  // frees what was allocated (~CudaEncoder does not run on a throw)
+        throw;
+    }
+}
+
+CudaEncoder::~CudaEncoder() = default;
+
+size_t CudaEncoder::memory_bytes() const { return impl_ ? impl_->bytes : 0; }
+
+void CudaEncoder::encode(const float *x_in, int n, const std::vector<int> &slots) {
+    Impl &m = *impl_;
+    const CudaEncoderShape &s = m.s;
+    if (n < 1 || n > s.max_windows || static_cast<int>(slots.size()) != n) {
+        throw std::invalid_argument("CUDA encoder: bad window count");
+    }
+    check(cudaSetDevice(m.device), "select the GPU");
+    const int T = s.n_ctx, C = s.n_state;
+    const int rows = n * T;
+    check(cudaMemcpyAsync(m.x, x_in, static_cast<size_t>(rows) * C * sizeof(float), cudaMemcpyDeviceToDevice,
+                          m.stream),
+          "copy the front end's output");
+    const float *pending = nullptr;  // the last MLP's bias, added by the next norm
+    for (const CudaEncoderLayer &L : m.layers) {
+        m.norm(pending, L.ln1_w, L.ln1_b, rows);
+        m.linear(L.wq, m.h, rows, C, C, m.q, CUDA_R_16F);
+        m.linear(L.wk, m.h, rows, C, C, m.k, CUDA_R_16F);
+        m.linear(L.wv, m.h, rows, C, C, m.v, CUDA_R_16F);
+        m.bias(m.q, L.bq, rows, C, false);
+        m.bias(m.v, L.bv, rows, C, false);
+        for (int i = 0; i < n; ++i) {
+            m.attention(static_cast<size_t>(i) * T);
+        }
+        m.linear(L.wo, m.h, rows, C, C, m.x, CUDA_R_32F, 1.0f, 1.0f);  // x += attention W_o^T
+        m.norm(L.bo, L.ln2_w, L.ln2_b, rows);
+        m.linear(L.w1, m.h, rows, C, s.n_ff, m.f, CUDA_R_16F);
+        m.bias(m.f, L.b1, rows, s.n_ff, true);
+        m.linear(L.w2, m.f, rows, s.n_ff, C, m.x, CUDA_R_32F, 1.0f, 1.0f);  // x += mlp
+        pending = L.b2;
+    }
+    m.norm(pending, m.ln_post_w, m.ln_post_b, rows);  // h: the encoder's output
+    const size_t slot_elems = static_cast<size_t>(s.n_audio_pad) * s.n_text_state;
+    for (const CudaCrossLayer &X : m.cross) {
+        for (int i = 0; i < n; ++i) {
+            const half *enc = m.h + static_cast<size_t>(i) * T * C;
+            half *ck = static_cast<half *>(X.ck) + slots[i] * slot_elems;
+            half *cv = static_cast<half *>(X.cv) + slots[i] * slot_elems;
+            m.linear(X.wk, enc, T, C, s.n_text_state, ck, CUDA_R_16F, s.kscale);
+            m.linear(X.wv, enc, T, C, s.n_text_state, cv, CUDA_R_16F);
+            m.bias(cv, X.bv, T, s.n_text_state, false);
+        }
+    }
+    check(cudaStreamSynchronize(m.stream), "encode");
+}
+
+}  // namespace whisperd
