@@ -150,6 +150,11 @@ class BatchDecoder:
         """Whether the encoder layers run as whisperd's CUDA code (else a ggml graph)."""
         return bool(self._decoder.cuda_encoder)
 
+    def mel(self, samples: np.ndarray) -> np.ndarray:
+        """whisper.cpp's log-mel frames of a window, [n_mels, 3000] (tests)."""
+        audio = np.ascontiguousarray(samples, dtype=np.float32)
+        return np.asarray(self._decoder.mel(audio), dtype=np.float32).reshape(-1, 3000)
+
     def cross_kv(self, window_id: int, layer: int) -> np.ndarray:
         """A window's cross-attention keys and values for one decoder layer, as the
         encoder wrote them: float32 [2, n_audio_ctx, n_text_state] (tests)."""

@@ -11,6 +11,7 @@ Every offset here is in samples at 16 kHz.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import numpy as np
@@ -36,8 +37,18 @@ _LEAD_IN = 3 * SAMPLE_RATE // 10
 # short windows cost a decode each and give the decoder less context.
 _PREFERRED_FROM = 0.5
 
-# Silero's pieces: 5 minutes, a second or so of CPU each.
-_VAD_PIECE = 300 * SAMPLE_RATE
+# Silero runs on pieces of ~30 s, one per thread, each single-threaded: its per-frame
+# graphs are too small to split, and ggml's thread barriers made 4 threads on 2 cores 14x
+# slower than one (8 on 2: 20x). Each piece starts 4 s early (Silero misses speech already
+# under way where its input starts): its spans count from the middle of that overlap, the
+# earlier piece's up to it. The pieces do not depend on the number of threads, so neither
+# do the spans; `should_stop` is asked before each piece. Both are whole numbers of
+# Silero's 512-sample frames, so every piece reads the frames an unsplit run would (a
+# half-frame shift moved a span's start by 10 ms, and tiny.en heard "america" for
+# "americans").
+_VAD_FRAME = 512
+_VAD_PIECE = 960 * _VAD_FRAME  # 30.72 s
+_VAD_OVERLAP = 125 * _VAD_FRAME  # 4 s
 # Silero parameters: whisper.cpp's defaults, which its VAD option uses as well.
 VAD_THRESHOLD = 0.5
 VAD_MIN_SPEECH_MS = 250
@@ -45,14 +56,18 @@ VAD_MIN_SILENCE_MS = 100
 VAD_SPEECH_PAD_MS = 30
 
 
+def vad_pieces(n_samples: int) -> list[Span]:
+    """The pieces Silero runs on (each also reads the _VAD_OVERLAP before it)."""
+    return [(a, min(n_samples, a + _VAD_PIECE)) for a in range(0, n_samples, _VAD_PIECE)]
+
+
 def speech_spans(
     samples: np.ndarray, threads: int, should_stop: Callable[[], bool] | None = None
 ) -> list[Span]:
     """Where someone speaks: Silero VAD when the build has it, else RMS energy.
 
-    Silero runs on pieces of _VAD_PIECE samples, so that `should_stop` is asked between
-    them (an hour takes a while on a CPU); it returns what was found so far once it says
-    stop.
+    Pieces run on up to `threads` threads (see _VAD_PIECE); once `should_stop` says stop,
+    pieces not yet started are skipped and what was found is returned.
     """
     model = vad_model_path()
     if not (hasattr(_native, "vad_speech_spans") and model.is_file()):
@@ -63,19 +78,31 @@ def speech_spans(
     opts.vad_min_speech_ms = VAD_MIN_SPEECH_MS
     opts.vad_min_silence_ms = VAD_MIN_SILENCE_MS
     opts.vad_speech_pad_ms = VAD_SPEECH_PAD_MS
-    found: list[Span] = []
-    for offset in range(0, len(samples), _VAD_PIECE):
+    pieces = vad_pieces(len(samples))
+
+    def detect(piece: Span) -> list[Span]:
         if should_stop is not None and should_stop():
-            break
-        piece = np.ascontiguousarray(samples[offset : offset + _VAD_PIECE], dtype=np.float32)
-        try:
-            spans = _native.vad_speech_spans(piece, opts, max(1, threads))
-        except WhisperError as exc:  # the weights did not load: energy still finds pauses
-            log.warning("voice activity detection failed (%s); cutting at low-energy pauses", exc)
-            return energy_speech_spans(samples)
-        found.extend((offset + int(a), offset + int(b)) for a, b in spans)
-    # A span cut by a piece's end continues in the next piece: merged again.
-    return merge_spans(found, len(samples))
+            return []
+        a, b = piece
+        start = max(0, a - _VAD_OVERLAP)
+        seam = max(0, a - _VAD_OVERLAP // 2)
+        data = np.ascontiguousarray(samples[start:b], dtype=np.float32)
+        found = [(start + int(x), start + int(y)) for x, y in _native.vad_speech_spans(data, opts, 1)]
+        # From the seam with the piece before (if any) to this piece's own seam with the next.
+        end_seam = b if b == len(samples) else b - _VAD_OVERLAP // 2
+        return [(max(x, seam), min(y, end_seam)) for x, y in found if y > seam and x < end_seam]
+
+    try:
+        if len(pieces) == 1 or threads <= 1:
+            results = [detect(p) for p in pieces]
+        else:
+            with ThreadPoolExecutor(max_workers=min(threads, len(pieces)), thread_name_prefix="vad") as pool:
+                results = list(pool.map(detect, pieces))
+    except WhisperError as exc:  # the weights did not load: energy still finds pauses
+        log.warning("voice activity detection failed (%s); cutting at low-energy pauses", exc)
+        return energy_speech_spans(samples)
+    # A span cut at a seam continues in the next piece: merged again.
+    return merge_spans([s for spans in results for s in spans], len(samples))
 
 
 def energy_speech_spans(

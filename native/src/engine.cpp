@@ -296,7 +296,10 @@ namespace {
 
 whisper_vad_context *open_vad(const Options &opts, int threads) {
     whisper_vad_context_params vp = whisper_vad_default_context_params();
-    vp.n_threads = threads > 0 ? threads : default_threads();
+    // Silero's per-frame graphs are tiny: past 2 threads ggml's barriers cost more than
+    // they share (4 threads on 2 cores: 14x slower than 1). Parallel work is split by
+    // pieces of audio instead (whisperd/windows.py).
+    vp.n_threads = std::min(2, threads > 0 ? threads : default_threads());
     vp.use_gpu = false;  // Silero is tiny: the CPU avoids a second CUDA context
     whisper_vad_context *vad = whisper_vad_init_from_file_with_params(opts.vad_model_path.c_str(), vp);
     if (vad == nullptr) {
