@@ -166,9 +166,11 @@ if has_stage profile; then
   echo
   echo "== where the batched engine's GPU time goes (large-v3 shape)"
   # the encoder's layers as a ggml graph against whisperd's CUDA code (the default here)
-  echo "-- WHISPERD_CUDA_ENCODER=0 (the encoder as a ggml graph)"
-  WHISPERD_CUDA_ENCODER=0 "$PY" bench/profile_engine.py --model "$LARGE" \
-    --wav "$RESULTS/speech121.wav" ${PROFILE_ARGS:-}
+  if [[ "${PROFILE_GGML_ENCODER:-1}" == 1 ]]; then
+    echo "-- WHISPERD_CUDA_ENCODER=0 (the encoder as a ggml graph)"
+    WHISPERD_CUDA_ENCODER=0 "$PY" bench/profile_engine.py --model "$LARGE" \
+      --wav "$RESULTS/speech121.wav" ${PROFILE_ARGS:-}
+  fi
   echo "-- whisperd's defaults on this GPU"
   "$PY" bench/profile_engine.py --model "$LARGE" --wav "$RESULTS/speech121.wav" ${PROFILE_ARGS:-}
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || true)
