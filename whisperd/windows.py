@@ -36,6 +36,10 @@ _LEAD_IN = 3 * SAMPLE_RATE // 10
 # A cut in the first half of a window is taken only when the second half has no silence:
 # short windows cost a decode each and give the decoder less context.
 _PREFERRED_FROM = 0.5
+# Among those, the latest pause at least this fraction of the longest one (and at least
+# _MIN_CUT_PAUSE long) is taken rather than the longest itself.
+_NEAR_LONGEST = 0.7
+_MIN_CUT_PAUSE = SAMPLE_RATE // 2
 
 # Silero runs on pieces of ~30 s, one per thread, each single-threaded: its per-frame
 # graphs are too small to split, and ggml's thread barriers made 4 threads on 2 cores 14x
@@ -191,9 +195,9 @@ def cut_windows(
 ) -> list[Span]:
     """Windows (start, end) covering all the audio, each at most max_samples long.
 
-    Each cut goes into the longest silence in the second half of the window (or, without
-    one there, in the first half), 0.3 s before the speech after it (or in the middle of
-    a shorter pause); only a span of speech longer than a window is cut, at its quietest
+    Each cut goes into the latest silence in the second half of the window (or, without
+    one there, in the first half) that is nearly as long as the longest one there, 0.3 s
+    before the speech after it (or in the middle of a shorter pause); only a span of speech longer than a window is cut, at its quietest
     0.1 s frame in the last 5 s before the limit.
     """
     n = len(samples)
@@ -205,17 +209,21 @@ def cut_windows(
     while n - start > max_samples:
         limit = start + max_samples
         preferred_from = start + int(max_samples * _PREFERRED_FROM)
-        best: tuple[bool, int, int] | None = None  # (in second half, usable length, cut)
+        candidates: list[tuple[bool, int, int]] = []  # (in second half, usable length, cut)
         for g0, g1 in gaps:
             lo, hi = max(g0, start + 1), min(g1, limit)
             if lo > hi or g1 <= start:
                 continue
             cut = min(max((g0 + g1) // 2, g1 - _LEAD_IN, lo), hi)
-            key = (cut >= preferred_from, hi - lo, cut)
-            if best is None or key > best:
-                best = key
-        if best is not None:
-            cut = best[2]
+            candidates.append((cut >= preferred_from, hi - lo, cut))
+        if candidates:
+            best = max(candidates)
+            # The latest of the pauses nearly as long as the longest: a window that ends
+            # early in a sentence's pause leaves the sentence unfinished, and Whisper's
+            # last timestamp then falls before the cut (the rest costs another encoder
+            # pass); a pause near the longest is a sentence's end more often.
+            near = max(_MIN_CUT_PAUSE, int(best[1] * _NEAR_LONGEST))
+            cut = max((c for c in candidates if c[0] == best[0] and c[1] >= near), default=best)[2]
         else:
             cut = quietest_frame(samples, max(start + 1, limit - _QUIET_SEARCH), limit)
         windows.append((start, cut))
