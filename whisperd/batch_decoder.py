@@ -69,6 +69,14 @@ def slot_cost(model: WhisperModel, *, max_beams: int, encode_batch: int) -> Slot
     # Encoder activations: ~12 f32 tensors of the window's shape live at the peak (the
     # MLP's hidden layer alone is 4), the logits of a step, and a margin.
     encoder = encode_batch * m.n_audio_ctx * m.n_text_state * 4 * 12
+    if m.use_gpu:
+        # The CUDA encoder's own memory comes on top of the ggml front end's: per window
+        # the f32 residual, four f16 activations and the f16 MLP layer (4x wide); one
+        # window's attention scores (64-wide heads, rows padded to 8); cuBLAS's workspace.
+        # Left out, a 7.5 GiB card ran out of memory inside a CUDA graph (an abort).
+        ctx, state = m.n_audio_ctx, m.n_text_state
+        encoder += encode_batch * ctx * state * (4 + 4 * 2 + 4 * 2)
+        encoder += (state // 64) * ctx * (-(-ctx // 8) * 8) * 2 + 64 * 2**20
     logits = 4 * m.n_vocab * 256
     return SlotCost(per_slot_bytes=per_slot, fixed_bytes=encoder + logits + 256 * 2**20)
 

@@ -149,34 +149,37 @@ __global__ void add_bias(half2 *y, const float *b, size_t n2, int C2) {
     }
 }
 
-// Softmax of each row of n scores in place (f32 arithmetic).
-__global__ void softmax_rows(half *s, int n) {
+// Softmax of each row of n scores in place (f32 arithmetic); rows are ld apart, n and ld
+// even (pairs of f16 per load).
+__global__ void softmax_rows(half *s, int n, int ld) {
     __shared__ float red[kThreads / 32];
-    half *row = s + static_cast<size_t>(blockIdx.x) * n;
-    float v[kMaxPer];
+    half2 *row = reinterpret_cast<half2 *>(s + static_cast<size_t>(blockIdx.x) * ld);
+    const int n2 = n / 2;
+    float2 v[kMaxPer / 2];
     float m = -INFINITY;
 #pragma unroll
-    for (int j = 0; j < kMaxPer; ++j) {
+    for (int j = 0; j < kMaxPer / 2; ++j) {
         const int c = threadIdx.x + j * kThreads;
-        v[j] = c < n ? __half2float(row[c]) : -INFINITY;
-        m = fmaxf(m, v[j]);
+        v[j] = c < n2 ? __half22float2(row[c]) : make_float2(-INFINITY, -INFINITY);
+        m = fmaxf(m, fmaxf(v[j].x, v[j].y));
     }
     m = block_max(m, red);
     float sum = 0.0f;
 #pragma unroll
-    for (int j = 0; j < kMaxPer; ++j) {
+    for (int j = 0; j < kMaxPer / 2; ++j) {
         const int c = threadIdx.x + j * kThreads;
-        if (c < n) {
-            v[j] = __expf(v[j] - m);
-            sum += v[j];
+        if (c < n2) {
+            v[j].x = __expf(v[j].x - m);
+            v[j].y = __expf(v[j].y - m);
+            sum += v[j].x + v[j].y;
         }
     }
     const float inv = 1.0f / block_sum(sum, red);
 #pragma unroll
-    for (int j = 0; j < kMaxPer; ++j) {
+    for (int j = 0; j < kMaxPer / 2; ++j) {
         const int c = threadIdx.x + j * kThreads;
-        if (c < n) {
-            row[c] = __float2half(v[j] * inv);
+        if (c < n2) {
+            row[c] = __float22half2_rn(make_float2(v[j].x * inv, v[j].y * inv));
         }
     }
 }
@@ -199,7 +202,11 @@ struct CudaEncoder::Impl {
     // residual stream f32; h: normed input of the products, then attention output; f: MLP
     float *x = nullptr;
     half *h = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *f = nullptr;
-    half *scores = nullptr;  // one window: [n_head][n_ctx][n_ctx]
+    // One window's attention scores, [n_head][n_ctx][ld]: rows padded to 8 values (16
+    // bytes), as cuBLAS's fast kernels and the softmax's paired loads want them (rows of
+    // 1500 f16 start on 8-byte boundaries; ncu showed cuBLAS falling back to a slow kernel).
+    half *scores = nullptr;
+    int ld = 0;
     size_t bytes = 0;
 
     ~Impl() {
@@ -258,18 +265,18 @@ struct CudaEncoder::Impl {
         const half *Q = q + row0 * C, *K = k + row0 * C, *V = v + row0 * C;
         half *O = h + row0 * C;
         const float scale = 1.0f / sqrtf(static_cast<float>(hd)), one = 1.0f, zero = 0.0f;
+        const long long per_head = static_cast<long long>(T) * ld;
         // scores[h][query][key] = scale * Q_h K_h^T  (column-major: keys x queries)
         check(cublasGemmStridedBatchedEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, &scale, K, CUDA_R_16F, C, hd,
-                                         Q, CUDA_R_16F, C, hd, &zero, scores, CUDA_R_16F, T,
-                                         static_cast<long long>(T) * T, s.n_head, CUBLAS_COMPUTE_32F,
-                                         CUBLAS_GEMM_DEFAULT),
+                                         Q, CUDA_R_16F, C, hd, &zero, scores, CUDA_R_16F, ld, per_head, s.n_head,
+                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
               "attention scores");
-        softmax_rows<<<s.n_head * T, kThreads, 0, stream>>>(scores, T);
+        softmax_rows<<<s.n_head * T, kThreads, 0, stream>>>(scores, T, ld);
         check(cudaGetLastError(), "softmax kernel");
         // O_h[query][d] = P_h V_h  (column-major: d x queries, heads side by side in a row)
         check(cublasGemmStridedBatchedEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, &one, V, CUDA_R_16F, C, hd,
-                                         scores, CUDA_R_16F, T, static_cast<long long>(T) * T, &zero, O,
-                                         CUDA_R_16F, C, hd, s.n_head, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                                         scores, CUDA_R_16F, ld, per_head, &zero, O, CUDA_R_16F, C, hd, s.n_head,
+                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
               "attention values");
     }
 };
@@ -295,7 +302,8 @@ CudaEncoder::CudaEncoder(int device, const CudaEncoderShape &shape, std::vector<
     m.ln_post_b = ln_post_b;
     m.cross = std::move(cross);
     if (shape.n_state > kThreads * kMaxPer || shape.n_ctx > kThreads * kMaxPer || shape.n_state % 2 != 0 ||
-        shape.n_ff % 2 != 0 || shape.n_text_state % 2 != 0 || shape.n_state % shape.n_head != 0) {
+        shape.n_ff % 2 != 0 || shape.n_text_state % 2 != 0 || shape.n_state % shape.n_head != 0 ||
+        shape.n_ctx % 2 != 0) {
         throw WhisperError("the CUDA encoder does not support this model's shape");
     }
     check(cudaSetDevice(device), "select the GPU");
@@ -310,7 +318,8 @@ CudaEncoder::CudaEncoder(int device, const CudaEncoderShape &shape, std::vector<
         m.alloc(&m.k, rows * shape.n_state);
         m.alloc(&m.v, rows * shape.n_state);
         m.alloc(&m.f, rows * shape.n_ff);
-        m.alloc(&m.scores, static_cast<size_t>(shape.n_head) * shape.n_ctx * shape.n_ctx);
+        m.ld = (shape.n_ctx + 7) / 8 * 8;
+        m.alloc(&m.scores, static_cast<size_t>(shape.n_head) * shape.n_ctx * m.ld);
     } catch (...) {
         impl_.reset();  // frees what was allocated (~CudaEncoder does not run on a throw)
         throw;
