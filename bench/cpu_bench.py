@@ -224,11 +224,11 @@ class _WhisperdBatchedEngine(_WhisperdEngine):
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
-        from whisperd.server.engine.decoder_factory import default_decoder_factory
+        from whisperd.server.engine.decoder_factory import default_decoder_factory, windows_per_job
         from whisperd.server.engine.scheduler import BatchScheduler
 
         self._scheduler = BatchScheduler(default_decoder_factory(threads=self._threads),
-                                         vad_threads=self._threads)
+                                         vad_threads=self._threads, windows_per_job=windows_per_job(False))
 
     def run(self, samples, beam: int) -> dict:
         from whisperd.inference import CancelToken

@@ -24,6 +24,7 @@ from whisperd.inference import (
 from whisperd.sequential_decoder import SequentialWindowDecoder
 from whisperd.server.engine.scheduler import BatchScheduler, DecoderFactory
 from whisperd.transcript import Segment, Transcript
+from whisperd.windows import cut_windows, speech_spans
 
 SR = 16000
 THREADS = 2
@@ -336,3 +337,40 @@ def test_the_vad_option_skips_windows_without_speech(model: WhisperModel, jfk: n
     # Only the windows with speech were decoded: 20 s and more of silence were not.
     assert sum(added) < len(audio) - 20 * SR, [n / SR for n in added]
     assert_monotone(result.segments, len(audio) / SR)
+
+
+def test_a_rest_joins_the_next_window_when_a_job_has_one_window_in_flight(
+    model: WhisperModel, jfk: np.ndarray
+) -> None:
+    """On a CPU the scheduler keeps one window of a job in the decoder at a time
+    (windows_per_job=1): the unfinished rest of a window then goes in front of the job's
+    next window, one encoder pass instead of two, and nothing is heard twice or lost."""
+    cls = batch_decoder_class()
+    if cls is None:
+        pytest.skip("this build has no batched window decoder (whisperd.batch_decoder)")
+    audio = np.tile(jfk, 11)  # no pauses between the copies: windows end mid-sentence
+    planned = len(cut_windows(audio, speech_spans(audio, THREADS)))
+    passes: dict[int, int] = {}
+    for per_job in (0, 1):
+        added: list[int] = []
+
+        class Counting(cls):  # type: ignore[valid-type, misc]  # the real decoder, counting
+            def add(self, windows, cancel=None):  # type: ignore[no-untyped-def]
+                added.extend(len(w.samples) for w in windows)
+                super().add(windows, cancel)
+
+        s = BatchScheduler(lambda m: Counting(m, 4, THREADS), vad_threads=THREADS, windows_per_job=per_job)
+        try:
+            result = s.transcribe(model, audio, TranscribeOptions(beam_size=5, threads=THREADS), cancel=CancelToken())
+        finally:
+            s.close()
+        passes[per_job] = len(added)
+        text = normalise(result.text)
+        for phrase in ("fellow americans", "what your country can do for you", "ask what you can do for your country"):
+            assert text.count(phrase) == 11, (per_job, phrase, result.text)
+        assert_monotone(result.segments, len(audio) / SR)
+        assert max(added) <= 30 * SR
+    # Every window in flight at once: rests are passes of their own (the case to improve)...
+    assert passes[0] > planned, (passes, planned)
+    # ...one window of the job at a time: they join the next window.
+    assert passes[1] < passes[0], (passes, planned)

@@ -148,3 +148,13 @@ def test_espeak_speech_is_cut_in_its_pauses(tmp_path: Path) -> None:
     for _, cut in windows[:-1]:
         around = audio[max(0, cut - 320) : cut + 320]
         assert float(np.sqrt(np.mean(around**2))) < 0.1 * speech_rms, cut / SR
+
+
+def test_speech_spans_do_not_depend_on_the_number_of_threads(jfk: np.ndarray) -> None:
+    """Silero runs on pieces in parallel, one thread each: the pieces are fixed, so a
+    machine with more CPUs cuts the same audio into the same windows."""
+    audio, _ = tiled(jfk, 8, [1.0, 2.5, 4.0])  # ~105 s: four pieces
+    one = speech_spans(audio, 1)
+    assert len(one) >= 8
+    assert speech_spans(audio, 3) == one
+    assert speech_spans(audio, 8) == one

@@ -17,6 +17,16 @@ DecoderFactory = Callable[[WhisperModel], WindowDecoder]
 CPU_BATCH_SIZE = 4
 
 
+def windows_per_job(gpu: bool) -> int:
+    """How many of one job's windows the scheduler keeps in the decoder at once: on a GPU
+    all slots but one (0), so that one long file fills the batch; on a CPU one, since a
+    step there is compute-bound (a job's windows would only take turns) and a window's
+    unfinished rest can then join the job's next window instead of costing its own
+    encoder pass (tiny.en, 2 cores, 121 s of continuous speech, beam 5: 8 encoder passes
+    -> 6, 10.4 s -> 8.4 s)."""
+    return 0 if gpu else 1
+
+
 def default_decoder_factory(
     *, batch_size: int = 0, threads: int = 0, gpu: bool = False, max_beams: int = 5
 ) -> DecoderFactory:

@@ -13,7 +13,7 @@ from whisperd.batching import WindowRequest, WindowResult
 from whisperd.inference import SAMPLE_RATE, TranscribeOptions, WhisperModel
 from whisperd.stream_windows import PlannedWindow
 from whisperd.transcript import Segment, Word
-from whisperd.windows import Span, has_speech, speech_samples
+from whisperd.windows import MAX_WINDOW, Span, has_speech, speech_samples
 
 # A rest of a window is decoded only when it holds at least this much speech.
 _MIN_REST_SPEECH = SAMPLE_RATE // 2
@@ -110,13 +110,39 @@ class ScheduledJob:
         spans = self.spans.get(index)
         speech_left = spans is None or speech_samples(spans, reached, end) >= _MIN_REST_SPEECH
         if end - reached > SAMPLE_RATE and reached > start and speech_left:
-            self.rests.append((index, reached))
             self.decoded += reached - start
+            if self._merge_rest(index, reached):
+                self.done[index] = self.parts.pop(index)
+                self.pieces.pop(index, None)
+                self.spans.pop(index, None)
+            else:
+                self.rests.append((index, reached))
         else:
             self.done[index] = self.parts.pop(index)
             self.decoded += end - start
             self.pieces.pop(index, None)
             self.spans.pop(index, None)
+
+
+    def _merge_rest(self, index: int, reached: int) -> bool:
+        """Put the rest of window `index` (from `reached`) in front of the next window when
+        that one has not gone to the decoder yet and both fit in one window: one encoder
+        pass instead of two, as whisper.cpp's next window starts at the last timestamp."""
+        nxt = index + 1
+        if nxt not in self.pieces or nxt not in self.order[self.next_window:]:
+            return False
+        start, end = self.windows[index]
+        n_start, n_end = self.windows[nxt]
+        if n_start != end or n_end - reached > MAX_WINDOW:
+            return False
+        rest = self.pieces[index][reached - start:]
+        self.pieces[nxt] = np.concatenate([rest, self.pieces[nxt]])
+        self.windows[nxt] = (reached, n_end)
+        before, after = self.spans.get(index), self.spans.get(nxt)
+        self.spans[nxt] = None if before is None or after is None else (
+            [(max(a, reached), b) for a, b in before if b > reached] + list(after)
+        )
+        return True
 
 
 def stitch(out: list[Segment], result: WindowResult, offset: float, length: float) -> None:

@@ -53,8 +53,13 @@ class BatchScheduler:
         *,
         vad_threads: int = 1,
         on_step: Callable[[int], None] = lambda windows: None,
+        windows_per_job: int = 0,
     ) -> None:
         self._factory = factory
+        # Windows of one job in the decoder at once; 0 = all slots but one. On a CPU one
+        # is enough (a step there is compute-bound: more windows of a job only take turns),
+        # and then a window's rest can join the job's next window (one encoder pass less).
+        self._windows_per_job = windows_per_job
         self._on_step = on_step  # metrics: windows in each decoder step
         self._vad_threads = vad_threads
         self._cond = threading.Condition()
@@ -381,7 +386,7 @@ class BatchScheduler:
         """Up to `free` windows, one per job in turn, starting where the last refill
         stopped. No job holds every slot: one is kept for a job that comes next, so it
         starts at the next step instead of after a window of the running one."""
-        most = max(1, capacity - 1)
+        most = self._windows_per_job or max(1, capacity - 1)
         batch: list[WindowRequest] = []
         while free > 0:
             progressed = False

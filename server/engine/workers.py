@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from whisperd.server.engine.lifecycle import ModelHost, ModelState, Transition
-from whisperd.server.engine.decoder_factory import DecoderFactory, default_decoder_factory
+from whisperd.server.engine.decoder_factory import DecoderFactory, default_decoder_factory, windows_per_job
 from whisperd.server.engine.scheduler import BatchScheduler
 from whisperd.server.jobs.errors import JobStateError
 from whisperd.server.jobs.events import EventHub, FinishedEvent, ProgressEvent, RequeuedEvent, SegmentEvent
@@ -83,6 +83,7 @@ class WorkerPool:
             ),
             vad_threads=decoder_threads or (os.cpu_count() or 1),
             on_step=on_decoder_step,
+            windows_per_job=windows_per_job(host.use_gpu),
         )
         self._on_finished = on_finished
         self._on_started = on_started  # metrics: a claimed job's wait in the queue
