@@ -251,6 +251,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[int], None] | Non
         bench_tokens_per_window=settings.bench_tokens_per_window,
         batch_size=settings.batch_size, decoder_threads=settings.threads,
         batch_max_beams=settings.batch_max_beams,
+        cuda_encoder=None if settings.cuda_encoder == "auto" else settings.cuda_encoder == "1",
         on_finished=job_finished,
         on_started=metrics.job_started,
         on_decoder_step=metrics.observe_batch,

@@ -39,6 +39,10 @@ class Settings:
     # more is decoded with this many. 1 = greedy-only slots, a third of the memory each
     # (large-v3 on an 8 GB card: ~11 windows instead of ~6). 1-16.
     batch_max_beams: int = 5
+    # WHISPERD_CUDA_ENCODER: the batched engine's encoder layers as whisperd's own CUDA code
+    # ("1", any GPU), as a ggml graph ("0"), or "auto": the CUDA code where f32
+    # accumulation runs at full rate (A100, H100/H200, B200) with an f16 model.
+    cuda_encoder: str = "auto"
     max_upload_bytes: int = 0  # MAX_UPLOAD_BYTES; 0 = unlimited
     # MAX_AUDIO_SECS: longest audio accepted, measured from the stream (not its header);
     # bounds the memory a job's decoded samples take (4 h = 920 MB). 0 = unlimited.
@@ -122,6 +126,7 @@ _ENV: dict[str, str] = {
     "parallel_jobs": "PARALLEL_JOBS",
     "batch_size": "BATCH_SIZE",
     "batch_max_beams": "BATCH_MAX_BEAMS",
+    "cuda_encoder": "WHISPERD_CUDA_ENCODER",
     "max_upload_bytes": "MAX_UPLOAD_BYTES",
     "max_audio_secs": "MAX_AUDIO_SECS",
     "job_retention_secs": "JOB_RETENTION_SECS",
@@ -212,6 +217,8 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(f"BATCH_MAX_BEAMS must be between 1 and 16, got {s.batch_max_beams}")
     if s.threads < 0:
         raise ConfigError(f"THREADS must be 0 (automatic) or more, got {s.threads}")
+    if s.cuda_encoder.strip().lower() not in ("auto", "0", "1"):
+        raise ConfigError(f"WHISPERD_CUDA_ENCODER must be 0, 1 or auto, got {s.cuda_encoder!r}")
     if s.shutdown_grace_secs < 0:
         raise ConfigError(f"SHUTDOWN_GRACE_SECS must be 0 or more, got {s.shutdown_grace_secs}")
     if s.admission.lower() not in ("queue", "strict"):
@@ -247,5 +254,6 @@ def validate(s: Settings) -> Settings:
     if s.whisper_model_path is not None and not s.whisper_model_path.is_file():
         raise ConfigError(f"WHISPER_MODEL_PATH points at {s.whisper_model_path}, which is not a file")
     return replace(
-        s, log_level=s.log_level.upper(), admission=s.admission.lower(), log_format=s.log_format.lower()
+        s, log_level=s.log_level.upper(), admission=s.admission.lower(), log_format=s.log_format.lower(),
+        cuda_encoder=s.cuda_encoder.strip().lower(),
     )

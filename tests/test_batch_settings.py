@@ -23,6 +23,7 @@ from whisperd.server.config import ConfigError, from_env
         ({"BATCH_SIZE": "many"}, "BATCH_SIZE must be a whole number, got 'many'"),
         ({"BATCH_MAX_BEAMS": "0"}, "BATCH_MAX_BEAMS must be between 1 and 16, got 0"),
         ({"BATCH_MAX_BEAMS": "17"}, "BATCH_MAX_BEAMS must be between 1 and 16, got 17"),
+        ({"WHISPERD_CUDA_ENCODER": "fast"}, "WHISPERD_CUDA_ENCODER must be 0, 1 or auto, got 'fast'"),
     ],
 )
 def test_a_bad_batch_setting_names_the_variable(env: dict[str, str], message: str) -> None:
@@ -32,7 +33,9 @@ def test_a_bad_batch_setting_names_the_variable(env: dict[str, str], message: st
 
 def test_defaults_are_automatic_batch_and_five_beams() -> None:
     s = from_env({})
-    assert (s.batch_size, s.batch_max_beams) == (0, 5)
+    assert (s.batch_size, s.batch_max_beams, s.cuda_encoder) == (0, 5, "auto")
+    assert from_env({"WHISPERD_CUDA_ENCODER": " AUTO "}).cuda_encoder == "auto"
+    assert from_env({"WHISPERD_CUDA_ENCODER": "0"}).cuda_encoder == "0"
 
 
 def test_more_beams_than_a_slot_holds_decode_with_the_slots_beams(tiny_en_model: Path, jfk_wav: Path) -> None:

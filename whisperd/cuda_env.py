@@ -12,9 +12,11 @@ before the first matrix product; a value the user set is never changed.
   (the conversions were a fifth of the encoder's time on an H200). GeForce and
   workstation cards accumulate in f32 at half rate, so they keep ggml's default.
 
-``WHISPERD_CUDA_ENCODER`` (read here, set by nobody): ``1`` runs the batched engine's
-encoder layers as whisperd's CUDA code on any GPU, ``0`` keeps them a ggml graph; unset,
-the CUDA code runs on the same full-rate GPUs as above (it needs an f16 model).
+``WHISPERD_CUDA_ENCODER`` (set by nobody; the server validates it at start as one of its
+settings and passes it on, library users get it read here): ``1`` runs the batched
+engine's encoder layers as whisperd's CUDA code on any GPU, ``0`` keeps them a ggml graph;
+``auto`` or unset, the CUDA code runs on the same full-rate GPUs as above (it needs an f16
+model).
 """
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ def windows_per_job(gpu: bool) -> int:
 
 
 def default_decoder_factory(
-    *, batch_size: int = 0, threads: int = 0, gpu: bool = False, max_beams: int = 5
+    *, batch_size: int = 0, threads: int = 0, gpu: bool = False, max_beams: int = 5,
+    cuda_encoder: bool | None = None,
 ) -> DecoderFactory:
     """The batched decoder when this build has it, else the sequential reference.
 
@@ -50,6 +51,8 @@ def default_decoder_factory(
             auto = getattr(BatchDecoder, "auto_capacity", None)
             capacity = auto(model, max_beams=max_beams) if gpu and auto is not None else CPU_BATCH_SIZE
         log.info("batched window decoder with %d slots of %d beams", capacity, max_beams)
-        return BatchDecoder(model, capacity, threads, max_beams=max_beams)
+        if cuda_encoder is None:
+            return BatchDecoder(model, capacity, threads, max_beams=max_beams)
+        return BatchDecoder(model, capacity, threads, max_beams=max_beams, cuda_encoder=cuda_encoder)
 
     return make

@@ -61,6 +61,7 @@ class WorkerPool:
         bench_tokens_per_window: int = 0,
         batch_size: int = 0,
         batch_max_beams: int = 5,
+        cuda_encoder: bool | None = None,
         decoder_threads: int = 0,
         decoder_factory: DecoderFactory | None = None,
         on_finished: Callable[[JobRecord], None] = lambda job: None,
@@ -79,7 +80,8 @@ class WorkerPool:
         self._scheduler = BatchScheduler(
             decoder_factory
             or default_decoder_factory(
-                batch_size=batch_size, threads=decoder_threads, gpu=host.use_gpu, max_beams=batch_max_beams
+                batch_size=batch_size, threads=decoder_threads, gpu=host.use_gpu, max_beams=batch_max_beams,
+                cuda_encoder=cuda_encoder,
             ),
             vad_threads=decoder_threads or (os.cpu_count() or 1),
             on_step=on_decoder_step,
