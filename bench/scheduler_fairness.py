@@ -20,7 +20,7 @@ import numpy as np
 from whisperd import paths
 from whisperd.audio import decode_audio
 from whisperd.inference import CancelToken, TranscribeOptions, WhisperModel
-from whisperd.server.engine.decoder_factory import default_decoder_factory
+from whisperd.server.engine.decoder_factory import default_decoder_factory, windows_per_job
 from whisperd.server.engine.scheduler import BatchScheduler
 
 SR = 16000
@@ -57,7 +57,7 @@ def main() -> None:
     options = TranscribeOptions(beam_size=args.beam_size, threads=args.threads)
     model = WhisperModel(args.model, use_gpu=args.gpu)
     factory = default_decoder_factory(batch_size=args.batch_size, threads=args.threads, gpu=args.gpu)
-    scheduler = BatchScheduler(factory, vad_threads=args.threads or 1)
+    scheduler = BatchScheduler(factory, vad_threads=args.threads or 1, windows_per_job=windows_per_job(args.gpu))
 
     def run(audio: np.ndarray, **kw: object) -> float:
         t0 = time.monotonic()
