@@ -197,8 +197,9 @@ def cut_windows(
 
     Each cut goes into the latest silence in the second half of the window (or, without
     one there, in the first half) that is nearly as long as the longest one there, 0.3 s
-    before the speech after it (or in the middle of a shorter pause); only a span of speech longer than a window is cut, at its quietest
-    0.1 s frame in the last 5 s before the limit.
+    before the speech after it (or in the middle of a shorter pause); only a span of
+    speech longer than a window is cut, at its quietest 0.1 s frame in the last 5 s
+    before the limit.
     """
     n = len(samples)
     if n == 0:

@@ -199,6 +199,15 @@ ggml_tensor *BatchDecoder::w(const std::string &name) const {
     return t;
 }
 
+// x + MLP(layer_norm(x)) of the block whose tensors start with p: the same in the
+// encoder's and the decoder's blocks.
+ggml_tensor *BatchDecoder::mlp_block(ggml_context *ctx, ggml_tensor *x, const std::string &p) const {
+    ggml_tensor *cur = layer_norm(ctx, x, w(p + "mlp_ln.weight"), w(p + "mlp_ln.bias"));
+    cur = ggml_gelu(ctx, ggml_add(ctx, ggml_mul_mat(ctx, w(p + "mlp.0.weight"), cur), w(p + "mlp.0.bias")));
+    cur = ggml_add(ctx, ggml_mul_mat(ctx, w(p + "mlp.2.weight"), cur), w(p + "mlp.2.bias"));
+    return ggml_add(ctx, cur, x);
+}
+
 std::vector<float> BatchDecoder::mel(const std::vector<float> &samples) const {
     std::vector<float> out(static_cast<size_t>(n_mels_) * kMelFrames);
     if (whisper_pcm_to_mel_frames(wctx_, samples.data(), static_cast<int>(samples.size()), 1,
@@ -298,12 +307,7 @@ ggml_cgraph *BatchDecoder::build_decoder(ggml_context *ctx, int W, int R, int n_
         a = ggml_flash_attn_ext(ctx, Q, K, V, nullptr, kq_scale, 0.0f, 0.0f);
         a = ggml_reshape_2d(ctx, a, n_state_, n_rows);
         a = ggml_add(ctx, ggml_mul_mat(ctx, w(p + "cross_attn.out.weight"), a), w(p + "cross_attn.out.bias"));
-        x = ggml_add(ctx, a, x);
-        // MLP
-        cur = layer_norm(ctx, x, w(p + "mlp_ln.weight"), w(p + "mlp_ln.bias"));
-        cur = ggml_gelu(ctx, ggml_add(ctx, ggml_mul_mat(ctx, w(p + "mlp.0.weight"), cur), w(p + "mlp.0.bias")));
-        cur = ggml_add(ctx, ggml_mul_mat(ctx, w(p + "mlp.2.weight"), cur), w(p + "mlp.2.bias"));
-        x = ggml_add(ctx, cur, x);
+        x = mlp_block(ctx, ggml_add(ctx, a, x), p);
     }
     x = layer_norm(ctx, x, w("decoder.ln.weight"), w("decoder.ln.bias"));
     x = ggml_get_rows(ctx, x, out_rows);

@@ -91,6 +91,7 @@ private:
     void init_mel_tensors(const float *filters);  // n_mels rows of kFrame / 2 + 1
     ggml_cgraph *build_decoder(ggml_context *ctx, int w, int r, int n_kv, int r_out);
     ggml_tensor *w(const std::string &name) const;
+    ggml_tensor *mlp_block(ggml_context *ctx, ggml_tensor *x, const std::string &p) const;
     ggml_tensor *conv(ggml_context *ctx, const std::string &name, ggml_tensor *x, int stride) const;
     void compute(ggml_cgraph *gf, CancelToken *token);
     void start_cuda_encoder(int mode, int gpu_device);

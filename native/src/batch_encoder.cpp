@@ -274,11 +274,7 @@ ggml_cgraph *BatchDecoder::build_encoder(ggml_context *ctx, int n, const std::ve
         ggml_tensor *a = ggml_flash_attn_ext(ctx, Q, K, V, nullptr, scale, 0.0f, 0.0f);
         a = ggml_reshape_2d(ctx, a, n_as, T * n);
         a = ggml_add(ctx, ggml_mul_mat(ctx, w(p + "attn.out.weight"), a), w(p + "attn.out.bias"));
-        x = ggml_add(ctx, a, x);
-        cur = layer_norm(ctx, x, w(p + "mlp_ln.weight"), w(p + "mlp_ln.bias"));
-        cur = ggml_gelu(ctx, ggml_add(ctx, ggml_mul_mat(ctx, w(p + "mlp.0.weight"), cur), w(p + "mlp.0.bias")));
-        cur = ggml_add(ctx, ggml_mul_mat(ctx, w(p + "mlp.2.weight"), cur), w(p + "mlp.2.bias"));
-        x = ggml_add(ctx, cur, x);
+        x = mlp_block(ctx, ggml_add(ctx, a, x), p);
     }
     ggml_tensor *enc = layer_norm(ctx, x, w("encoder.ln_post.weight"), w("encoder.ln_post.bias"));
 

@@ -51,8 +51,6 @@ def default_decoder_factory(
             auto = getattr(BatchDecoder, "auto_capacity", None)
             capacity = auto(model, max_beams=max_beams) if gpu and auto is not None else CPU_BATCH_SIZE
         log.info("batched window decoder with %d slots of %d beams", capacity, max_beams)
-        if cuda_encoder is None:
-            return BatchDecoder(model, capacity, threads, max_beams=max_beams)
         return BatchDecoder(model, capacity, threads, max_beams=max_beams, cuda_encoder=cuda_encoder)
 
     return make

@@ -111,18 +111,14 @@ class ScheduledJob:
         speech_left = spans is None or speech_samples(spans, reached, end) >= _MIN_REST_SPEECH
         if end - reached > SAMPLE_RATE and reached > start and speech_left:
             self.decoded += reached - start
-            if self._merge_rest(index, reached):
-                self.done[index] = self.parts.pop(index)
-                self.pieces.pop(index, None)
-                self.spans.pop(index, None)
-            else:
+            if not self._merge_rest(index, reached):
                 self.rests.append((index, reached))
+                return
         else:
-            self.done[index] = self.parts.pop(index)
             self.decoded += end - start
-            self.pieces.pop(index, None)
-            self.spans.pop(index, None)
-
+        self.done[index] = self.parts.pop(index)
+        self.pieces.pop(index, None)
+        self.spans.pop(index, None)
 
     def _merge_rest(self, index: int, reached: int) -> bool:
         """Put the rest of window `index` (from `reached`) in front of the next window when
