@@ -22,7 +22,9 @@
 #            a short job behind it, through a real server (large-v3 shape)
 #   profile  bench/profile_engine.py: the encoder per window and the decoder step, timed
 #            apart (the encoder as a ggml graph and as our CUDA code), then the kernels of one
-#            encode and of a step at batch 8 under ncu (NCU_REGIONS="encode step")
+#            encode and of a step at batch 8 under ncu (NCU_REGIONS="encode step",
+#            NCU_STEP_BATCH=8); PROFILE_GGML_ENCODER / PROFILE_CUBLAS_ATTENTION=0 skip the
+#            comparisons with the ggml encoder / the unfused attention
 # The host needs cmake, ninja, nvcc, python3 with numpy and nanobind (torch and
 # transformers for the peer); PyAV is optional (plain 16 kHz WAV is read without it).
 # Inputs prepared here by bench/gpu_prep.sh travel in .gpu/ (a trimmed whisper.cpp
@@ -171,6 +173,11 @@ if has_stage profile; then
     WHISPERD_CUDA_ENCODER=0 "$PY" bench/profile_engine.py --model "$LARGE" \
       --wav "$RESULTS/speech121.wav" ${PROFILE_ARGS:-}
   fi
+  if [[ "${PROFILE_CUBLAS_ATTENTION:-1}" == 1 ]]; then
+    echo "-- WHISPERD_CUDA_ATTENTION=cublas (the encoder's attention unfused, through cuBLAS)"
+    WHISPERD_CUDA_ATTENTION=cublas "$PY" bench/profile_engine.py --model "$LARGE" \
+      --wav "$RESULTS/speech121.wav" --batches "" ${PROFILE_ARGS:-}
+  fi
   echo "-- whisperd's defaults on this GPU"
   "$PY" bench/profile_engine.py --model "$LARGE" --wav "$RESULTS/speech121.wav" ${PROFILE_ARGS:-}
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || true)
@@ -180,7 +187,8 @@ if has_stage profile; then
       echo "== ncu: kernels of one $region"
       "$NCU" --clock-control none --profile-from-start off --csv --metrics gpu__time_duration.sum \
         --log-file "$RESULTS/ncu-$region.csv" "$PY" bench/profile_engine.py --model "$LARGE" \
-        --wav "$RESULTS/speech121.wav" --ncu-region "$region" >"$RESULTS/ncu-$region.out" 2>&1 \
+        --wav "$RESULTS/speech121.wav" --ncu-region "$region" --ncu-step-batch "${NCU_STEP_BATCH:-8}" \
+        >"$RESULTS/ncu-$region.out" 2>&1 \
         || { echo "ncu failed:"; tail -5 "$RESULTS/ncu-$region.out"; }
       "$PY" bench/ncu_summary.py "$RESULTS/ncu-$region.csv" --top "${NCU_TOP:-25}" || true
     done

@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--groups", default="1,4,8,16")
     ap.add_argument("--batches", default="1,8,32,128")
     ap.add_argument("--ncu-region", choices=["encode", "step"], default=None)
+    ap.add_argument("--ncu-step-batch", type=int, default=8, help="windows in flight for --ncu-region step")
     args = ap.parse_args()
 
     audio = decode_audio(Path(args.wav))
@@ -117,7 +118,7 @@ def main() -> None:
         dec.close()
         return
     if args.ncu_region == "step":
-        time_steps(model, windows, opts, 8, 3, _cudart())
+        time_steps(model, windows, opts, args.ncu_step_batch, 3, _cudart())
         return
 
     probe = model.native.new_batch_decoder(1, 256, 1, 1)

@@ -152,3 +152,27 @@ def test_cuda_encoder_setting_from_the_environment(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("WHISPERD_CUDA_ENCODER", "fast")
     with pytest.raises(ValueError, match="WHISPERD_CUDA_ENCODER must be 0, 1 or auto"):
         cuda_env.cuda_encoder_choice()
+
+
+def test_fused_attention_computes_whispers_encoder(
+        f16_model: tuple[WhisperModel, Path], jfk: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoder's self-attention as one fused kernel (the default on this GPU) and
+    through cuBLAS + a softmax kernel: both Whisper's encoder, and really two paths."""
+    model, path = f16_model
+    clips = windows(jfk)
+    errors = {}
+    for kind in ("cublas", "fused"):
+        monkeypatch.setenv("WHISPERD_CUDA_ATTENTION", kind)
+        errors[kind] = encoder_error(model, path, clips, True)
+    print(f"relative difference from the reference: fused {errors['fused']:.2e}, cuBLAS {errors['cublas']:.2e}")
+    assert errors["fused"] < 1e-2
+    assert errors["cublas"] < 1e-2
+    assert errors["fused"] != errors["cublas"]
+
+
+def test_a_wrong_attention_setting_names_itself(
+        f16_model: tuple[WhisperModel, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = f16_model
+    monkeypatch.setenv("WHISPERD_CUDA_ATTENTION", "fast")
+    with pytest.raises(RuntimeError, match="WHISPERD_CUDA_ATTENTION must be fused, cublas or auto"):
+        BatchDecoder(model, 2, 2, cuda_encoder=True).close()

@@ -9,8 +9,10 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <string>
 
+#include "cuda_attention.hpp"
 #include "errors.hpp"
 
 namespace whisperd {
@@ -184,6 +186,28 @@ __global__ void softmax_rows(half *s, int n, int ld) {
     }
 }
 
+// WHISPERD_CUDA_ATTENTION: "fused" (the default where it can run), "cublas" (scores
+// through cuBLAS and a softmax kernel: the comparison for tests and benchmarks).
+bool use_fused_attention(int device, const CudaEncoderShape &shape) {
+    const char *raw = std::getenv("WHISPERD_CUDA_ATTENTION");
+    const std::string want = raw == nullptr ? "" : raw;
+    const bool can = fused_attention_supported(device, shape.n_state / shape.n_head, shape.n_ctx, shape.n_state);
+    if (want.empty() || want == "auto") {
+        return can;
+    }
+    if (want == "cublas") {
+        return false;
+    }
+    if (want == "fused") {
+        if (!can) {
+            throw WhisperError("WHISPERD_CUDA_ATTENTION=fused: the fused attention kernel needs a GPU of compute "
+                               "capability 8.0 or later, a build for it and 64-wide heads; unset it to use cuBLAS");
+        }
+        return true;
+    }
+    throw WhisperError("WHISPERD_CUDA_ATTENTION must be fused, cublas or auto (got '" + want + "')");
+}
+
 int grid_for(size_t n) {
     const size_t blocks = (n + kThreads - 1) / kThreads;
     return static_cast<int>(blocks < 65536 ? blocks : 65536);
@@ -207,6 +231,7 @@ struct CudaEncoder::Impl {
     // 1500 f16 start on 8-byte boundaries; ncu showed cuBLAS falling back to a slow kernel).
     half *scores = nullptr;
     int ld = 0;
+    bool fused = false;  // attention as one kernel (cuda_attention.hpp) instead of the above
     size_t bytes = 0;
 
     ~Impl() {
@@ -318,8 +343,11 @@ CudaEncoder::CudaEncoder(int device, const CudaEncoderShape &shape, std::vector<
         m.alloc(&m.k, rows * shape.n_state);
         m.alloc(&m.v, rows * shape.n_state);
         m.alloc(&m.f, rows * shape.n_ff);
-        m.ld = (shape.n_ctx + 7) / 8 * 8;
-        m.alloc(&m.scores, static_cast<size_t>(shape.n_head) * shape.n_ctx * m.ld);
+        m.fused = use_fused_attention(device, shape);
+        if (!m.fused) {
+            m.ld = (shape.n_ctx + 7) / 8 * 8;
+            m.alloc(&m.scores, static_cast<size_t>(shape.n_head) * shape.n_ctx * m.ld);
+        }
     } catch (...) {
         impl_.reset();  // frees what was allocated (~CudaEncoder does not run on a throw)
         throw;
@@ -350,8 +378,13 @@ void CudaEncoder::encode(const float *x_in, int n, const std::vector<int> &slots
         m.linear(L.wv, m.h, rows, C, C, m.v, CUDA_R_16F);
         m.bias(m.q, L.bq, rows, C, false);
         m.bias(m.v, L.bv, rows, C, false);
-        for (int i = 0; i < n; ++i) {
-            m.attention(static_cast<size_t>(i) * T);
+        if (m.fused) {
+            fused_attention(m.q, m.k, m.v, m.h, n, T, C, s.n_head,
+                            1.0f / sqrtf(static_cast<float>(C / s.n_head)), m.stream);
+        } else {
+            for (int i = 0; i < n; ++i) {
+                m.attention(static_cast<size_t>(i) * T);
+            }
         }
         m.linear(L.wo, m.h, rows, C, C, m.x, CUDA_R_32F, 1.0f, 1.0f);  // x += attention W_o^T
         m.norm(L.bo, L.ln2_w, L.ln2_b, rows);
