@@ -121,20 +121,25 @@ class BatchDecoder:
         encode_batch: int = 4,
         mel_on_device: bool = True,
         cuda_encoder: bool | None = None,
+        gpu_sampling: bool | None = None,
     ) -> None:
         self._model = model
         self._eot = model.native.token_eot
         self._requests: dict[int, WindowRequest] = {}
         self._prepared: dict[int, _native.WindowSpec] = {}
         self._max_beams = max(1, max_beams)
+        # Greedy rows summarised where the logits are (a GPU); None: WHISPERD_GPU_SAMPLING.
+        sampling = cuda_env.gpu_sampling_choice() if gpu_sampling is None else gpu_sampling
         self._decoder = model.native.new_batch_decoder(
             capacity, cells_for(self._max_beams), threads or (os.cpu_count() or 4), encode_batch,
             1 if mel_on_device else 0, _encoder_mode(cuda_encoder),
         )
+        self._decoder.gpu_sampling = sampling
         log.info(
-            "batched decoder: %d windows at once, %.0f MiB of caches, encoder %s",
+            "batched decoder: %d windows at once, %.0f MiB of caches, encoder %s, greedy sampling on the %s",
             capacity, self._decoder.memory_bytes / 2**20,
             "in whisperd's CUDA code" if self.cuda_encoder else "as a ggml graph",
+            "GPU" if self.gpu_sampling else "CPU",
         )
 
     @classmethod
@@ -157,6 +162,12 @@ class BatchDecoder:
     def cuda_encoder(self) -> bool:
         """Whether the encoder layers run as whisperd's CUDA code (else a ggml graph)."""
         return bool(self._decoder.cuda_encoder)
+
+    @property
+    def gpu_sampling(self) -> bool:
+        """Whether greedy rows are summarised on the GPU, their logits never downloaded
+        (only a CUDA decoder can; else the CPU summarises them)."""
+        return bool(self._decoder.gpu_sampling)
 
     def mel(self, samples: np.ndarray) -> np.ndarray:
         """whisper.cpp's log-mel frames of a window, [n_mels, 3000] (tests)."""

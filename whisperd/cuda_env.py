@@ -17,6 +17,11 @@ settings and passes it on, library users get it read here): ``1`` runs the batch
 engine's encoder layers as whisperd's CUDA code on any GPU, ``0`` keeps them a ggml graph;
 ``auto`` or unset, the CUDA code runs on the same full-rate GPUs as above (it needs an f16
 model).
+
+``WHISPERD_GPU_SAMPLING`` (a diagnostic switch, read here when a batched decoder is made):
+``0`` downloads every row's logits and summarises greedy rows on the CPU, as a CPU
+decoder does; ``1`` or unset, greedy rows are summarised on the GPU and only the summaries
+are downloaded. Both give the same tokens; benchmarks and tests compare them.
 """
 from __future__ import annotations
 
@@ -80,3 +85,13 @@ def cuda_encoder_choice() -> bool | None:
     if raw in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"WHISPERD_CUDA_ENCODER must be 0, 1 or auto, got {raw!r}")
+
+
+def gpu_sampling_choice() -> bool:
+    """WHISPERD_GPU_SAMPLING as True/False; True when unset."""
+    raw = os.environ.get("WHISPERD_GPU_SAMPLING", "").strip().lower()
+    if raw in ("", "1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"WHISPERD_GPU_SAMPLING must be 0 or 1, got {raw!r}")

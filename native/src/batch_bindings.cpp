@@ -3,6 +3,7 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/unique_ptr.h>
 #include <nanobind/stl/vector.h>
 
@@ -16,6 +17,7 @@ using namespace nb::literals;
 namespace whisperd {
 
 using Audio = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using Rows = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 
 void bind_batch(nb::module_ &m, nb::class_<Model> &model) {
     nb::class_<WindowSpec>(m, "WindowSpec", "One window (<= 30 s) for the batched decoder.")
@@ -57,6 +59,16 @@ void bind_batch(nb::module_ &m, nb::class_<Model> &model) {
         .def_ro("sample_ms", &BatchStats::sample_ms)
         .def_ro("graph_builds", &BatchStats::graph_builds);
 
+    nb::class_<GreedyMask>(m, "GreedyMask", "What Whisper's rules allow of a greedy row (tests).")
+        .def(nb::init<>())
+        .def_rw("flags", &GreedyMask::flags, "GREEDY_TEXT_OFF | GREEDY_INITIAL | GREEDY_RAW")
+        .def_rw("ts_lo", &GreedyMask::ts_lo)
+        .def_rw("ts_hi", &GreedyMask::ts_hi)
+        .def_rw("forced", &GreedyMask::forced);
+    m.attr("GREEDY_TEXT_OFF") = kMaskTextOff;
+    m.attr("GREEDY_INITIAL") = kMaskInitial;
+    m.attr("GREEDY_RAW") = kMaskRaw;
+
     nb::class_<BatchDecoder>(m, "BatchDecoder", "Windows of any jobs decoded together, one graph per step.")
         .def_prop_ro("capacity", &BatchDecoder::capacity)
         .def("free_slots", &BatchDecoder::free_slots)
@@ -75,6 +87,17 @@ void bind_batch(nb::module_ &m, nb::class_<Model> &model) {
         .def_prop_ro("mel_on_device", &BatchDecoder::mel_on_device)
         .def_prop_ro("cuda_encoder", &BatchDecoder::cuda_encoder,
                      "Whether the encoder layers run as whisperd's CUDA code (else a ggml graph).")
+        .def_prop_rw("gpu_sampling", &BatchDecoder::gpu_sampling, &BatchDecoder::set_gpu_sampling,
+                     "Whether greedy rows are summarised on the GPU (only a CUDA decoder can).")
+        .def(
+            "greedy_picks",
+            [](BatchDecoder &d, Rows logits, const std::vector<GreedyMask> &masks, bool device) {
+                std::vector<float> flat(logits.data(), logits.data() + logits.size());
+                nb::gil_scoped_release release;
+                return d.greedy_picks(flat, masks, device);
+            },
+            "logits"_a, "masks"_a, "device"_a = false,
+            "(id, tid, p, plog, pt, no-speech probability) greedy decoding takes from each row (tests).")
         .def("cross_kv", &BatchDecoder::cross_kv, "id"_a, "layer"_a, nb::call_guard<nb::gil_scoped_release>(),
              "A window's cross-attention keys then values of one decoder layer (tests).")
         .def("prepare", &BatchDecoder::prepare, "spec"_a, nb::call_guard<nb::gil_scoped_release>(),

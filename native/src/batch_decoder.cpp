@@ -16,6 +16,7 @@
 #include "errors.hpp"
 #ifdef WHISPERD_WITH_CUDA
 #include "cuda_encoder.hpp"
+#include "cuda_sampler.hpp"
 #endif
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
@@ -50,6 +51,7 @@ BatchDecoder::BatchDecoder(std::shared_ptr<ContextHandle> handle, bool use_gpu, 
     : handle_(std::move(handle)),
       wctx_(handle_->ctx),
       vocab_(handle_->ctx),
+      greedy_vocab_(vocab_),
       n_slots_(std::max(1, n_slots)),
       n_cells_(std::max(kKvPad, ((n_cells + kKvPad - 1) / kKvPad) * kKvPad)),
       n_threads_(std::max(1, n_threads)),
@@ -132,6 +134,7 @@ BatchDecoder::BatchDecoder(std::shared_ptr<ContextHandle> handle, bool use_gpu, 
     trace("caches cleared");
     init_mel_tensors(filters);
     start_cuda_encoder(cuda_encoder, gpu_device);
+    start_cuda_sampler(gpu_device);
     enc_alloc_ = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
     dec_alloc_ = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
     enc_meta_.resize(ggml_tensor_overhead() * kMaxNodes + ggml_graph_overhead_custom(kMaxNodes, false));
@@ -148,6 +151,7 @@ void BatchDecoder::close() {
     pool_.reset();
 #ifdef WHISPERD_WITH_CUDA
     cuda_enc_.reset();
+    cuda_sampler_.reset();
 #endif
     if (dec_ctx_ != nullptr) {
         ggml_free(dec_ctx_);
@@ -412,53 +416,15 @@ std::vector<WindowOutput> BatchDecoder::step(CancelToken *token) {
     trace("decoder inputs set");
     compute(dec_graph_, token);
     trace("decoder step computed");
-    ggml_tensor *lg = ggml_graph_get_tensor(dec_graph_, "logits");
-    logits_.resize(ggml_nelements(lg));
-    ggml_backend_tensor_get(lg, logits_.data(), 0, logits_.size() * sizeof(float));
-    stats_.decode_ms += ms_since(t0);
     stats_.steps++;
     stats_.rows += n_rows;
-
-    // Sampling, windows spread over threads.
-    const auto t1 = std::chrono::steady_clock::now();
-    const int n_vocab = vocab_.n_vocab;
-    std::vector<int> live;
-    for (int s = 0; s < W; ++s) {
-        if (slots_[s] != nullptr) {
-            live.push_back(s);
-        }
-    }
-    std::vector<std::string> errors(live.size());
-    pool_->run(live.size(), [&](size_t k) {
-        const int s = live[k];
-        WindowDecoder &win = *slots_[s];
-        int n_out = 0;
-        for (const Row &r : win.rows()) {
-            n_out += r.output ? 1 : 0;
-        }
-        std::vector<const float *> ptrs;
-        for (int o = 0; o < n_out; ++o) {
-            ptrs.push_back(logits_.data() + (static_cast<size_t>(s) * r_out + o) * n_vocab);
-        }
-        try {
-            win.feed(ptrs);
-        } catch (const std::exception &e) {
-            errors[k] = e.what();
-        }
-    });
-    for (const auto &e : errors) {
-        if (!e.empty()) {
-            throw WhisperError("batched sampling failed: " + e);
-        }
-    }
-    for (int s : live) {
-        if (slots_[s]->finished()) {
-            done.push_back(slots_[s]->result());
-            slots_[s].reset();
-        }
-    }
-    stats_.sample_ms += ms_since(t1);
-    return done;
+    ggml_tensor *lg = ggml_graph_get_tensor(dec_graph_, "logits");
+    const size_t row_bytes = static_cast<size_t>(vocab_.n_vocab) * sizeof(float);
+    return sample({static_cast<const float *>(lg->data), ggml_backend_buffer_is_host(lg->buffer),
+                   [&](size_t row, size_t n, float *dst) {
+                       ggml_backend_tensor_get(lg, dst, row * row_bytes, n * row_bytes);
+                   }},
+                  W, r_out, t0);
 }
 
 }  // namespace whisperd

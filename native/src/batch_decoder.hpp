@@ -6,12 +6,16 @@
 // KV cells through a mask, so a beam reorder moves no memory.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "engine.hpp"
+#include "greedy_summary.hpp"
 #include "window_decoder.hpp"
 
 struct ggml_backend;
@@ -24,6 +28,7 @@ struct ggml_backend_buffer;
 namespace whisperd {
 
 class CudaEncoder;
+class CudaSampler;
 
 struct BatchStats {
     int64_t steps = 0;
@@ -31,7 +36,7 @@ struct BatchStats {
     int64_t encodes = 0;       // windows encoded
     double encode_ms = 0;
     double decode_ms = 0;      // graph compute + logits read back
-    double sample_ms = 0;      // logit rules and sampling on the CPU
+    double sample_ms = 0;      // logit rules and sampling (greedy rows' summaries on the GPU included)
     int64_t graph_builds = 0;  // steps whose graph shape was new
 };
 
@@ -77,6 +82,17 @@ public:
     // A window's cross-attention keys then values of one decoder layer, [n_audio_ctx,
     // n_state] each, as the encoder wrote them (tests compare the two encoders).
     std::vector<float> cross_kv(int64_t id, int layer) const;
+    // Whether greedy rows are summarised on the GPU (cuda_sampler.hpp) so that their logits
+    // stay there; off, every row's logits are downloaded and greedy rows summarised on the
+    // CPU. Only a CUDA decoder can turn it on (the default there).
+    bool gpu_sampling() const;
+    void set_gpu_sampling(bool on) { gpu_sampling_ = on; }
+    // (id, tid, p, plog, pt, no-speech probability) that greedy decoding takes from each
+    // row of logits ([rows][n_vocab]) under its mask, summarised on the CPU or, with
+    // device, by the CUDA kernel (tests compare both with Whisper's rules).
+    using GreedyPick = std::tuple<int, int, float, float, float, float>;
+    std::vector<GreedyPick> greedy_picks(const std::vector<float> &logits, const std::vector<GreedyMask> &masks,
+                                         bool device);
 
 private:
     struct Layer {
@@ -95,10 +111,24 @@ private:
     ggml_tensor *conv(ggml_context *ctx, const std::string &name, ggml_tensor *x, int stride) const;
     void compute(ggml_cgraph *gf, CancelToken *token);
     void start_cuda_encoder(int mode, int gpu_device);
+    void start_cuda_sampler(int gpu_device);
+    // A step's logits, [W * r_out][n_vocab] f32: where they are and, when that is not host
+    // memory, how to copy n rows from `row` on into dst.
+    struct StepLogits {
+        const float *data;
+        bool on_host;
+        std::function<void(size_t row, size_t n, float *dst)> read;
+    };
+    // After a step: the logits that rows need read back, then each window fed
+    // (batch_sampling.cpp).
+    std::vector<WindowOutput> sample(const StepLogits &logits, int W, int r_out,
+                                     std::chrono::steady_clock::time_point t0);
 
     std::shared_ptr<ContextHandle> handle_;
     whisper_context *wctx_;
     Vocab vocab_;
+    GreedyVocab greedy_vocab_;
+    bool gpu_sampling_ = true;
     ggml_backend *backend_ = nullptr;
     ggml_context *cache_ctx_ = nullptr;
     ggml_backend_buffer *cache_buf_ = nullptr;
@@ -125,6 +155,7 @@ private:
     std::unique_ptr<Pool> pool_;  // sampling threads, kept between steps
 #ifdef WHISPERD_WITH_CUDA  // a definition private to the extension's own sources
     std::unique_ptr<CudaEncoder> cuda_enc_;
+    std::unique_ptr<CudaSampler> cuda_sampler_;
 #endif
 };
 

@@ -135,21 +135,24 @@ void WindowDecoder::start_attempt() {
     phase_ = Phase::Prompt;
 }
 
-void WindowDecoder::forced(const Seq &s, std::vector<float> &logits) const {
+int WindowDecoder::forced_token(const Seq &s) const {
     const int n = spec_.forced_tokens;
     const int k = static_cast<int>(s.tokens.size());
-    int want;
     if (k == 0) {
-        want = v_.beg;
-    } else if (k >= n - 1) {
-        want = v_.eot;
-    } else if (k == n - 2) {
-        want = std::min(v_.beg + 1500, v_.n_vocab - 1);
-    } else {
-        want = 1000 + (k * 97) % 20000;
+        return v_.beg;
     }
+    if (k >= n - 1) {
+        return v_.eot;
+    }
+    if (k == n - 2) {
+        return std::min(v_.beg + 1500, v_.n_vocab - 1);
+    }
+    return 1000 + (k * 97) % 20000;
+}
+
+void WindowDecoder::forced(const Seq &s, std::vector<float> &logits) const {
     std::fill(logits.begin(), logits.end(), neg_inf());
-    logits[want] = 0.0f;
+    logits[forced_token(s)] = 0.0f;
 }
 
 void WindowDecoder::process_logits(const Seq &s, const float *raw, float temperature,
@@ -237,6 +240,57 @@ void WindowDecoder::process_logits(const Seq &s, const float *raw, float tempera
         std::fill(logits.begin(), logits.begin() + v_.beg, neg_inf());
         std::fill(logprobs.begin(), logprobs.begin() + v_.beg, neg_inf());
     }
+}
+
+bool WindowDecoder::greedy() const {
+    return (phase_ == Phase::Prompt || phase_ == Phase::Decode) && temperatures_[attempt_] <= 0.0f &&
+           seqs_.size() == 1;
+}
+
+// process_logits' rules for the one sequence, as a GreedyMask (keep the two in step).
+GreedyMask WindowDecoder::greedy_mask() const {
+    const Seq &s = seqs_[0];
+    GreedyMask m;
+    m.ts_lo = v_.beg;
+    m.ts_hi = v_.n_vocab;
+    const size_t k = s.tokens.size();
+    if (k == 0) {
+        m.flags |= kMaskInitial;
+        m.ts_hi = std::min(m.ts_hi, v_.beg + static_cast<int>(std::round(kMaxInitialTs / 0.02f)) + 1);
+    }
+    if (phase_ == Phase::Prompt) {
+        m.flags |= kMaskRaw;  // the no-speech probability
+    }
+    if (spec_.forced_tokens > 0) {
+        m.forced = forced_token(s);
+    }
+    const bool last_ts = k > 0 && s.tokens.back().id >= v_.beg;
+    const bool penult_ts = k < 2 || s.tokens[k - 2].id >= v_.beg;
+    if (last_ts) {
+        if (penult_ts) {
+            m.ts_hi = v_.beg;
+        } else {
+            m.flags |= kMaskTextOff;
+        }
+    }
+    if (s.has_ts) {
+        m.ts_lo = v_.beg + s.seek_delta / 2;
+    }
+    return m;
+}
+
+void WindowDecoder::feed_greedy(const GreedySummary &summary) {
+    if (phase_ == Phase::Prompt) {
+        out_.no_speech_prob = greedy_no_speech(summary);
+        phase_ = Phase::Decode;
+        row_seq_ = {0};
+    }
+    const GreedyToken g = greedy_token(summary, v_.beg);
+    Seq &s = seqs_[0];
+    s.tokens.push_back(Tok{g.id, g.tid, g.p, g.plog, g.pt});
+    s.sum_logprobs_all += g.plog;
+    out_.n_tokens++;
+    advance();
 }
 
 namespace {
@@ -453,6 +507,11 @@ void WindowDecoder::feed(const std::vector<const float *> &logits) {
         }
         seqs_ = std::move(next);
     }
+    advance();
+}
+
+// After a token per live sequence: the decoding rules, then the next rows or the end.
+void WindowDecoder::advance() {
     for (int j : row_seq_) {
         if (!seqs_[j].failed) {
             after_token(seqs_[j], step_);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine.hpp"
+#include "greedy_summary.hpp"
 
 struct whisper_context;
 
@@ -74,6 +75,11 @@ public:
     const std::vector<Row> &rows() const { return rows_; }
     // Logits of this window's output rows, in the order rows() listed them.
     void feed(const std::vector<const float *> &logits);
+    // Greedy decoding (temperature 0, one sequence; not language detection): the next
+    // feed needs only a summary of its one output row's logits, masked by greedy_mask().
+    bool greedy() const;
+    GreedyMask greedy_mask() const;
+    void feed_greedy(const GreedySummary &summary);
     bool finished() const { return finished_; }
     WindowOutput result() const;
     int cells_used() const { return next_cell_; }
@@ -106,7 +112,9 @@ private:
                         std::vector<float> &logits, std::vector<float> &logprobs) const;
     Tok sample_best(const std::vector<float> &logprobs) const;
     Tok sample_random(const std::vector<float> &logprobs, std::mt19937 &rng) const;
+    int forced_token(const Seq &s) const;
     void forced(const Seq &s, std::vector<float> &logits) const;
+    void advance();
     void after_token(Seq &s, int step);
     void end_attempt();
     void build_rows();
