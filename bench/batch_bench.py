@@ -3,11 +3,12 @@
 What: N windows of 30 s (the audio tiled to --seconds) decoded through
 whisperd.batch_decoder.BatchDecoder with at most B windows in flight, slots refilled as
 windows end (continuous batching), each window decoding exactly --tokens tokens (random
-weights: speed only). Printed per B: wall seconds (encode + decode + sampling), x real
-time, decoder ms per step, the memory floor of a step (decoder weights once + every
-window's cross-attention K/V and its self-attention cells read once) and how far above
-it the step is, VRAM (NVML, the process's device memory), and the batch size that
-automatic sizing picks for the free VRAM (--vram-cap GiB: what is left after a ballast).
+weights: speed only; --tokens 0 decodes for real: a real model on real speech). Printed
+per B: wall seconds (encode + decode + sampling), x real time, decoder ms per step, the
+memory floor of a step (decoder weights once + every window's cross-attention K/V and
+its self-attention cells read once) and how far above it the step is, VRAM (NVML, the
+process's device memory), and the batch size that automatic sizing picks for the free
+VRAM (--vram-cap GiB: what is left after a ballast).
 
 Usage (GPU host, from bench/gpu.sh):
   python bench/batch_bench.py --model build/ggml-large-v3-random-f16.bin --wav speech121.wav \
@@ -47,11 +48,11 @@ def decoder_weight_bytes(model: WhisperModel) -> int:
 
 
 def run(model: WhisperModel, windows: list[np.ndarray], batch: int, tokens: int,
-        beam: int, encode_batch: int, prep_threads: int) -> dict:
+        beam: int, encode_batch: int, prep_threads: int, threads: int = 0) -> dict:
     opts = TranscribeOptions(language="en", beam_size=beam, temperature_increment=0.0,
                              forced_tokens_per_window=tokens)
     used0, _ = gpu_memory()
-    dec = BatchDecoder(model, batch, max_beams=beam, encode_batch=encode_batch)
+    dec = BatchDecoder(model, batch, threads, max_beams=beam, encode_batch=encode_batch)
     pending = [WindowRequest(i, w, opts) for i, w in enumerate(windows)]
     # warm-up: one window through, so CUDA graphs and buffers exist before timing
     dec.add([WindowRequest(-1, windows[0], opts)])
@@ -105,7 +106,8 @@ def main() -> None:
     ap.add_argument("--wav", required=True)
     ap.add_argument("--seconds", type=float, default=3840)
     ap.add_argument("--batches", default="8,16,32,64,128")
-    ap.add_argument("--tokens", type=int, default=100)
+    ap.add_argument("--tokens", type=int, default=100, help="per window; 0 = decode for real")
+    ap.add_argument("--threads", type=int, default=0, help="decoder threads (0 = every CPU)")
     ap.add_argument("--beam", type=int, default=1)
     ap.add_argument("--encode-batch", type=int, default=8)
     ap.add_argument("--cpu", action="store_true")
@@ -132,7 +134,7 @@ def main() -> None:
               f"({cost.per_slot_bytes / 2**20:.0f} MiB per window, cells {cells_for(args.beam)})")
         batches = [auto] if auto else []
     for b in batches:
-        r = run(model, windows, b, args.tokens, args.beam, args.encode_batch, args.prep_threads)
+        r = run(model, windows, b, args.tokens, args.beam, args.encode_batch, args.prep_threads, args.threads)
         rows.append(r)
         print(f"{b:>5} {r['x_real_time']:>11.1f} {r['wall_s']:>7.2f} {r['ms_per_step']:>8.2f} "
               f"{r['floor_ms_per_step']:>8.2f} {r['over_floor']:>7.2f} {r['encode_ms'] / 1e3:>8.2f} "
