@@ -16,7 +16,6 @@ import pytest
 from conftest import EXPECTED_JFK, normalise
 from whisperd import _native, cuda_env
 from whisperd.batch_decoder import BatchDecoder
-from whisperd.batching import WindowRequest
 from whisperd.inference import TranscribeOptions, WhisperModel
 
 SR = 16000
@@ -154,36 +153,74 @@ def test_the_summary_takes_the_token_whispers_rules_take(model: WhisperModel, de
     assert not decoder.gpu_sampling  # a CPU decoder has no kernel to turn on
 
 
-def transcribe(dec: BatchDecoder, clips: dict[int, tuple[np.ndarray, TranscribeOptions]]) -> dict[int, tuple]:
-    dec.add([WindowRequest(i, s, o) for i, (s, o) in clips.items()])
+def spec(window_id: int, samples: np.ndarray, beams: int = 1, fallback: bool = False) -> _native.WindowSpec:
+    w = _native.WindowSpec()
+    w.id, w.samples, w.language, w.beam_size = window_id, np.ascontiguousarray(samples), "en", beams
+    w.temperature_increment = 0.2 if fallback else 0.0
+    # No attempt is good enough: every temperature is tried, the last one's text is kept.
+    w.logprob_threshold = 1.0 if fallback else -1.0
+    return w
+
+
+def mixed_batch(jfk: np.ndarray, beams: int = 5, more: bool = False) -> list[_native.WindowSpec]:
+    """Greedy windows beside windows that need whole rows of logits in the same steps:
+    beam search, and a greedy window falling back to sampling at temperatures (best of 5);
+    `more`: also a full 30 s window and a clip cut mid-sentence."""
+    windows = [spec(1, jfk), spec(2, jfk, beams), spec(5, jfk[: 4 * SR], fallback=True)]
+    if more:
+        windows += [spec(3, np.tile(jfk, 3)[: 30 * SR]), spec(4, jfk[5 * SR:])]
+    return windows
+
+
+def transcribe(dec: BatchDecoder, windows: list[_native.WindowSpec]) -> dict[int, tuple]:
+    """Per window: text tokens, segments as a user gets them (seconds, text), no-speech
+    probability, fallbacks."""
+    native = dec._decoder
+    native.add(windows, None)
     out: dict[int, tuple] = {}
-    while dec.active():
-        for r in dec.step():
-            out[r.window_id] = (r.text_tokens, [(s.start, s.end, s.text) for s in r.segments], r.no_speech_prob)
+    while native.active():
+        for r in native.step(None):
+            segments = [(s.t0 / 100, s.t1 / 100, s.text.strip()) for s in r.segments if s.text.strip()]
+            out[r.id] = (list(r.text_tokens), segments, r.no_speech_prob, r.n_fallbacks)
     return out
 
 
-def mixed_batch(jfk: np.ndarray) -> dict[int, tuple[np.ndarray, TranscribeOptions]]:
-    """Greedy and beam-search windows in one batch, so that a step has rows that need their
-    whole logits beside rows that need only a summary."""
-    greedy = TranscribeOptions(beam_size=1, temperature_increment=0.0)
-    beams = TranscribeOptions(beam_size=5, temperature_increment=0.0)
-    return {1: (jfk, greedy), 2: (jfk, beams), 3: (np.tile(jfk, 3)[: 30 * SR], greedy), 4: (jfk[5 * SR:], greedy)}
-
-
-def test_greedy_windows_beside_beam_windows_give_whisper_cpps_segments(model: WhisperModel, jfk: np.ndarray) -> None:
-    dec = BatchDecoder(model, 4, 2, max_beams=5, encode_batch=4)
+def test_greedy_windows_beside_beam_and_fallback_windows_give_whisper_cpps_segments(
+    model: WhisperModel, jfk: np.ndarray
+) -> None:
+    dec = BatchDecoder(model, 3, 2, max_beams=5, encode_batch=3)
     try:
         got = transcribe(dec, mixed_batch(jfk))
     finally:
         dec.close()
-    for i in (1, 2):
-        options = TranscribeOptions(beam_size=1 if i == 1 else 5, temperature_increment=0.0, threads=2)
+    for i, beams in ((1, 1), (2, 5)):
+        options = TranscribeOptions(beam_size=beams, temperature_increment=0.0, threads=2)
         with model.new_state() as state:
             alone = state.transcribe(jfk, options)
         assert got[i][1] == [(s.start, s.end, s.text) for s in alone.segments], i
         assert normalise(" ".join(t for _, _, t in got[i][1])) == normalise(EXPECTED_JFK)
     assert 0.0 <= got[1][2] < 0.1  # speech: the no-speech probability comes from the summary
+    assert got[5][3] == 5 and got[5][1], got[5]  # every temperature tried, the last one's text kept
+
+
+def test_a_detected_language_then_greedy_tokens_give_whisper_cpps_segments(base_model: Path, jfk: np.ndarray) -> None:
+    """The multilingual model: the language is found from the first row's whole logits,
+    then the prompt (with its language token) and every token come from summaries."""
+    m = WhisperModel(base_model, use_gpu=False)
+    try:
+        w = spec(1, jfk)
+        w.language = ""
+        dec = BatchDecoder(m, 1, 2, max_beams=1, encode_batch=1)
+        try:
+            got = transcribe(dec, [w])[1]
+        finally:
+            dec.close()
+        with m.new_state() as state:
+            alone = state.transcribe(jfk, TranscribeOptions(beam_size=1, temperature_increment=0.0, threads=2))
+    finally:
+        m.close()
+    assert alone.language == "en"
+    assert got[1] == [(s.start, s.end, s.text) for s in alone.segments]
 
 
 def test_the_gpu_sampling_setting_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -222,19 +259,19 @@ def test_the_cuda_kernel_takes_the_cpus_tokens(gpu_model: WhisperModel) -> None:
 
 @pytest.mark.parametrize("beams", [1, 5])
 def test_transcripts_are_the_same_with_the_kernel_and_without(gpu_model: WhisperModel, jfk: np.ndarray, beams: int) -> None:
-    """Real logits: every window's tokens, segments and no-speech probability with greedy
-    rows summarised on the GPU equal those with every row downloaded (beams: windows that
-    need whole rows in the same steps)."""
+    """Real logits: every window's tokens, segments, no-speech probability and fallbacks with
+    greedy rows summarised on the GPU equal those with every row downloaded (beams and the
+    fallback's sampled candidates: windows that read whole rows in the same steps)."""
     got = {}
     for on in (True, False):
-        dec = BatchDecoder(gpu_model, 4, 2, max_beams=beams, encode_batch=4, gpu_sampling=on)
+        dec = BatchDecoder(gpu_model, 5, 2, max_beams=5, encode_batch=5, gpu_sampling=on)
         try:
             assert dec.gpu_sampling is on
-            got[on] = transcribe(dec, mixed_batch(jfk) if beams > 1 else {
-                i: (s, TranscribeOptions(beam_size=1, temperature_increment=0.0))
-                for i, (s, _) in mixed_batch(jfk).items()})
+            got[on] = transcribe(dec, mixed_batch(jfk, beams, more=True))
         finally:
             dec.close()
+    assert sorted(got[True]) == [1, 2, 3, 4, 5]
     for i in got[False]:
         assert got[True][i][:2] == got[False][i][:2], i
         assert got[True][i][2] == pytest.approx(got[False][i][2], rel=1e-4, abs=1e-6)
+        assert got[True][i][3] == got[False][i][3], i
