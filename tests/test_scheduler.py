@@ -348,7 +348,12 @@ def test_a_rest_joins_the_next_window_when_a_job_has_one_window_in_flight(
     cls = batch_decoder_class()
     if cls is None:
         pytest.skip("this build has no batched window decoder (whisperd.batch_decoder)")
-    audio = np.tile(jfk, 11)  # no pauses between the copies: windows end mid-sentence
+    # No pauses between the copies, starting 8 s into one: windows end in pauses inside
+    # the sentence, two of them well before Whisper's last timestamp; the second one's
+    # rest fits in front of the last window.
+    audio = np.tile(jfk, 12)[8 * SR : 129 * SR]
+    reference = " ".join(["ask what you can do for your country"] + [EXPECTED_JFK] * 10
+                         + ["And so my fellow Americans, ask not what your country can do for you"])
     planned = len(cut_windows(audio, speech_spans(audio, THREADS)))
     passes: dict[int, int] = {}
     for per_job in (0, 1):
@@ -365,12 +370,35 @@ def test_a_rest_joins_the_next_window_when_a_job_has_one_window_in_flight(
         finally:
             s.close()
         passes[per_job] = len(added)
-        text = normalise(result.text)
-        for phrase in ("fellow americans", "what your country can do for you", "ask what you can do for your country"):
-            assert text.count(phrase) == 11, (per_job, phrase, result.text)
+        # Nothing lost or heard twice: a word or two at most differs (tiny.en may hear a
+        # rest of a few seconds that starts mid-phrase a little differently).
+        assert wer(reference, result.text) <= 2.0, (per_job, result.text)
         assert_monotone(result.segments, len(audio) / SR)
         assert max(added) <= 30 * SR
     # Every window in flight at once: rests are passes of their own (the case to improve)...
     assert passes[0] > planned, (passes, planned)
     # ...one window of the job at a time: they join the next window.
     assert passes[1] < passes[0], (passes, planned)
+
+
+def test_the_timeline_of_a_spell_counts_its_windows(model: WhisperModel, jfk: np.ndarray) -> None:
+    """The scheduler's account of a busy spell (logged as `batch timeline:`; the service
+    benchmark prints it): the windows the job was cut into, their mean length, when the
+    first was planned and encoded, and the decoder's share of the time."""
+    audio = tile(jfk, 4)  # ~56 s: two windows or more
+    s = BatchScheduler(make_factory("sequential", 1), vad_threads=THREADS)
+    try:
+        s.transcribe(model, audio, GREEDY, cancel=CancelToken())
+        deadline = time.monotonic() + 10
+        while s.timeline.last is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the spell ends once the scheduler thread sees no job left
+        last = s.timeline.last
+    finally:
+        s.close()
+    windows = cut_windows(audio, speech_spans(audio, THREADS))
+    assert last is not None
+    assert last["jobs"] == 1 and last["windows"] == len(windows) >= 2
+    assert last["mean_window_s"] == pytest.approx(len(audio) / SR / len(windows))
+    assert last["decoder_windows"] >= len(windows) and last["steps"] >= len(windows)
+    assert 0 <= last["first_planned_s"] <= last["first_encoded_s"] <= last["wall_s"]
+    assert 0 < last["decoder_busy"] <= 1

@@ -21,7 +21,7 @@ from whisperd.sequential_decoder import SequentialWindowDecoder
 from whisperd.server.engine.scheduler import BatchScheduler
 from whisperd.stream_windows import StreamPlanner
 from whisperd.transcript import Segment
-from whisperd.windows import MAX_WINDOW, has_speech, plan
+from whisperd.windows import MAX_WINDOW, VadPool, has_speech, plan
 
 SR = 16000
 HOUR = 3600 * SR
@@ -199,3 +199,65 @@ def test_cancel_mid_stream_stops_within_a_second(
     assert "at" in outcome and outcome["at"] - cancelled < 1.0, outcome
     # It had read only a few minutes ahead of the decoder, not the hour.
     assert 0 < sum(pulled) < 15 * 60 * SR, sum(pulled) / SR
+
+
+def test_the_detector_runs_behind_the_feeding_and_cuts_the_same_windows(jfk: np.ndarray) -> None:
+    """With a VadPool that has a free thread, feed() queues the new audio's detector
+    pieces and returns without waiting for them, so the caller reads the next chunk
+    while they run (an hour's pieces on every thread, not a chunk's few at a time); the
+    windows are those the planner cuts when it waits for each chunk."""
+    audio = tile(jfk, 45)  # ~10 minutes of speech with pauses
+    chunk = 120 * SR
+    pool = VadPool(8)  # more threads than a chunk has pieces (4)
+    try:
+        behind = StreamPlanner(THREADS, pool=pool)
+        planned, running_after_feed = [], []
+        for i in range(0, len(audio), chunk):
+            planned += behind.feed(audio[i : i + chunk])
+            running_after_feed.append(behind.detecting())
+        planned += behind.finish()
+    finally:
+        pool.close()
+    assert any(running_after_feed) and not behind.detecting()
+    waiting = StreamPlanner(THREADS)
+    reference = []
+    for i in range(0, len(audio), chunk):
+        reference += waiting.feed(audio[i : i + chunk])
+    reference += waiting.finish()
+    assert [(w.start, w.end) for w in planned] == [(w.start, w.end) for w in reference]
+    assert planned[-1].end == len(audio)
+
+
+def test_the_first_window_is_decoded_before_a_long_file_is_read(model: WhisperModel, jfk: np.ndarray) -> None:
+    """A 10-minute file: its first window reaches the decoder while most of the audio is
+    still unread (and its speech not yet detected), not after the whole file's planning."""
+    audio = tile(jfk, 45)
+    chunk = 60 * SR
+    read: list[int] = []
+    read_at_first_add: list[int] = []
+
+    class Recording(SequentialWindowDecoder):
+        def add(self, windows, cancel=None):  # type: ignore[no-untyped-def]
+            if not read_at_first_add:
+                read_at_first_add.append(len(read))
+            super().add(windows)
+
+    def chunks() -> Iterator[np.ndarray]:
+        for i in range(0, len(audio), chunk):
+            read.append(i)
+            yield audio[i : i + chunk]
+
+    s = BatchScheduler(lambda m: Recording(m, 2, THREADS), vad_threads=THREADS)
+    token = CancelToken()
+    try:
+        def stop_after_first_add(percent: int) -> None:
+            if read_at_first_add:
+                token.cancel()
+
+        with pytest.raises(TranscriptionAborted):
+            s.transcribe_stream(model, chunks(), GREEDY, cancel=token, duration_secs=len(audio) / SR,
+                                on_progress=stop_after_first_add)
+    finally:
+        s.close()
+    total_chunks = -(-len(audio) // chunk)
+    assert read_at_first_add and read_at_first_add[0] <= 4 < total_chunks, (read_at_first_add, total_chunks)

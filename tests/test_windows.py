@@ -57,6 +57,29 @@ def test_cuts_go_in_silences_and_prefer_the_longest_late_one() -> None:
     assert cut_windows(samples, [(0, 25 * SR), (int(25.4 * SR), n)])[0] == (0, int(25.2 * SR))
 
 
+def test_windows_end_near_30_s_where_speech_pauses_often() -> None:
+    """Every window costs a full encoder pass and a decode however short it is, so with a
+    pause every 2.5 s the windows run to the last pause before 30 s: a 0.4 s pause 4 s
+    later beats a 0.8 s one, and only a much longer pause wins earlier."""
+    n = 300 * SR
+    # Speech in 2.1 s stretches with 0.4 s pauses, except a 0.8 s pause every 10 s.
+    spans, t = [], 0.0
+    while t < 300:
+        spans.append((int(t * SR), int(min(300, t + 2.1) * SR)))
+        t += 2.1 + (0.8 if int(t) % 10 == 7 else 0.4)
+    samples = np.zeros(n, np.float32)
+    windows = cut_windows(samples, spans)
+    check_cover(windows, n)
+    assert cuts_inside(windows, spans) == []
+    lengths = [(b - a) / SR for a, b in windows[:-1]]
+    assert min(lengths) >= 27.0, lengths
+    assert len(windows) <= 11  # 300 s: at least 10 windows, whatever the rule
+
+    # A 2 s pause 5 s before the limit still beats a 0.3 s one at the limit.
+    spans = [(0, 23 * SR), (25 * SR, int(29.5 * SR)), (int(29.8 * SR), n)]
+    assert cut_windows(samples, spans)[0] == (0, int(24.7 * SR))
+
+
 def test_a_cut_at_the_limit_inside_a_long_silence() -> None:
     n = 90 * SR
     spans = [(0, 10 * SR), (80 * SR, n)]  # 70 s of silence between

@@ -6,19 +6,30 @@ after the last cut, as speech_spans joins its own pieces), and the windows that
 cut_windows would place the same way with the rest of the file present are taken: a
 window's cut looks only at the 30 s after its start, and a silence that runs into the
 end of what arrived could reach further, so a window is taken only when a full two
-windows of audio follow its start. What is left (under a minute) waits for the next
-chunk. Cuts therefore still fall in silences and no window exceeds 30 s.
+windows of analysed audio follow its start. What is left (under a minute, plus what the
+detector has not finished) waits for the next chunk. Cuts therefore still fall in
+silences and no window exceeds 30 s.
 
 Every offset is in samples at 16 kHz, from the start of the audio.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from whisperd.windows import MAX_WINDOW, Span, cut_windows, merge_spans, speech_spans
+from whisperd.windows import (
+    MAX_WINDOW,
+    PendingSpans,
+    Span,
+    VadPool,
+    cut_windows,
+    merge_spans,
+    speech_spans,
+    start_speech_spans,
+)
 
 # A window is taken once this much audio follows its start (see the module comment).
 _LOOK_AHEAD = 2 * MAX_WINDOW
@@ -41,7 +52,15 @@ class PlannedWindow:
 
 class StreamPlanner:
     """Feed chunks in order, then call finish(); each call returns the windows it could
-    place, in order, each with its own samples, so the chunks can be let go."""
+    place, in order, each with its own samples, so the chunks can be let go.
+
+    With a VadPool the detector runs behind the feeding: feed() queues the new audio's
+    pieces on the pool and returns at once while the pool has a free thread, so the next
+    chunk is read (and its pieces queued) while these are analysed, and an hour's pieces
+    run on every thread instead of a chunk's few at a time; windows come out as the
+    detector's results arrive, in order. With the pool busy (other jobs' pieces), feed()
+    waits for this job's results, so a job holds at most a chunk or two not analysed.
+    """
 
     def __init__(
         self,
@@ -51,9 +70,11 @@ class StreamPlanner:
         detect_short: bool = False,
         incremental: bool = True,
         copy: bool = True,
+        pool: VadPool | None = None,
     ) -> None:
         self._threads = threads
         self._should_stop = should_stop
+        self._pool = pool
         # The vad option wants speech spans even for audio that fits in one window.
         self._detect_short = detect_short
         # False: plan everything at finish(), as windows.plan does on a whole array.
@@ -63,42 +84,70 @@ class StreamPlanner:
         self._pending = np.empty(0, np.float32)  # audio not yet in a window
         self._base = 0  # offset of _pending[0]
         self._placed = False  # a window was already taken
-        # Speech found in _pending[:_analysed], offsets into _pending.
+        # Speech found in _pending[:_known], offsets into _pending; the detector was
+        # started on _pending[:_analysed].
         self._spans: list[Span] = []
+        self._known = 0
         self._analysed = 0
+        # Detector runs under way, in order: (start, seam, end) from the start of the
+        # audio, and their spans to come (offsets from `start`).
+        self._running: deque[tuple[int, int, int, PendingSpans]] = deque()
         self.seen = 0  # samples fed so far
 
     def feed(self, chunk: np.ndarray) -> list[PlannedWindow]:
         chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
         self.seen += chunk.size
         self._pending = np.concatenate([self._pending, chunk]) if self._pending.size else chunk
-        if not self._incremental or self._pending.size < _PLAN_FROM:
+        if not self._incremental:
             return []
-        n = self._pending.size
-        spans = self._detect()
-        windows = [w for w in cut_windows(self._pending, spans) if w[0] + _LOOK_AHEAD <= n]
-        return self._take(windows, spans, tail=True)
+        if self._pending.size >= _PLAN_FROM:
+            self._start_detector()
+        self._collect(wait=self._pool is None or not self._pool.idle())
+        n = self._known
+        windows = [w for w in cut_windows(self._pending[:n], self._spans) if w[0] + _LOOK_AHEAD <= n]
+        return self._take(windows, self._spans, tail=True)
 
     def finish(self) -> list[PlannedWindow]:
         n = self._pending.size
         if n == 0:
             return []
-        if n <= MAX_WINDOW and not self._placed and not self._detect_short:
+        if n <= MAX_WINDOW and not self._placed and not self._detect_short and not self._running:
             return self._take([(0, n)], None, tail=False)
-        spans = self._detect()
-        return self._take(cut_windows(self._pending, spans), spans, tail=False)
+        self._start_detector()
+        self._collect(wait=True)
+        return self._take(cut_windows(self._pending, self._spans), self._spans, tail=False)
 
-    def _detect(self) -> list[Span]:
-        """Speech in all of _pending: the detector runs on the part not yet analysed."""
+    def detecting(self) -> bool:
+        """Whether detector runs are still under way (feed or finish collects them)."""
+        return bool(self._running)
+
+    def _start_detector(self) -> None:
+        """Start the detector on the audio not yet analysed (and a little before it: the
+        detector misses speech already under way where its input starts)."""
+        if self._analysed >= self._pending.size:
+            return
         start = max(0, self._analysed - _OVERLAP)
         seam = max(0, self._analysed - _OVERLAP // 2)
-        new = speech_spans(self._pending[start:], self._threads, self._should_stop)
-        old = [(a, min(b, seam)) for a, b in self._spans if a < seam]
-        self._spans = merge_spans(
-            old + [(max(seam, start + a), start + b) for a, b in new if start + b > seam], self._pending.size
-        )
-        self._analysed = self._pending.size
-        return self._spans
+        end = self._pending.size
+        audio = self._pending[start:end]
+        if self._pool is None:  # on this thread (pieces on up to `threads` of its own)
+            found = PendingSpans(audio, [speech_spans(audio, self._threads, self._should_stop)])
+        else:
+            found = start_speech_spans(audio, self._pool, self._should_stop)
+        self._running.append((self._base + start, self._base + seam, self._base + end, found))
+        self._analysed = end
+
+    def _collect(self, *, wait: bool) -> None:
+        """Take in the detector's results in order: those done, or all when `wait`."""
+        while self._running and (wait or self._running[0][3].done()):
+            start, seam, end, found = self._running.popleft()
+            start, seam, end = start - self._base, seam - self._base, end - self._base
+            new = found.result()
+            old = [(a, min(b, seam)) for a, b in self._spans if a < seam]
+            self._spans = merge_spans(
+                old + [(max(seam, start + a), start + b) for a, b in new if start + b > seam], end
+            )
+            self._known = end
 
     def _take(self, windows: list[Span], spans: list[Span] | None, *, tail: bool) -> list[PlannedWindow]:
         out: list[PlannedWindow] = []
@@ -114,6 +163,7 @@ class StreamPlanner:
             # A copy, so the chunk the tail came from is freed.
             self._pending = self._pending[cut:].copy() if tail else np.empty(0, np.float32)
             self._spans = [(max(0, a - cut), b - cut) for a, b in self._spans if b > cut]
+            self._known = max(0, self._known - cut)
             self._analysed = max(0, self._analysed - cut)
             self._base += cut
         return out

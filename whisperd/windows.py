@@ -11,7 +11,8 @@ Every offset here is in samples at 16 kHz.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import numpy as np
@@ -36,10 +37,15 @@ _LEAD_IN = 3 * SAMPLE_RATE // 10
 # A cut in the first half of a window is taken only when the second half has no silence:
 # short windows cost a decode each and give the decoder less context.
 _PREFERRED_FROM = 0.5
-# Among those, the latest pause at least this fraction of the longest one (and at least
-# _MIN_CUT_PAUSE long) is taken rather than the longest itself.
-_NEAR_LONGEST = 0.7
-_MIN_CUT_PAUSE = SAMPLE_RATE // 2
+# Among those, a later cut is worth a shorter pause: each cut scores its position plus
+# _PAUSE_WORTH times its pause (counted up to _PAUSE_CAP), and the best score wins. Every
+# window costs an encoder pass and a decode however short it is (Whisper itself seeks
+# 30 s at a time), so windows should end near 30 s; but a long pause is more often a
+# sentence's end, and a window that stops mid-sentence leaves a rest to decode again
+# (Whisper's last timestamp falls before the cut). At 10 s a second, a 1 s pause beats a
+# 0.5 s one up to 5 s later; the weakest pause still ends the window at a word's edge.
+_PAUSE_WORTH = 10
+_PAUSE_CAP = 2 * SAMPLE_RATE
 
 # Silero runs on pieces of ~30 s, one per thread, each single-threaded: its per-frame
 # graphs are too small to split, and ggml's thread barriers made 4 threads on 2 cores 14x
@@ -65,24 +71,83 @@ def vad_pieces(n_samples: int) -> list[Span]:
     return [(a, min(n_samples, a + _VAD_PIECE)) for a in range(0, n_samples, _VAD_PIECE)]
 
 
-def speech_spans(
-    samples: np.ndarray, threads: int, should_stop: Callable[[], bool] | None = None
-) -> list[Span]:
-    """Where someone speaks: Silero VAD when the build has it, else RMS energy.
+class VadPool:
+    """Threads that run Silero's pieces for every job that uses the pool: pieces queue
+    in the order they came (the first job's windows are ready first) and never run on
+    more threads than the pool has. `idle()` says whether a thread is free for one more
+    piece: a caller then need not wait for its last pieces before reading more audio."""
 
-    Pieces run on up to `threads` threads (see _VAD_PIECE); once `should_stop` says stop,
-    pieces not yet started are skipped and what was found is returned.
-    """
+    def __init__(self, threads: int) -> None:
+        self.threads = max(1, threads)
+        self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="vad")
+        self._lock = threading.Lock()
+        self._queued = 0  # pieces submitted and not finished
+
+    def idle(self) -> bool:
+        with self._lock:
+            return self._queued < self.threads
+
+    def submit(self, fn: Callable[[], list[Span]]) -> Future[list[Span]]:
+        with self._lock:
+            self._queued += 1
+        future = self._executor.submit(fn)
+        future.add_done_callback(self._finished)
+        return future
+
+    def _finished(self, _: Future[list[Span]]) -> None:
+        with self._lock:
+            self._queued -= 1
+
+    def close(self) -> None:
+        """Pieces not started are dropped (their callers see no speech there)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class PendingSpans:
+    """speech_spans under way on a VadPool (or already done): result() waits for it."""
+
+    def __init__(self, samples: np.ndarray, parts: list[Future[list[Span]]] | list[list[Span]]) -> None:
+        self._samples = samples
+        self._parts = parts
+
+    def done(self) -> bool:
+        return all(not isinstance(p, Future) or p.done() for p in self._parts)
+
+    def result(self) -> list[Span]:
+        spans: list[Span] = []
+        try:
+            for part in self._parts:
+                spans += part.result() if isinstance(part, Future) else part
+        except CancelledError:  # the pool closed under the job, which ends anyway
+            return []
+        except WhisperError as exc:  # the weights did not load: energy still finds pauses
+            log.warning("voice activity detection failed (%s); cutting at low-energy pauses", exc)
+            return energy_speech_spans(self._samples)
+        # A span cut at a seam continues in the next piece: merged again.
+        return merge_spans(spans, len(self._samples))
+
+
+def _vad_options() -> _native.Options | None:
+    """Silero's options, or None when this build cannot run it."""
     model = vad_model_path()
     if not (hasattr(_native, "vad_speech_spans") and model.is_file()):
-        return energy_speech_spans(samples)
+        return None
     opts = _native.Options()
     opts.vad_model_path = str(model)
     opts.vad_threshold = VAD_THRESHOLD
     opts.vad_min_speech_ms = VAD_MIN_SPEECH_MS
     opts.vad_min_silence_ms = VAD_MIN_SILENCE_MS
     opts.vad_speech_pad_ms = VAD_SPEECH_PAD_MS
-    pieces = vad_pieces(len(samples))
+    return opts
+
+
+def start_speech_spans(
+    samples: np.ndarray, pool: VadPool | None, should_stop: Callable[[], bool] | None = None
+) -> PendingSpans:
+    """speech_spans with its pieces queued on `pool` (None: run now, on this thread)."""
+    opts = _vad_options()
+    if opts is None:
+        return PendingSpans(samples, [energy_speech_spans(samples)])
 
     def detect(piece: Span) -> list[Span]:
         if should_stop is not None and should_stop():
@@ -96,17 +161,31 @@ def speech_spans(
         end_seam = b if b == len(samples) else b - _VAD_OVERLAP // 2
         return [(max(x, seam), min(y, end_seam)) for x, y in found if y > seam and x < end_seam]
 
+    pieces = vad_pieces(len(samples))
+    if pool is None:
+        try:
+            return PendingSpans(samples, [detect(p) for p in pieces])
+        except WhisperError as exc:
+            log.warning("voice activity detection failed (%s); cutting at low-energy pauses", exc)
+            return PendingSpans(samples, [energy_speech_spans(samples)])
+    return PendingSpans(samples, [pool.submit(lambda p=p: detect(p)) for p in pieces])
+
+
+def speech_spans(
+    samples: np.ndarray, threads: int, should_stop: Callable[[], bool] | None = None
+) -> list[Span]:
+    """Where someone speaks: Silero VAD when the build has it, else RMS energy.
+
+    Pieces run on up to `threads` threads (see _VAD_PIECE); once `should_stop` says stop,
+    pieces not yet started are skipped and what was found is returned.
+    """
+    if threads <= 1 or len(samples) <= _VAD_PIECE:
+        return start_speech_spans(samples, None, should_stop).result()
+    pool = VadPool(min(threads, len(vad_pieces(len(samples)))))
     try:
-        if len(pieces) == 1 or threads <= 1:
-            results = [detect(p) for p in pieces]
-        else:
-            with ThreadPoolExecutor(max_workers=min(threads, len(pieces)), thread_name_prefix="vad") as pool:
-                results = list(pool.map(detect, pieces))
-    except WhisperError as exc:  # the weights did not load: energy still finds pauses
-        log.warning("voice activity detection failed (%s); cutting at low-energy pauses", exc)
-        return energy_speech_spans(samples)
-    # A span cut at a seam continues in the next piece: merged again.
-    return merge_spans([s for spans in results for s in spans], len(samples))
+        return start_speech_spans(samples, pool, should_stop).result()
+    finally:
+        pool.close()
 
 
 def energy_speech_spans(
@@ -195,11 +274,11 @@ def cut_windows(
 ) -> list[Span]:
     """Windows (start, end) covering all the audio, each at most max_samples long.
 
-    Each cut goes into the latest silence in the second half of the window (or, without
-    one there, in the first half) that is nearly as long as the longest one there, 0.3 s
-    before the speech after it (or in the middle of a shorter pause); only a span of
-    speech longer than a window is cut, at its quietest 0.1 s frame in the last 5 s
-    before the limit.
+    Each cut goes into a silence in the second half of the window (or, without one there,
+    in the first half): the one whose position plus _PAUSE_WORTH times its length scores
+    best (late cuts and long pauses both count), 0.3 s before the speech after it (or in
+    the middle of a shorter pause); only a span of speech longer than a window is cut, at
+    its quietest 0.1 s frame in the last 5 s before the limit.
     """
     n = len(samples)
     if n == 0:
@@ -210,21 +289,15 @@ def cut_windows(
     while n - start > max_samples:
         limit = start + max_samples
         preferred_from = start + int(max_samples * _PREFERRED_FROM)
-        candidates: list[tuple[bool, int, int]] = []  # (in second half, usable length, cut)
+        candidates: list[tuple[bool, int, int]] = []  # (in second half, score, cut)
         for g0, g1 in gaps:
             lo, hi = max(g0, start + 1), min(g1, limit)
             if lo > hi or g1 <= start:
                 continue
             cut = min(max((g0 + g1) // 2, g1 - _LEAD_IN, lo), hi)
-            candidates.append((cut >= preferred_from, hi - lo, cut))
+            candidates.append((cut >= preferred_from, cut + _PAUSE_WORTH * min(hi - lo, _PAUSE_CAP), cut))
         if candidates:
-            best = max(candidates)
-            # The latest of the pauses nearly as long as the longest: a window that ends
-            # early in a sentence's pause leaves the sentence unfinished, and Whisper's
-            # last timestamp then falls before the cut (the rest costs another encoder
-            # pass); a pause near the longest is a sentence's end more often.
-            near = max(_MIN_CUT_PAUSE, int(best[1] * _NEAR_LONGEST))
-            cut = max((c for c in candidates if c[0] == best[0] and c[1] >= near), default=best)[2]
+            cut = max(candidates)[2]
         else:
             cut = quietest_frame(samples, max(start + 1, limit - _QUIET_SEARCH), limit)
         windows.append((start, cut))

@@ -4,6 +4,7 @@ and stitched back into one transcript with times from the start of the audio."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -47,6 +48,13 @@ class ScheduledJob:
     first: WindowResult | None = None  # the first result: the job's language
     error: BaseException | None = None
     gone: bool = False  # cancelled or failed: its windows leave the decoder
+    # Its caller waits on this (the scheduler's lock): notified when results come in or
+    # the job fails, so a decoder step wakes only the jobs it finished windows of.
+    wake: threading.Condition | None = None
+
+    def waiting(self) -> int:
+        """Planned windows not yet handed to the decoder."""
+        return len(self.order) - self.next_window
 
     def add(self, planned: list[PlannedWindow], complete: bool) -> None:
         """Windows the planner placed. The vad option: a window in which the detector

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from typing import Callable, Iterable, Iterator
 
@@ -31,17 +32,22 @@ from whisperd.inference import (
 )
 from whisperd.server.engine.decoder_factory import CPU_BATCH_SIZE, DecoderFactory
 from whisperd.server.engine.scheduled_job import ScheduledJob, stitch
+from whisperd.server.engine.timeline import Timeline
 from whisperd.stream_windows import StreamPlanner
 from whisperd.transcript import Segment, Transcript
-from whisperd.windows import Span
+from whisperd.windows import Span, VadPool
 
 log = logging.getLogger(__name__)
 
 # How often a waiting caller looks at its cancel token: the bound on cancel latency.
 _CANCEL_POLL_SECS = 0.1
-# A job reads ahead at most this many times the decoder's slots in windows not yet
-# decoded (at most 30 s, 1.9 MB each): enough to refill every slot at once.
+# All jobs together read ahead at most this many times the decoder's slots in windows
+# not yet in the decoder (at most 30 s, 1.9 MB each): enough to refill every slot at
+# once, and memory that does not grow with the number of jobs admitted.
 _READ_AHEAD_PER_SLOT = 2
+# Each job may always have this many windows waiting, whatever the others hold: a short
+# job's windows are planned at once even behind a long job that filled the budget.
+_READ_AHEAD_PER_JOB = 2
 
 
 class BatchScheduler:
@@ -62,7 +68,13 @@ class BatchScheduler:
         self._windows_per_job = windows_per_job
         self._on_step = on_step  # metrics: windows in each decoder step
         self._vad_threads = vad_threads
-        self._cond = threading.Condition()
+        # Every job's voice activity detection on one set of threads (windows.VadPool).
+        self._vad = VadPool(vad_threads)
+        # One lock: the scheduler thread waits on _cond; each job's caller on its own
+        # condition of the same lock, so a step wakes only the jobs it gave results to.
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self.timeline = Timeline()
         self._jobs: deque[ScheduledJob] = deque()  # round-robin order: the head gives the next window
         self._windows: dict[int, ScheduledJob] = {}  # window id in the decoder -> its job
         self._to_drop: list[int] = []
@@ -99,7 +111,8 @@ class BatchScheduler:
         if samples.ndim != 1:
             raise ValueError(f"audio must be mono (1-D), got shape {samples.shape}")
         planner = StreamPlanner(
-            self._vad_threads, lambda: cancel.cancelled, detect_short=options.vad, incremental=False, copy=False
+            self._vad_threads, lambda: cancel.cancelled, detect_short=options.vad, incremental=False, copy=False,
+            pool=self._vad,
         )
         return self._run_job(model, planner, iter([samples]), len(samples), options, cancel, on_progress, on_segment)
 
@@ -124,7 +137,7 @@ class BatchScheduler:
         the caller as it is.
         """
         options.validate()
-        planner = StreamPlanner(self._vad_threads, lambda: cancel.cancelled, detect_short=options.vad)
+        planner = StreamPlanner(self._vad_threads, lambda: cancel.cancelled, detect_short=options.vad, pool=self._vad)
         total = round(duration_secs * SAMPLE_RATE)
         return self._run_job(model, planner, iter(chunks), total, options, cancel, on_progress, on_segment)
 
@@ -140,9 +153,11 @@ class BatchScheduler:
         on_segment: SegmentCallback | None,
     ) -> Transcript:
         job = ScheduledJob(model, options, options.language if model.multilingual else "en")
+        job.wake = threading.Condition(self._lock)
         with self._cond:
             if self._stopping:
                 raise TranscriptionAborted("the scheduler is stopping")
+            self.timeline.job_started()
             self._jobs.append(job)
             self._cond.notify_all()
         try:
@@ -169,6 +184,7 @@ class BatchScheduler:
             self._stopping = True
             self._cond.notify_all()
         self._thread.join(timeout=60)
+        self._vad.close()
 
     # ------------------------------------------------------------------ the caller's side
 
@@ -188,7 +204,7 @@ class BatchScheduler:
         seen = -1
         while True:
             with self._cond:
-                read_more = not job.complete and len(job.pieces) < self._read_ahead()
+                read_more = self._may_read_locked(job)
             if read_more:
                 # One chunk per turn, so segments and progress go out between chunks.
                 if cancel.cancelled:
@@ -199,10 +215,13 @@ class BatchScheduler:
                 del chunk  # the planner copied what it needs
                 with self._cond:
                     job.add(planned, complete=last)
+                    if planned:
+                        self.timeline.planned(planned)
                     self._cond.notify_all()
             with self._cond:
                 if not read_more:
-                    self._cond.wait_for(
+                    assert job.wake is not None
+                    job.wake.wait_for(
                         lambda: job.error is not None or job.changes != seen, timeout=_CANCEL_POLL_SECS
                     )
                 seen = job.changes
@@ -244,11 +263,17 @@ class BatchScheduler:
             duration_secs=planner.seen / SAMPLE_RATE,
         )
 
-    def _read_ahead(self) -> int:
-        """Windows a job may hold undecoded: a multiple of the decoder's slots."""
+    def _may_read_locked(self, job: ScheduledJob) -> bool:
+        """Whether the job's caller may read more audio: while the job has fewer than
+        _READ_AHEAD_PER_JOB windows waiting for the decoder, or all jobs together fewer
+        than _READ_AHEAD_PER_SLOT x the decoder's slots."""
+        if job.complete:
+            return False
+        if job.waiting() < _READ_AHEAD_PER_JOB:
+            return True
         decoder = self._decoder
         capacity = decoder.capacity if decoder is not None else CPU_BATCH_SIZE
-        return max(2, _READ_AHEAD_PER_SLOT * capacity)
+        return sum(j.waiting() for j in self._jobs) < max(2, _READ_AHEAD_PER_SLOT * capacity)
 
     # ------------------------------------------------------------------ the scheduler thread
 
@@ -267,6 +292,8 @@ class BatchScheduler:
             if job.error is None:
                 job.error = error
             self._forget_locked(job)
+            if job.wake is not None:
+                job.wake.notify_all()
         self._cond.notify_all()
 
     def _has_work_locked(self) -> bool:
@@ -291,7 +318,9 @@ class BatchScheduler:
         """One round: honour a release, drop cancelled windows, refill, one decoder step.
         False when the scheduler stops."""
         with self._cond:
-            self._cond.wait_for(self._has_work_locked)
+            while not self._has_work_locked():
+                self.timeline.idle(self._decoder, len(self._jobs))
+                self._cond.wait()
             if self._stopping:
                 return False
             release = self._release_requested
@@ -313,13 +342,24 @@ class BatchScheduler:
         assert decoder is not None
         with self._cond:
             batch = self._pick_locked(decoder.free_slots(), decoder.capacity)
-        if batch and not self._add(decoder, batch):
-            return True
+            if batch:  # room in the read-ahead: the jobs still reading may go on
+                for job in self._jobs:
+                    if not job.complete and job.wake is not None:
+                        job.wake.notify_all()
+        if batch:
+            t = time.perf_counter()
+            added = self._add(decoder, batch)
+            self.timeline.added(len(batch), time.perf_counter() - t, decoder)
+            if not added:
+                return True
         if decoder.active() == 0:
             return True
         try:
-            self._on_step(decoder.active())
+            active = decoder.active()
+            self._on_step(active)
+            t = time.perf_counter()
             results = decoder.step()
+            self.timeline.stepped(active, decoder.capacity, time.perf_counter() - t)
         except Exception as exc:  # noqa: BLE001
             log.warning("window decoder step failed: %s", exc)
             self._decoder_failed(exc)
@@ -329,6 +369,8 @@ class BatchScheduler:
                 job = self._windows.pop(result.window_id, None)
                 if job is not None:  # else its job was cancelled meanwhile
                     job.finished(result.window_id, result)
+                    if job.wake is not None:
+                        job.wake.notify_all()
             self._cond.notify_all()
         return True
 
