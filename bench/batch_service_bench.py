@@ -10,6 +10,13 @@ through WHISPERD_BENCH_TOKENS_PER_WINDOW; the audio is real speech, so VAD cuts 
      scheduler's promise is under 2).
 Server settings are the defaults (BATCH_SIZE and PARALLEL_JOBS automatic) unless --env.
 
+Under the table, the server's timeline of each part (its `batch timeline:` log lines, one
+per busy spell of the scheduler): windows planned and their mean length, when the first
+window was planned and encoded, the encoder's and the steps' time, the mean windows a
+step of the slots, and the share of the wall time the decoder was busy (add + step
+calls); then the engine's own split (encoder, decoder graphs, sampling). A busy share
+well under 100 % means the GPU waited for the service (planning, uploads, job turns).
+
 Usage (GPU host, bench/gpu.sh stage `service-batch`):
   python bench/batch_service_bench.py --model build/ggml-large-v3-random-f16.bin \
       --wav speech121.wav --jobs 32 --long-minutes 60 --json out/batch_service.json
@@ -38,6 +45,19 @@ from whisperd.audio import decode_audio, write_wav  # noqa: E402
 from whisperd.client import WhisperdClient  # noqa: E402
 
 SR = 16000
+TIMELINE = "batch timeline:"
+
+
+def timeline_since(server: ServerProcess, seen: int, wait_s: float = 5.0) -> tuple[list[str], int]:
+    """The server's timeline lines after the first `seen`: the scheduler logs a spell
+    when its last job has gone, which can be a moment after the client saw it done."""
+    deadline = time.monotonic() + wait_s
+    count = lambda: sum(TIMELINE in ln for ln in list(server.log_lines))  # noqa: E731
+    while count() <= seen and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)  # the engine's line follows the spell's
+    lines = [ln for ln in list(server.log_lines) if TIMELINE in ln]
+    return [ln[ln.index(TIMELINE) + len(TIMELINE):].strip() for ln in lines[seen:]], len(lines)
 
 
 def greedy_job(client: WhisperdClient, path: Path) -> float:
@@ -92,26 +112,30 @@ def main() -> None:
             client = WhisperdClient(f"127.0.0.1:{server.port}", timeout=600)
             wait_ready(client)
             greedy_job(client, clip_path)  # warm-up: the decoder, its graphs, the VAD
+            _, seen = timeline_since(server, 0)
             secs = len(speech) / SR
             wall = many_at_once(client, args.wav, args.jobs)
+            timeline, seen = timeline_since(server, seen)
             rows.append({"what": f"{args.jobs} jobs of {secs:.0f} s at once", "audio_s": args.jobs * secs,
-                         "wall_s": wall})
+                         "wall_s": wall, "timeline": timeline})
             alone = statistics.median(greedy_job(client, clip_path) for _ in range(3))
+            alone_timeline, seen = timeline_since(server, seen)
             long_wall: list[float] = []
             long_thread = threading.Thread(target=lambda: long_wall.append(greedy_job(client, long_path)))
             long_thread.start()
             time.sleep(2.0)  # the long job's windows fill the batch first
             behind = statistics.median(greedy_job(client, clip_path) for _ in range(3))
             long_thread.join()
+            long_timeline, seen = timeline_since(server, seen)
             rows.append({"what": f"one {args.long_minutes:g}-minute job alone (a 5 s clip joined it)",
-                         "audio_s": n_long / SR, "wall_s": long_wall[0]})
-            rows.append({"what": "5 s clip alone", "audio_s": 5.0, "wall_s": alone})
+                         "audio_s": n_long / SR, "wall_s": long_wall[0], "timeline": long_timeline})
+            rows.append({"what": "5 s clip alone", "audio_s": 5.0, "wall_s": alone, "timeline": alone_timeline[-2:]})
             rows.append({"what": "5 s clip behind the long job", "audio_s": 5.0, "wall_s": behind,
                          "note": f"{behind / alone:.2f}x its time alone"})
             # Which decoder the server made, and anything it warned of: a figure far from
             # bench/batch_bench.py's means the service did not run the batched engine.
-            batch_lines = [ln for ln in server.log().splitlines()
-                           if "decoder" in ln or " WARNING " in ln or " ERROR " in ln]
+            batch_lines = [ln for ln in server.log_lines if TIMELINE not in ln
+                           and ("decoder" in ln or " WARNING " in ln or " ERROR " in ln)]
         finally:
             server.stop()
     print(f"{'what':<52} {'audio s':>8} {'wall s':>7} {'x real time':>11}")
@@ -119,6 +143,9 @@ def main() -> None:
         x = float(r["audio_s"]) / float(r["wall_s"])  # type: ignore[arg-type]
         r["x_real_time"] = x
         print(f"{r['what']:<52} {r['audio_s']:>8.0f} {r['wall_s']:>7.2f} {x:>11.1f}  {r.get('note', '')}")
+    for r in rows:
+        for ln in r.get("timeline", []):  # type: ignore[union-attr]
+            print(f"timeline, {r['what']}: {ln}")
     for ln in batch_lines[:12]:
         print("server:", ln.strip()[-160:])
     if args.json:

@@ -29,8 +29,9 @@ class Settings:
     gpu_poll_interval_secs: int = 30  # GPU_POLL_INTERVAL_SECS
     # PARALLEL_JOBS: jobs admitted at once (taken from the queue); their windows share the
     # decoder's batch, refilled round-robin, so a short job never waits behind a long one.
-    # 0 = automatic: 16 on a GPU (enough jobs to fill a batch with short files), 2 on a
-    # CPU. A job over the limit waits in the queue. See docs/batching.md.
+    # 0 = automatic: 64 on a GPU (a batch of up to 128 windows fills with jobs of a minute
+    # or more; 16 left 32 two-minute jobs at 96 windows), 2 on a CPU. A job over the limit
+    # waits in the queue. See docs/batching.md.
     parallel_jobs: int = 0
     # BATCH_SIZE: 30 s windows decoded at once, of any jobs. 0 = automatic: what fits in
     # the free VRAM after the model loads (the batched decoder works it out), 4 on a CPU.
@@ -98,7 +99,7 @@ class Settings:
         """Automatic values settled once it is known whether the model runs on a GPU."""
         if self.parallel_jobs:
             return self
-        return replace(self, parallel_jobs=16 if gpu else 2)
+        return replace(self, parallel_jobs=64 if gpu else 2)
 
     @property
     def threads_per_job(self) -> int:

@@ -111,7 +111,7 @@ def serve(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Job store and uploads (DATA_DIR, default ./data)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model name in the models folder (WHISPER_MODEL, default tiny.en)."),
     model_path: Optional[Path] = typer.Option(None, "--model-path", help="GGML model file (WHISPER_MODEL_PATH)."),
-    parallel_jobs: Optional[int] = typer.Option(None, "--parallel-jobs", help="Jobs admitted at once (PARALLEL_JOBS; default 0 = 16 on a GPU, 2 on a CPU)."),
+    parallel_jobs: Optional[int] = typer.Option(None, "--parallel-jobs", help="Jobs admitted at once (PARALLEL_JOBS; default 0 = 64 on a GPU, 2 on a CPU)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="30 s windows decoded at once, of any jobs (BATCH_SIZE; default 0 = from free VRAM on a GPU, 4 on a CPU)."),
     batch_max_beams: Optional[int] = typer.Option(None, "--batch-max-beams", help="Beams a window's slot holds (BATCH_MAX_BEAMS, 5; 1 = greedy-only slots, less memory each)."),
     idle_timeout: Optional[int] = typer.Option(None, "--idle-timeout", help="Unload after this many idle seconds (IDLE_TIMEOUT_SECS, 300; 0 = never)."),
