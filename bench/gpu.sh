@@ -23,8 +23,9 @@
 #   profile  bench/profile_engine.py: the encoder per window and the decoder step, timed
 #            apart (the encoder as a ggml graph and as our CUDA code), then the kernels of one
 #            encode and of a step at batch 8 under ncu (NCU_REGIONS="encode step",
-#            NCU_STEP_BATCH=8); PROFILE_GGML_ENCODER / PROFILE_CUBLAS_ATTENTION=0 skip the
-#            comparisons with the ggml encoder / the unfused attention
+#            NCU_STEP_BATCH=8); PROFILE_GGML_ENCODER / PROFILE_CUBLAS_ATTENTION /
+#            PROFILE_GGML_DECODER=0 skip the comparisons with the ggml encoder / the unfused
+#            attention / the ggml decoder step
 # The host needs cmake, ninja, nvcc, python3 with numpy and nanobind (torch and
 # transformers for the peer); PyAV is optional (plain 16 kHz WAV is read without it).
 # Inputs prepared here by bench/gpu_prep.sh travel in .gpu/ (a trimmed whisper.cpp
@@ -102,7 +103,7 @@ if has_stage tests; then
   [[ -f $F16_MODEL ]] || { mkdir -p build && "$PY" bench/dequantize_model.py "$MODEL" "$F16_MODEL"; }
   set +e
   WHISPERD_TEST_GPU=1 WHISPERD_TEST_MODEL="$MODEL" WHISPERD_TEST_F16_MODEL="$F16_MODEL" "$PY" -m pytest -p no:cacheprovider -q \
-    -rfEP --tb=short ${GPU_TESTS:-tests/test_native.py tests/test_gpu.py tests/test_gpu_lifecycle.py tests/test_device_mel.py tests/test_cuda_encoder.py} --junitxml="$RESULTS/gpu-tests.xml" \
+    -rfEP --tb=short ${GPU_TESTS:-tests/test_native.py tests/test_gpu.py tests/test_gpu_lifecycle.py tests/test_device_mel.py tests/test_cuda_encoder.py tests/test_cuda_decoder.py} --junitxml="$RESULTS/gpu-tests.xml" \
     2>&1 | tee "$RESULTS/gpu-tests.log"
   tests_rc=${PIPESTATUS[0]}
   set -e
@@ -177,6 +178,11 @@ if has_stage profile; then
     echo "-- WHISPERD_CUDA_ATTENTION=cublas (the encoder's attention unfused, through cuBLAS)"
     WHISPERD_CUDA_ATTENTION=cublas "$PY" bench/profile_engine.py --model "$LARGE" \
       --wav "$RESULTS/speech121.wav" --batches "" ${PROFILE_ARGS:-}
+  fi
+  if [[ "${PROFILE_GGML_DECODER:-1}" == 1 ]]; then
+    echo "-- WHISPERD_CUDA_DECODER=0 (the decoder step as a ggml graph)"
+    WHISPERD_CUDA_DECODER=0 "$PY" bench/profile_engine.py --model "$LARGE" \
+      --wav "$RESULTS/speech121.wav" --groups "" ${PROFILE_ARGS:-}
   fi
   echo "-- whisperd's defaults on this GPU"
   "$PY" bench/profile_engine.py --model "$LARGE" --wav "$RESULTS/speech121.wav" ${PROFILE_ARGS:-}

@@ -164,6 +164,11 @@ class BatchDecoder:
         return bool(self._decoder.cuda_encoder)
 
     @property
+    def cuda_decoder(self) -> bool:
+        """Whether decoder steps run as whisperd's CUDA code (else a ggml graph)."""
+        return bool(self._decoder.cuda_decoder)
+
+    @property
     def gpu_sampling(self) -> bool:
         """Whether greedy rows are summarised on the GPU, their logits never downloaded
         (only a CUDA decoder can; else the CPU summarises them)."""

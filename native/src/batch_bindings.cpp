@@ -85,6 +85,8 @@ void bind_batch(nb::module_ &m, nb::class_<Model> &model) {
         .def("device_mel", &BatchDecoder::device_mel, "samples"_a, nb::call_guard<nb::gil_scoped_release>(),
              "The window's log-mel frames as the encoder graph computes them.")
         .def_prop_ro("mel_on_device", &BatchDecoder::mel_on_device)
+        .def_prop_ro("cuda_decoder", &BatchDecoder::cuda_decoder,
+                     "Whether decoder steps run as whisperd's CUDA code (else a ggml graph).")
         .def_prop_ro("cuda_encoder", &BatchDecoder::cuda_encoder,
                      "Whether the encoder layers run as whisperd's CUDA code (else a ggml graph).")
         .def_prop_rw("gpu_sampling", &BatchDecoder::gpu_sampling, &BatchDecoder::set_gpu_sampling,

@@ -15,6 +15,7 @@
 #include "batch_internal.hpp"
 #include "errors.hpp"
 #ifdef WHISPERD_WITH_CUDA
+#include "cuda_decoder.hpp"
 #include "cuda_encoder.hpp"
 #include "cuda_sampler.hpp"
 #endif
@@ -134,6 +135,7 @@ BatchDecoder::BatchDecoder(std::shared_ptr<ContextHandle> handle, bool use_gpu, 
     trace("caches cleared");
     init_mel_tensors(filters);
     start_cuda_encoder(cuda_encoder, gpu_device);
+    start_cuda_decoder(gpu_device);
     start_cuda_sampler(gpu_device);
     enc_alloc_ = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
     dec_alloc_ = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
@@ -151,6 +153,16 @@ void BatchDecoder::close() {
     pool_.reset();
 #ifdef WHISPERD_WITH_CUDA
     cuda_enc_.reset();
+    cuda_dec_.reset();  // before the caches it reads are freed
+    if (cuda_logits_buf_ != nullptr) {
+        ggml_backend_buffer_free(cuda_logits_buf_);
+        cuda_logits_buf_ = nullptr;
+    }
+    if (cuda_logits_ctx_ != nullptr) {
+        ggml_free(cuda_logits_ctx_);
+        cuda_logits_ctx_ = nullptr;
+        cuda_logits_ = nullptr;
+    }
     cuda_sampler_.reset();
 #endif
     if (dec_ctx_ != nullptr) {
@@ -191,6 +203,7 @@ size_t BatchDecoder::memory_bytes() const {
     size_t b = cache_buf_ ? ggml_backend_buffer_get_size(cache_buf_) : 0;
 #ifdef WHISPERD_WITH_CUDA
     b += cuda_enc_ ? cuda_enc_->memory_bytes() : 0;
+    b += cuda_dec_ ? cuda_dec_->memory_bytes() : 0;
 #endif
     return b;
 }
@@ -352,7 +365,8 @@ std::vector<WindowOutput> BatchDecoder::step(CancelToken *token) {
     const int n_kv = std::min(n_cells_, ((max_cells + kKvPad - 1) / kKvPad) * kKvPad);
     const int n_rows = W * R;
     const int key[4] = {W, R, n_kv, r_out};
-    if (dec_graph_ == nullptr || !std::equal(key, key + 4, dec_key_)) {
+    const bool own = cuda_decoder();  // whisperd's CUDA step instead of the graph
+    if (!own && (dec_graph_ == nullptr || !std::equal(key, key + 4, dec_key_))) {
         if (dec_ctx_ != nullptr) {
             ggml_free(dec_ctx_);
         }
@@ -407,6 +421,10 @@ std::vector<WindowOutput> BatchDecoder::step(CancelToken *token) {
         for (; o < r_out; ++o) {
             outs[static_cast<size_t>(s) * r_out + o] = s * R;
         }
+    }
+    if (own) {
+        const StepInputs in{W, R, n_kv, r_out, tok.data(), pos.data(), kvr.data(), mask.data(), outs.data()};
+        return cuda_step(in, token, t0);
     }
     ggml_backend_tensor_set(ggml_graph_get_tensor(dec_graph_, "tokens"), tok.data(), 0, tok.size() * sizeof(int32_t));
     ggml_backend_tensor_set(ggml_graph_get_tensor(dec_graph_, "pos"), pos.data(), 0, pos.size() * sizeof(int32_t));

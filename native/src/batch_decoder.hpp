@@ -27,6 +27,7 @@ struct ggml_backend_buffer;
 
 namespace whisperd {
 
+class CudaDecoder;
 class CudaEncoder;
 class CudaSampler;
 
@@ -79,6 +80,8 @@ public:
     std::vector<float> device_mel(const std::vector<float> &samples);
     // Whether the encoder layers run as our CUDA code (else as a ggml graph).
     bool cuda_encoder() const;
+    // Whether steps run as whisperd's CUDA code (cuda_decoder.hpp) instead of a ggml graph.
+    bool cuda_decoder() const;
     // A window's cross-attention keys then values of one decoder layer, [n_audio_ctx,
     // n_state] each, as the encoder wrote them (tests compare the two encoders).
     std::vector<float> cross_kv(int64_t id, int layer) const;
@@ -111,6 +114,21 @@ private:
     ggml_tensor *conv(ggml_context *ctx, const std::string &name, ggml_tensor *x, int stride) const;
     void compute(ggml_cgraph *gf, CancelToken *token);
     void start_cuda_encoder(int mode, int gpu_device);
+    void start_cuda_decoder(int gpu_device);  // batch_cuda_decoder.cpp
+    // A step's inputs as the ggml graph takes them (see step()).
+    struct StepInputs {
+        int W, R, n_kv, r_out;
+        const int32_t *tokens, *positions;
+        const int64_t *kv_rows;
+        const uint16_t *mask;  // f16 bits
+        const int32_t *out_rows;
+    };
+    // The step through whisperd's CUDA code, its logits in a ggml tensor on the GPU, then
+    // sampled as the graph's are.
+    std::vector<WindowOutput> cuda_step(const StepInputs &in, CancelToken *token,
+                                        std::chrono::steady_clock::time_point t0);
+    const void *f16_data(const std::string &name) const;  // throw std::invalid_argument if not
+    const float *f32_data(const std::string &name) const;
     void start_cuda_sampler(int gpu_device);
     // A step's logits, [W * r_out][n_vocab] f32: where they are and, when that is not host
     // memory, how to copy n rows from `row` on into dst.
@@ -155,6 +173,10 @@ private:
     std::unique_ptr<Pool> pool_;  // sampling threads, kept between steps
 #ifdef WHISPERD_WITH_CUDA  // a definition private to the extension's own sources
     std::unique_ptr<CudaEncoder> cuda_enc_;
+    std::unique_ptr<CudaDecoder> cuda_dec_;
+    ggml_context *cuda_logits_ctx_ = nullptr;  // a ggml tensor the CUDA step writes its logits to
+    ggml_backend_buffer *cuda_logits_buf_ = nullptr;
+    ggml_tensor *cuda_logits_ = nullptr;
     std::unique_ptr<CudaSampler> cuda_sampler_;
 #endif
 };

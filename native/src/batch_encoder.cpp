@@ -110,6 +110,22 @@ std::vector<float> BatchDecoder::device_mel(const std::vector<float> &samples) {
 
 // ---------------------------------------------------------------- encoder
 
+const void *BatchDecoder::f16_data(const std::string &name) const {
+    ggml_tensor *t = w(name);
+    if (t->type != GGML_TYPE_F16 || !ggml_is_contiguous(t)) {
+        throw std::invalid_argument(name);
+    }
+    return t->data;
+}
+
+const float *BatchDecoder::f32_data(const std::string &name) const {
+    ggml_tensor *t = w(name);
+    if (t->type != GGML_TYPE_F32 || !ggml_is_contiguous(t)) {
+        throw std::invalid_argument(name);
+    }
+    return static_cast<const float *>(t->data);
+}
+
 bool BatchDecoder::cuda_encoder() const {
 #ifdef WHISPERD_WITH_CUDA
     return cuda_enc_ != nullptr;
@@ -127,20 +143,8 @@ void BatchDecoder::start_cuda_encoder(int mode, int gpu_device) {
         trace("CUDA encoder off: this GPU accumulates f32 at half rate");
         return;
     }
-    auto f16 = [&](const std::string &name) {
-        ggml_tensor *t = w(name);
-        if (t->type != GGML_TYPE_F16 || !ggml_is_contiguous(t)) {
-            throw std::invalid_argument(name);
-        }
-        return static_cast<const void *>(t->data);
-    };
-    auto f32 = [&](const std::string &name) {
-        ggml_tensor *t = w(name);
-        if (t->type != GGML_TYPE_F32) {
-            throw std::invalid_argument(name);
-        }
-        return static_cast<const float *>(t->data);
-    };
+    auto f16 = [&](const std::string &name) { return f16_data(name); };
+    auto f32 = [&](const std::string &name) { return f32_data(name); };
     std::vector<CudaEncoderLayer> layers;
     std::vector<CudaCrossLayer> cross;
     const float *ln_w = nullptr, *ln_b = nullptr;

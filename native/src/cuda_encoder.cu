@@ -13,143 +13,12 @@
 #include <string>
 
 #include "cuda_attention.hpp"
+#include "cuda_common.cuh"
 #include "errors.hpp"
 
 namespace whisperd {
 
 namespace {
-
-constexpr int kThreads = 256;  // per row kernel
-constexpr int kMaxPer = 8;     // values per thread: rows up to 2048 wide
-constexpr float kEps = 1e-5f;  // Whisper's layer norm
-
-void check(cudaError_t e, const char *what) {
-    if (e == cudaSuccess) {
-        return;
-    }
-    cudaGetLastError();  // clear the sticky state of recoverable errors
-    if (e == cudaErrorMemoryAllocation) {
-        throw OutOfMemoryError(std::string("out of GPU memory for the CUDA encoder (") + what + ")");
-    }
-    throw WhisperError(std::string("CUDA encoder: ") + what + ": " + cudaGetErrorString(e));
-}
-
-void check(cublasStatus_t s, const char *what) {
-    if (s == CUBLAS_STATUS_SUCCESS) {
-        return;
-    }
-    if (s == CUBLAS_STATUS_ALLOC_FAILED) {
-        throw OutOfMemoryError(std::string("out of GPU memory for cuBLAS (") + what + ")");
-    }
-    throw WhisperError(std::string("CUDA encoder: cuBLAS ") + what + " failed (status " +
-                       std::to_string(static_cast<int>(s)) + ")");
-}
-
-__device__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) {
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    }
-    return v;
-}
-
-__device__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) {
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    }
-    return v;
-}
-
-// Sum (or max) over the block; every thread gets it. `red` holds one value per warp.
-__device__ float block_sum(float v, float *red) {
-    v = warp_sum(v);
-    __syncthreads();  // an earlier call's readers are done with red
-    if ((threadIdx.x & 31) == 0) {
-        red[threadIdx.x >> 5] = v;
-    }
-    __syncthreads();
-    float t = 0.0f;
-    for (int i = 0; i < (kThreads >> 5); ++i) {
-        t += red[i];
-    }
-    return t;
-}
-
-__device__ float block_max(float v, float *red) {
-    v = warp_max(v);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) {
-        red[threadIdx.x >> 5] = v;
-    }
-    __syncthreads();
-    float t = -INFINITY;
-    for (int i = 0; i < (kThreads >> 5); ++i) {
-        t = fmaxf(t, red[i]);
-    }
-    return t;
-}
-
-// One row per block: x += bias (when given, written back: the residual stream), then
-// y = layer_norm(x) * g + b in f16 for the next products.
-__global__ void add_norm(float *x, const float *bias, const float *g, const float *b, half *y, int C) {
-    __shared__ float red[kThreads / 32];
-    float *row = x + static_cast<size_t>(blockIdx.x) * C;
-    float v[kMaxPer];
-    float s = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kMaxPer; ++j) {
-        const int c = threadIdx.x + j * kThreads;
-        v[j] = 0.0f;
-        if (c < C) {
-            float t = row[c];
-            if (bias != nullptr) {
-                t += bias[c];
-                row[c] = t;
-            }
-            v[j] = t;
-            s += t;
-        }
-    }
-    const float mean = block_sum(s, red) / C;
-    float q = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kMaxPer; ++j) {
-        const int c = threadIdx.x + j * kThreads;
-        if (c < C) {
-            const float d = v[j] - mean;
-            q += d * d;
-        }
-    }
-    const float inv = rsqrtf(block_sum(q, red) / C + kEps);
-    half *out = y + static_cast<size_t>(blockIdx.x) * C;
-#pragma unroll
-    for (int j = 0; j < kMaxPer; ++j) {
-        const int c = threadIdx.x + j * kThreads;
-        if (c < C) {
-            out[c] = __float2half((v[j] - mean) * inv * g[c] + b[c]);
-        }
-    }
-}
-
-__device__ float gelu(float x) {  // ggml's (tanh) form, as whisper.cpp's encoder uses
-    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * x * (1.0f + 0.044715f * x * x)));
-}
-
-// y[r][c] += b[c] (optionally then GELU), over n2 pairs of f16 in rows of C2 pairs.
-template <bool kGelu>
-__global__ void add_bias(half2 *y, const float *b, size_t n2, int C2) {
-    const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-    for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n2; i += stride) {
-        const int c = static_cast<int>(i % C2) * 2;
-        float2 f = __half22float2(y[i]);
-        f.x += b[c];
-        f.y += b[c + 1];
-        if (kGelu) {
-            f.x = gelu(f.x);
-            f.y = gelu(f.y);
-        }
-        y[i] = __float22half2_rn(f);
-    }
-}
 
 // Softmax of each row of n scores in place (f32 arithmetic); rows are ld apart, n and ld
 // even (pairs of f16 per load).
@@ -208,11 +77,6 @@ bool use_fused_attention(int device, const CudaEncoderShape &shape) {
     throw WhisperError("WHISPERD_CUDA_ATTENTION must be fused, cublas or auto (got '" + want + "')");
 }
 
-int grid_for(size_t n) {
-    const size_t blocks = (n + kThreads - 1) / kThreads;
-    return static_cast<int>(blocks < 65536 ? blocks : 65536);
-}
-
 }  // namespace
 
 struct CudaEncoder::Impl {
@@ -261,12 +125,9 @@ struct CudaEncoder::Impl {
         bytes += b;
     }
 
-    // Y[rows][out] = alpha * X[rows][in] W^T + beta * Y, W f16 [out][in].
     void linear(const void *W, const half *X, int rows, int in, int out, void *Y, cudaDataType yt,
                 float alpha = 1.0f, float beta = 0.0f) {
-        check(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &alpha, W, CUDA_R_16F, in, X,
-                           CUDA_R_16F, in, &beta, Y, yt, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-              "linear");
+        whisperd::linear(blas, W, X, rows, in, out, Y, yt, alpha, beta);
     }
 
     void bias(half *y, const float *b, size_t rows, int C, bool with_gelu) {

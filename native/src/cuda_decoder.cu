@@ -1,0 +1,514 @@
+// The batched decoder step on CUDA (cuda_decoder.hpp says why). Row-major activations
+// [rows][width]; the residual stream stays f32, the products' inputs f16. A bias that
+// would be its own pass is carried ("pending") into the next layer norm, which adds it to
+// the residual stream as it reads it.
+#include "cuda_decoder.hpp"
+
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <tuple>
+
+#include "cuda_common.cuh"
+#include "errors.hpp"
+
+namespace whisperd {
+
+namespace {
+
+constexpr int kHead = 64;         // head size of every Whisper model
+constexpr int kSelfWarps = 4;     // self-attention: a block per (head, row)
+constexpr int kChunk = 128;       // cross-attention: positions a block (a thread each)
+constexpr int kGroup = 4;         // cross-attention: rows of a slot taken together
+constexpr int kCrossWarps = kChunk / 32;
+
+// x[i] = token_embedding[tokens[i]] + positional_embedding[positions[i]]
+__global__ void embed(const int32_t *tokens, const int32_t *positions, const half *te, const float *pe, float *x,
+                      int C) {
+    const size_t i = blockIdx.x;
+    const half *t = te + static_cast<size_t>(tokens[i]) * C;
+    const float *p = pe + static_cast<size_t>(positions[i]) * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        x[i * C + c] = __half2float(t[c]) + p[c];
+    }
+}
+
+// After the Q/K/V products of row i: q = (q + bq) * scale in place; the row's key (k *
+// scale) and value (v + bv) written into its cell of the self-attention cache.
+__global__ void self_kv(half2 *q, const half2 *k, const half2 *v, const float *bq, const float *bv,
+                        const int64_t *kv_rows, half2 *sk, half2 *sv, int C2, float scale) {
+    const size_t i = blockIdx.x;
+    const size_t cell = static_cast<size_t>(kv_rows[i]);
+    for (int c = threadIdx.x; c < C2; c += blockDim.x) {
+        const size_t at = i * C2 + c;
+        float2 f = __half22float2(q[at]);
+        q[at] = __floats2half2_rn((f.x + bq[2 * c]) * scale, (f.y + bq[2 * c + 1]) * scale);
+        f = __half22float2(k[at]);
+        sk[cell * C2 + c] = __floats2half2_rn(f.x * scale, f.y * scale);
+        f = __half22float2(v[at]);
+        sv[cell * C2 + c] = __floats2half2_rn(f.x + bv[2 * c], f.y + bv[2 * c + 1]);
+    }
+}
+
+// Self-attention of row blockIdx.y, head blockIdx.x, over the cells its mask row shows
+// (f16 0 = visible, -inf = not). A warp scores one cell at a time (a lane: two of the
+// head's 64 values); dynamic shared memory holds the row's n_kv scores.
+__global__ void __launch_bounds__(kSelfWarps * 32)
+    self_attention(const half2 *q, const half2 *sk, const half2 *sv, const uint16_t *mask, half2 *out, int R,
+                   int n_kv, int n_cells, int C2) {
+    extern __shared__ float sc[];
+    __shared__ float red[kSelfWarps];
+    __shared__ float2 acc[kSelfWarps][32];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const size_t i = blockIdx.y;
+    const size_t slot = i / R;
+    const int col = blockIdx.x * (kHead / 2) + lane;  // this lane's pair in a row of C2 pairs
+    const float2 qf = __half22float2(q[i * C2 + col]);
+    const uint16_t *m = mask + i * n_kv;
+    const half2 *kb = sk + slot * n_cells * C2 + col;
+    const half2 *vb = sv + slot * n_cells * C2 + col;
+    for (int c = warp; c < n_kv; c += kSelfWarps) {
+        float s = -INFINITY;
+        if ((m[c] & 0x7fff) == 0) {
+            const float2 kf = __half22float2(kb[static_cast<size_t>(c) * C2]);
+            s = warp_sum(qf.x * kf.x + qf.y * kf.y);
+        }
+        if (lane == 0) {
+            sc[c] = s;
+        }
+    }
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int c = threadIdx.x; c < n_kv; c += blockDim.x) {
+        mx = fmaxf(mx, sc[c]);
+    }
+    mx = warp_max(mx);
+    if (lane == 0) {
+        red[warp] = mx;
+    }
+    __syncthreads();
+    mx = red[0];
+    for (int w = 1; w < kSelfWarps; ++w) {
+        mx = fmaxf(mx, red[w]);
+    }
+    float2 o = make_float2(0.0f, 0.0f);
+    float sum = 0.0f;  // every lane of a warp adds the same p: the warp's share of the sum
+    for (int c = warp; c < n_kv; c += kSelfWarps) {
+        if (sc[c] == -INFINITY) {
+            continue;
+        }
+        const float p = __expf(sc[c] - mx);
+        const float2 vf = __half22float2(vb[static_cast<size_t>(c) * C2]);
+        o.x += p * vf.x;
+        o.y += p * vf.y;
+        sum += p;
+    }
+    acc[warp][lane] = o;
+    __syncthreads();  // every warp has read red[] above
+    if (lane == 0) {
+        red[warp] = sum;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        float total = 0.0f;
+        float2 t = make_float2(0.0f, 0.0f);
+        for (int w = 0; w < kSelfWarps; ++w) {
+            total += red[w];
+            t.x += acc[w][lane].x;
+            t.y += acc[w][lane].y;
+        }
+        out[i * C2 + col] = __floats2half2_rn(t.x / total, t.y / total);
+    }
+}
+
+// Cross-attention, one part of it: positions [blockIdx.x * 128, + 128) of slot blockIdx.z's
+// window, head blockIdx.y, for each of the slot's R rows. A thread holds one position's
+// key (64 values) in registers and scores it against up to 8 rows at once; each warp sums
+// 32 positions' values per row (a lane: two of the 64). Both the keys and the values are
+// loaded into registers before any arithmetic: this kernel is bound by memory, and with
+// the values loaded only after the scores (a first version) half the time went to waiting.
+// Per row the part's maximum, sum and unnormalised output go to `part` for cross_combine
+// (flash decoding).
+__global__ void __launch_bounds__(kChunk, 4)
+    cross_attention(const half *q, const float *bq, const half *ck, const half *cv, float *part, int R, int C,
+                    int n_pad, int n_split, int n_head, float scale) {
+    __shared__ float qs[kGroup][kHead];
+    __shared__ float ps[kGroup][kChunk];
+    __shared__ float ml[kGroup][2];
+    __shared__ float2 ored[kCrossWarps][kGroup][32];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int split = blockIdx.x, h = blockIdx.y;
+    const size_t slot = blockIdx.z;
+    const int pos0 = split * kChunk;
+    const int key = pos0 + threadIdx.x;
+    uint4 kr[kHead / 8];  // this thread's key
+    half2 vr[32];         // this lane's pair of the warp's 32 positions' values
+    {
+        const uint4 *src = reinterpret_cast<const uint4 *>(ck + (slot * n_pad + key) * C + h * kHead);
+#pragma unroll
+        for (int j = 0; j < kHead / 8; ++j) {
+            kr[j] = src[j];
+        }
+        const half2 *vb = reinterpret_cast<const half2 *>(cv + (slot * n_pad + pos0 + warp * 32) * C + h * kHead) + lane;
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+            vr[j] = vb[static_cast<size_t>(j) * (C / 2)];
+        }
+    }
+    for (int g0 = 0; g0 < R; g0 += kGroup) {
+        const int nr = min(kGroup, R - g0);
+        for (int t = threadIdx.x; t < nr * kHead; t += blockDim.x) {
+            const int r = t / kHead, d = t % kHead;
+            const size_t row = slot * R + g0 + r;
+            qs[r][d] = (__half2float(q[row * C + h * kHead + d]) + bq[h * kHead + d]) * scale;
+        }
+        __syncthreads();
+        for (int r = 0; r < nr; ++r) {
+            float s = 0.0f;
+#pragma unroll
+            for (int j = 0; j < kHead / 8; ++j) {
+                const half2 *k2 = reinterpret_cast<const half2 *>(&kr[j]);
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float2 kf = __half22float2(k2[e]);
+                    s += qs[r][j * 8 + 2 * e] * kf.x + qs[r][j * 8 + 2 * e + 1] * kf.y;
+                }
+            }
+            ps[r][threadIdx.x] = s;
+        }
+        __syncthreads();
+        for (int r = warp; r < nr; r += kCrossWarps) {  // softmax statistics of row r over this part
+            float mx = -INFINITY;
+            for (int c = lane; c < kChunk; c += 32) {
+                mx = fmaxf(mx, ps[r][c]);
+            }
+            mx = warp_max(mx);
+            float sum = 0.0f;
+            for (int c = lane; c < kChunk; c += 32) {
+                const float p = __expf(ps[r][c] - mx);
+                ps[r][c] = p;
+                sum += p;
+            }
+            sum = warp_sum(sum);
+            if (lane == 0) {
+                ml[r][0] = mx;
+                ml[r][1] = sum;
+            }
+        }
+        __syncthreads();
+        float2 o[kGroup];
+#pragma unroll
+        for (int r = 0; r < kGroup; ++r) {
+            o[r] = make_float2(0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+            const float2 vf = __half22float2(vr[j]);
+#pragma unroll
+            for (int r = 0; r < kGroup; ++r) {
+                if (r < nr) {
+                    const float p = ps[r][warp * 32 + j];
+                    o[r].x += p * vf.x;
+                    o[r].y += p * vf.y;
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < kGroup; ++r) {
+            if (r < nr) {
+                ored[warp][r][lane] = o[r];
+            }
+        }
+        __syncthreads();
+        for (int t = threadIdx.x; t < nr * 32; t += blockDim.x) {
+            const int r = t / 32, l = t % 32;
+            float2 s = make_float2(0.0f, 0.0f);
+            for (int w = 0; w < kCrossWarps; ++w) {
+                s.x += ored[w][r][l].x;
+                s.y += ored[w][r][l].y;
+            }
+            const size_t row = slot * R + g0 + r;
+            float *dst = part + ((row * n_head + h) * n_split + split) * (kHead + 2);
+            dst[2 * l] = s.x;
+            dst[2 * l + 1] = s.y;
+            if (l == 0) {
+                dst[kHead] = ml[r][0];
+                dst[kHead + 1] = ml[r][1];
+            }
+        }
+        __syncthreads();  // qs, ps, ml, ored are refilled by the next group
+    }
+}
+
+// The parts of row blockIdx.y, head blockIdx.x merged (64 threads, one output value each).
+__global__ void cross_combine(const float *part, half *out, int n_split, int n_head, int C) {
+    const size_t row = blockIdx.y;
+    const int h = blockIdx.x, d = threadIdx.x;
+    const float *p = part + (row * n_head + h) * n_split * (kHead + 2);
+    float mx = -INFINITY;
+    for (int s = 0; s < n_split; ++s) {
+        mx = fmaxf(mx, p[s * (kHead + 2) + kHead]);
+    }
+    float sum = 0.0f, o = 0.0f;
+    for (int s = 0; s < n_split; ++s) {
+        const float *q = p + s * (kHead + 2);
+        const float f = __expf(q[kHead] - mx);
+        sum += q[kHead + 1] * f;
+        o += q[d] * f;
+    }
+    out[row * C + h * kHead + d] = __float2half(o / sum);
+}
+
+__global__ void gather_rows(const half *h, const int32_t *rows, half *out, int C) {
+    const size_t j = blockIdx.x;
+    const half *src = h + static_cast<size_t>(rows[j]) * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        out[j * C + c] = src[c];
+    }
+}
+
+// Device memory that grows to the largest step seen (steps change shape as windows come
+// and go; their buffers are reused, never shrunk).
+struct Grown {
+    void *p = nullptr;
+    size_t cap = 0;
+    void *need(size_t bytes, size_t &total, int &generation) {
+        if (bytes > cap) {
+            ++generation;  // recorded CUDA graphs hold the old address
+            if (p != nullptr) {
+                cudaFree(p);
+                total -= cap;
+                p = nullptr;
+                cap = 0;
+            }
+            check(cudaMalloc(&p, bytes), "decoder step buffers");
+            cap = bytes;
+            total += bytes;
+        }
+        return p;
+    }
+    ~Grown() {
+        if (p != nullptr) {
+            cudaFree(p);
+        }
+    }
+};
+
+}  // namespace
+
+struct CudaDecoder::Impl {
+    int device = 0;
+    CudaDecoderShape s{};
+    CudaDecoderModel m;
+    cudaStream_t stream = nullptr;
+    cublasHandle_t blas = nullptr;
+    size_t bytes = 0;
+    int generation = 0;  // bumped whenever a buffer moves
+    Grown x, h, q, k, v, a, f, part, hout;                  // activations
+    float *logits = nullptr;                                // the caller's
+    Grown in_tok, in_pos, in_kv, in_mask, in_out;           // the step's inputs
+    void *workspace = nullptr;                              // cuBLAS's, fixed for graph capture
+    // The step's ~500 kernels recorded once per shape and replayed (launching them one by
+    // one costs more than running them at small batches). Key: W, R, n_kv, r_out.
+    bool use_graphs = true;
+    struct Recorded {
+        cudaGraphExec_t exec = nullptr;
+        int generation = -1;
+    };
+    std::map<std::tuple<int, int, int, int>, Recorded> graphs;
+
+    ~Impl() {
+        cudaSetDevice(device);
+        if (stream != nullptr) {
+            cudaStreamSynchronize(stream);
+        }
+        for (auto &g : graphs) {
+            if (g.second.exec != nullptr) {
+                cudaGraphExecDestroy(g.second.exec);
+            }
+        }
+        if (workspace != nullptr) {
+            cudaFree(workspace);
+        }
+        if (blas != nullptr) {
+            cublasDestroy(blas);
+        }
+        if (stream != nullptr) {
+            cudaStreamDestroy(stream);
+        }
+    }
+
+    template <typename T>
+    T *buf(Grown &g, size_t count) {
+        return static_cast<T *>(g.need(count * sizeof(T), bytes, generation));
+    }
+
+    template <typename T>
+    T *upload(Grown &g, const T *src, size_t count) {
+        T *d = buf<T>(g, count);
+        check(cudaMemcpyAsync(d, src, count * sizeof(T), cudaMemcpyHostToDevice, stream), "upload a step's inputs");
+        return d;
+    }
+
+    void norm(float *xs, const float *pending, const float *g, const float *b, half *out, int rows) {
+        add_norm<<<rows, kThreads, 0, stream>>>(xs, pending, g, b, out, s.n_state);
+        check(cudaGetLastError(), "norm kernel");
+    }
+
+    void kernels(const CudaStepInputs &in);
+};
+
+CudaDecoder::CudaDecoder(int device, const CudaDecoderShape &shape, CudaDecoderModel model)
+    : impl_(std::make_unique<Impl>()) {
+    Impl &m = *impl_;
+    m.device = device;
+    m.s = shape;
+    m.m = std::move(model);
+    if (shape.n_state != shape.n_head * kHead || shape.n_state > kThreads * kMaxPer || shape.n_ff % 2 != 0 ||
+        shape.n_audio_pad % kChunk != 0) {
+        throw WhisperError("the CUDA decoder does not support this model's shape");
+    }
+    check(cudaSetDevice(device), "select the GPU");
+    try {
+        check(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking), "stream");
+        check(cublasCreate(&m.blas), "create");
+        check(cublasSetStream(m.blas, m.stream), "set stream");
+        constexpr size_t kWorkspace = 32u << 20;
+        check(cudaMalloc(&m.workspace, kWorkspace), "cuBLAS workspace");
+        m.bytes += kWorkspace;
+        check(cublasSetWorkspace(m.blas, m.workspace, kWorkspace), "set workspace");
+        const char *g = std::getenv("WHISPERD_CUDA_GRAPHS");  // 0: launch one by one (tests, profiling)
+        m.use_graphs = g == nullptr || std::string(g) != "0";
+    } catch (...) {
+        impl_.reset();
+        throw;
+    }
+}
+
+CudaDecoder::~CudaDecoder() = default;
+
+size_t CudaDecoder::memory_bytes() const { return impl_ ? impl_->bytes : 0; }
+
+void CudaDecoder::step(const CudaStepInputs &in, float *logits) {
+    Impl &m = *impl_;
+    check(cudaSetDevice(m.device), "select the GPU");
+    if (logits != m.logits) {
+        m.logits = logits;
+        ++m.generation;
+    }
+    const int rows = in.W * in.R, n_out = in.W * in.r_out;
+    // Every buffer first (a move re-records the graphs), then the inputs into them.
+    m.upload(m.in_tok, in.tokens, rows);
+    m.upload(m.in_pos, in.positions, rows);
+    m.upload(m.in_kv, in.kv_rows, rows);
+    m.upload(m.in_mask, in.mask, static_cast<size_t>(rows) * in.n_kv);
+    m.upload(m.in_out, in.out_rows, n_out);
+    const int C = m.s.n_state;
+    m.buf<float>(m.x, static_cast<size_t>(rows) * C);
+    for (Grown *g : {&m.h, &m.q, &m.k, &m.v, &m.a}) {
+        m.buf<half>(*g, static_cast<size_t>(rows) * C);
+    }
+    m.buf<half>(m.f, static_cast<size_t>(rows) * m.s.n_ff);
+    m.buf<float>(m.part, static_cast<size_t>(rows) * m.s.n_head * (m.s.n_audio_pad / kChunk) * (kHead + 2));
+    m.buf<half>(m.hout, static_cast<size_t>(n_out) * C);
+    if (!m.use_graphs) {
+        m.kernels(in);
+    } else {
+        Impl::Recorded &g = m.graphs[std::make_tuple(in.W, in.R, in.n_kv, in.r_out)];
+        if (g.exec == nullptr || g.generation != m.generation) {
+            if (g.exec != nullptr) {
+                check(cudaGraphExecDestroy(g.exec), "drop a recorded step");
+                g.exec = nullptr;
+            }
+            cudaGraph_t graph = nullptr;
+            check(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeThreadLocal), "record a step");
+            try {
+                m.kernels(in);
+            } catch (...) {
+                cudaStreamEndCapture(m.stream, &graph);
+                if (graph != nullptr) {
+                    cudaGraphDestroy(graph);
+                }
+                throw;
+            }
+            check(cudaStreamEndCapture(m.stream, &graph), "record a step");
+            const cudaError_t e = cudaGraphInstantiate(&g.exec, graph, 0);
+            cudaGraphDestroy(graph);
+            check(e, "instantiate a recorded step");
+            g.generation = m.generation;
+        }
+        check(cudaGraphLaunch(g.exec, m.stream), "replay a step");
+    }
+    check(cudaStreamSynchronize(m.stream), "decoder step");
+}
+
+void CudaDecoder::Impl::kernels(const CudaStepInputs &in) {
+    Impl &m = *this;
+    const CudaDecoderShape &s = m.s;
+    const int rows = in.W * in.R, n_out = in.W * in.r_out, C = s.n_state, C2 = C / 2;
+    const int n_split = s.n_audio_pad / kChunk;
+    const int32_t *tok = static_cast<const int32_t *>(in_tok.p), *pos = static_cast<const int32_t *>(in_pos.p);
+    const int64_t *kvr = static_cast<const int64_t *>(in_kv.p);
+    const uint16_t *mask = static_cast<const uint16_t *>(in_mask.p);
+    const int32_t *outs = static_cast<const int32_t *>(in_out.p);
+    float *x = m.buf<float>(m.x, static_cast<size_t>(rows) * C);
+    half *h = m.buf<half>(m.h, static_cast<size_t>(rows) * C);
+    half *q = m.buf<half>(m.q, static_cast<size_t>(rows) * C);
+    half *k = m.buf<half>(m.k, static_cast<size_t>(rows) * C);
+    half *v = m.buf<half>(m.v, static_cast<size_t>(rows) * C);
+    half *a = m.buf<half>(m.a, static_cast<size_t>(rows) * C);
+    half *f = m.buf<half>(m.f, static_cast<size_t>(rows) * s.n_ff);
+    float *part = m.buf<float>(m.part, static_cast<size_t>(rows) * s.n_head * n_split * (kHead + 2));
+    half *hout = m.buf<half>(m.hout, static_cast<size_t>(n_out) * C);
+
+    embed<<<rows, kThreads, 0, m.stream>>>(tok, pos, static_cast<const half *>(m.m.token_embedding),
+                                           m.m.positional_embedding, x, C);
+    check(cudaGetLastError(), "embedding kernel");
+    const size_t self_smem = static_cast<size_t>(in.n_kv) * sizeof(float);
+    const float *pending = nullptr;
+    for (const CudaDecoderLayer &L : m.m.layers) {
+        // self-attention
+        m.norm(x, pending, L.ln1_w, L.ln1_b, h, rows);
+        linear(m.blas, L.wq, h, rows, C, C, q, CUDA_R_16F);
+        linear(m.blas, L.wk, h, rows, C, C, k, CUDA_R_16F);
+        linear(m.blas, L.wv, h, rows, C, C, v, CUDA_R_16F);
+        self_kv<<<rows, kThreads, 0, m.stream>>>(reinterpret_cast<half2 *>(q), reinterpret_cast<const half2 *>(k),
+                                                 reinterpret_cast<const half2 *>(v), L.bq, L.bv, kvr,
+                                                 static_cast<half2 *>(L.sk), static_cast<half2 *>(L.sv), C2,
+                                                 s.kq_scale);
+        self_attention<<<dim3(s.n_head, rows), kSelfWarps * 32, self_smem, m.stream>>>(
+            reinterpret_cast<const half2 *>(q), static_cast<const half2 *>(L.sk), static_cast<const half2 *>(L.sv),
+            mask, reinterpret_cast<half2 *>(a), in.R, in.n_kv, s.n_cells, C2);
+        check(cudaGetLastError(), "self-attention kernels");
+        linear(m.blas, L.wo, a, rows, C, C, x, CUDA_R_32F, 1.0f, 1.0f);
+        // cross-attention (the query's bias is added as the kernel reads it)
+        m.norm(x, L.bo, L.ln2_w, L.ln2_b, h, rows);
+        linear(m.blas, L.cwq, h, rows, C, C, q, CUDA_R_16F);
+        cross_attention<<<dim3(n_split, s.n_head, in.W), kChunk, 0, m.stream>>>(
+            q, L.cbq, static_cast<const half *>(L.ck), static_cast<const half *>(L.cv), part, in.R, C, s.n_audio_pad,
+            n_split, s.n_head, s.kq_scale);
+        cross_combine<<<dim3(s.n_head, rows), kHead, 0, m.stream>>>(part, a, n_split, s.n_head, C);
+        check(cudaGetLastError(), "cross-attention kernels");
+        linear(m.blas, L.cwo, a, rows, C, C, x, CUDA_R_32F, 1.0f, 1.0f);
+        // MLP
+        m.norm(x, L.cbo, L.ln3_w, L.ln3_b, h, rows);
+        linear(m.blas, L.w1, h, rows, C, s.n_ff, f, CUDA_R_16F);
+        const size_t n2 = static_cast<size_t>(rows) * s.n_ff / 2;
+        add_bias<true><<<grid_for(n2), kThreads, 0, m.stream>>>(reinterpret_cast<half2 *>(f), L.b1, n2, s.n_ff / 2);
+        check(cudaGetLastError(), "bias kernel");
+        linear(m.blas, L.w2, f, rows, s.n_ff, C, x, CUDA_R_32F, 1.0f, 1.0f);
+        pending = L.b2;
+    }
+    m.norm(x, pending, m.m.ln_w, m.m.ln_b, h, rows);
+    gather_rows<<<n_out, kThreads, 0, m.stream>>>(h, outs, hout, C);
+    check(cudaGetLastError(), "gather kernel");
+    linear(m.blas, m.m.token_embedding, hout, n_out, C, s.n_vocab, logits, CUDA_R_32F);
+}
+
+}  // namespace whisperd

@@ -1,0 +1,78 @@
+// The batched decoder step as whisperd's own CUDA code over the f16 weights whisper.cpp
+// loaded, beside the ggml graph that does the same on every backend. Why: on an H200 the
+// ggml step ran ~1200 kernels (every bias, residual, scale and K/V copy its own), which
+// made a step at 8 windows 5.9x its memory floor, and its cross-attention split each
+// window's keys over only 4 blocks. Here a step is ~14 kernels a layer: cuBLAS products
+// (f16 in, f32 accumulate) with the biases folded into the next layer norm or into the
+// kernels that read the products, f32 residual stream, one kernel that scales and writes
+// the new self-attention K/V into their cells, self-attention over each row's visible
+// cells, and cross-attention split over the window's positions (flash decoding) with a
+// combining pass. The step reads the same caches (self K/V cells, the encoder's cross K/V)
+// and the same inputs as the ggml graph, and writes the logits where the graph's would be.
+// Only CUDA builds compile this (WHISPERD_WITH_CUDA).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace whisperd {
+
+struct CudaDecoderShape {
+    int n_state;
+    int n_head;
+    int n_ff;         // MLP width
+    int n_vocab;
+    int n_text_ctx;   // rows of the positional embedding
+    int n_cells;      // self-attention cells a slot
+    int n_audio_pad;  // cross K/V rows a slot (zero-padded past the window's positions)
+    float kq_scale;   // head size ^ -1/4, applied to queries and keys alike
+};
+
+// Device pointers: matrices f16 [out][in] as ggml stores them, vectors f32. Caches f16:
+// sk/sv [slot][cell][n_state], ck/cv [slot][n_audio_pad][n_state] (keys pre-scaled).
+struct CudaDecoderLayer {
+    const void *wq, *wk, *wv, *wo, *cwq, *cwo, *w1, *w2;
+    const float *bq, *bv, *bo, *cbq, *cbo, *b1, *b2;
+    const float *ln1_w, *ln1_b, *ln2_w, *ln2_b, *ln3_w, *ln3_b;  // attn, cross-attn, MLP
+    void *sk, *sv;
+    const void *ck, *cv;
+};
+
+struct CudaDecoderModel {
+    const void *token_embedding;       // f16 [n_vocab][n_state], also the output projection
+    const float *positional_embedding; // f32 [n_text_ctx][n_state]
+    const float *ln_w, *ln_b;
+    std::vector<CudaDecoderLayer> layers;
+};
+
+// One step's inputs, as the ggml graph takes them: W slots of R rows (row i = slot * R + r),
+// rows that see cells through an f16 0 / -inf mask [row][n_kv], r_out logits rows a slot.
+struct CudaStepInputs {
+    int W, R, n_kv, r_out;
+    const int32_t *tokens, *positions;  // [W * R]
+    const int64_t *kv_rows;             // [W * R]: slot * n_cells + cell the row writes
+    const uint16_t *mask;               // [W * R][n_kv] f16 bits
+    const int32_t *out_rows;            // [W * r_out]: which rows give logits
+};
+
+class CudaDecoder {
+public:
+    // Whether every tensor this decoder reads is f16 (matrices) / f32 (vectors) on `device`.
+    CudaDecoder(int device, const CudaDecoderShape &shape, CudaDecoderModel model);
+    ~CudaDecoder();
+    CudaDecoder(const CudaDecoder &) = delete;
+    CudaDecoder &operator=(const CudaDecoder &) = delete;
+
+    // Computes the step into `logits` (device memory, f32 [W * r_out][n_vocab]); returns
+    // once they are written.
+    void step(const CudaStepInputs &in, float *logits);
+    size_t memory_bytes() const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace whisperd
