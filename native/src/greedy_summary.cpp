@@ -145,4 +145,58 @@ float greedy_no_speech(const GreedySummary &s) {
     return static_cast<float>(std::exp(static_cast<double>(s.nosp_logit) - s.raw_lse));
 }
 
+// ---------------------------------------------------------------- WindowDecoder's greedy path
+// (here rather than in window_decoder.cpp, which holds the full-row rules they mirror)
+
+bool WindowDecoder::greedy() const {
+    return (phase_ == Phase::Prompt || phase_ == Phase::Decode) && temperatures_[attempt_] <= 0.0f &&
+           seqs_.size() == 1;
+}
+
+// process_logits' rules for the one sequence, as a GreedyMask (keep the two in step).
+GreedyMask WindowDecoder::greedy_mask() const {
+    const Seq &s = seqs_[0];
+    GreedyMask m;
+    m.ts_lo = v_.beg;
+    m.ts_hi = v_.n_vocab;
+    const size_t k = s.tokens.size();
+    if (k == 0) {
+        m.flags |= kMaskInitial;
+        m.ts_hi = std::min(m.ts_hi, v_.beg + kMaxInitialTsTokens + 1);
+    }
+    if (phase_ == Phase::Prompt) {
+        m.flags |= kMaskRaw;  // the no-speech probability
+    }
+    if (spec_.forced_tokens > 0) {
+        m.forced = forced_token(s);
+    }
+    const bool last_ts = k > 0 && s.tokens.back().id >= v_.beg;
+    const bool penult_ts = k < 2 || s.tokens[k - 2].id >= v_.beg;
+    if (last_ts) {
+        if (penult_ts) {
+            m.ts_hi = v_.beg;
+        } else {
+            m.flags |= kMaskTextOff;
+        }
+    }
+    if (s.has_ts) {
+        m.ts_lo = v_.beg + s.seek_delta / 2;
+    }
+    return m;
+}
+
+void WindowDecoder::feed_greedy(const GreedySummary &summary) {
+    if (phase_ == Phase::Prompt) {
+        out_.no_speech_prob = greedy_no_speech(summary);
+        phase_ = Phase::Decode;
+        row_seq_ = {0};
+    }
+    const GreedyToken g = greedy_token(summary, v_.beg);
+    Seq &s = seqs_[0];
+    s.tokens.push_back(Tok{g.id, g.tid, g.p, g.plog, g.pt});
+    s.sum_logprobs_all += g.plog;
+    out_.n_tokens++;
+    advance();
+}
+
 }  // namespace whisperd

@@ -5,7 +5,8 @@
 // WindowDecoder::process_logits + sample_best take from the whole row. On a GPU the
 // summary is computed where the logits are (cuda_sampler.hpp) and only it crosses the
 // bus: 32 bytes a row instead of 4 x n_vocab (200 kB for large-v3). This file is the CPU
-// version and the reference the CUDA kernel is tested against.
+// version and the reference the CUDA kernel is tested against; greedy_summary.cpp also
+// holds WindowDecoder's side of it (greedy_mask, feed_greedy).
 #pragma once
 
 #include <cstdint>

@@ -12,7 +12,6 @@ namespace whisperd {
 namespace {
 
 constexpr int kDeltaMin = 10;             // centiseconds: stop when 0.1 s is left
-constexpr float kMaxInitialTs = 1.0f;     // seconds
 constexpr float kPromptTempCutoff = 0.5f; // no conditioning text above this temperature
 constexpr int kEntropyWindow = 32;
 
@@ -158,6 +157,7 @@ void WindowDecoder::forced(const Seq &s, std::vector<float> &logits) const {
 void WindowDecoder::process_logits(const Seq &s, const float *raw, float temperature,
                                    std::vector<float> &logits,
                                    std::vector<float> &logprobs) const {
+    // greedy_mask() (greedy_summary.cpp) states these rules for greedy rows: keep them in step.
     const int n = v_.n_vocab;
     logits.assign(raw, raw + n);
     if (temperature > 0.0f) {
@@ -199,7 +199,7 @@ void WindowDecoder::process_logits(const Seq &s, const float *raw, float tempera
         }
     }
     if (is_initial) {
-        const int tid0 = static_cast<int>(std::round(kMaxInitialTs / 0.02f));
+        const int tid0 = kMaxInitialTsTokens;
         if (v_.beg + tid0 + 1 < n) {
             std::fill(logits.begin() + v_.beg + tid0 + 1, logits.end(), neg_inf());
         }
@@ -240,57 +240,6 @@ void WindowDecoder::process_logits(const Seq &s, const float *raw, float tempera
         std::fill(logits.begin(), logits.begin() + v_.beg, neg_inf());
         std::fill(logprobs.begin(), logprobs.begin() + v_.beg, neg_inf());
     }
-}
-
-bool WindowDecoder::greedy() const {
-    return (phase_ == Phase::Prompt || phase_ == Phase::Decode) && temperatures_[attempt_] <= 0.0f &&
-           seqs_.size() == 1;
-}
-
-// process_logits' rules for the one sequence, as a GreedyMask (keep the two in step).
-GreedyMask WindowDecoder::greedy_mask() const {
-    const Seq &s = seqs_[0];
-    GreedyMask m;
-    m.ts_lo = v_.beg;
-    m.ts_hi = v_.n_vocab;
-    const size_t k = s.tokens.size();
-    if (k == 0) {
-        m.flags |= kMaskInitial;
-        m.ts_hi = std::min(m.ts_hi, v_.beg + static_cast<int>(std::round(kMaxInitialTs / 0.02f)) + 1);
-    }
-    if (phase_ == Phase::Prompt) {
-        m.flags |= kMaskRaw;  // the no-speech probability
-    }
-    if (spec_.forced_tokens > 0) {
-        m.forced = forced_token(s);
-    }
-    const bool last_ts = k > 0 && s.tokens.back().id >= v_.beg;
-    const bool penult_ts = k < 2 || s.tokens[k - 2].id >= v_.beg;
-    if (last_ts) {
-        if (penult_ts) {
-            m.ts_hi = v_.beg;
-        } else {
-            m.flags |= kMaskTextOff;
-        }
-    }
-    if (s.has_ts) {
-        m.ts_lo = v_.beg + s.seek_delta / 2;
-    }
-    return m;
-}
-
-void WindowDecoder::feed_greedy(const GreedySummary &summary) {
-    if (phase_ == Phase::Prompt) {
-        out_.no_speech_prob = greedy_no_speech(summary);
-        phase_ = Phase::Decode;
-        row_seq_ = {0};
-    }
-    const GreedyToken g = greedy_token(summary, v_.beg);
-    Seq &s = seqs_[0];
-    s.tokens.push_back(Tok{g.id, g.tid, g.p, g.plog, g.pt});
-    s.sum_logprobs_all += g.plog;
-    out_.n_tokens++;
-    advance();
 }
 
 namespace {

@@ -87,6 +87,7 @@ public:
     float seconds() const { return spec_.samples.size() / 16000.0f; }
 
 private:
+    static constexpr int kMaxInitialTsTokens = 50;  // the first timestamp: at most 1 s (0.02 s a token)
     struct Tok {
         int id;
         int tid;       // most likely timestamp token
