@@ -59,6 +59,18 @@ def test_cuda_decoder_with_a_prompt_and_without_recorded_graphs(
     assert_same_words(decode_both(model, jfk, options, monkeypatch))
 
 
+def test_steps_switch_between_the_cuda_code_and_the_graph_mid_window(
+        f16_model: tuple[WhisperModel, Path], jfk: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Steps of more slots than WHISPERD_CUDA_DECODER_MAX_BATCH take the ggml graph, smaller
+    ones the CUDA code, over the same caches: three windows start on the graph (4 slots)
+    and end on the CUDA code once the first ones finish."""
+    model, _ = f16_model
+    options = TranscribeOptions(beam_size=1, threads=2)
+    monkeypatch.setenv("WHISPERD_CUDA_DECODER_MAX_BATCH", "2")
+    texts = decode_both(model, jfk, options, monkeypatch)
+    assert_same_words(texts)
+
+
 def test_a_wrong_decoder_setting_names_itself(
         f16_model: tuple[WhisperModel, Path], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     model, _ = f16_model

@@ -365,7 +365,7 @@ std::vector<WindowOutput> BatchDecoder::step(CancelToken *token) {
     const int n_kv = std::min(n_cells_, ((max_cells + kKvPad - 1) / kKvPad) * kKvPad);
     const int n_rows = W * R;
     const int key[4] = {W, R, n_kv, r_out};
-    const bool own = cuda_decoder();  // whisperd's CUDA step instead of the graph
+    const bool own = cuda_step_for(W);  // whisperd's CUDA step instead of the graph
     if (!own && (dec_graph_ == nullptr || !std::equal(key, key + 4, dec_key_))) {
         if (dec_ctx_ != nullptr) {
             ggml_free(dec_ctx_);

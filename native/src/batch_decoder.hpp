@@ -82,6 +82,9 @@ public:
     bool cuda_encoder() const;
     // Whether steps run as whisperd's CUDA code (cuda_decoder.hpp) instead of a ggml graph.
     bool cuda_decoder() const;
+    // Whether a step of W slots runs as the CUDA code: up to WHISPERD_CUDA_DECODER_MAX_BATCH
+    // slots (64); above, the ggml graph, whose cross-attention was faster there (H200).
+    bool cuda_step_for(int W) const;
     // A window's cross-attention keys then values of one decoder layer, [n_audio_ctx,
     // n_state] each, as the encoder wrote them (tests compare the two encoders).
     std::vector<float> cross_kv(int64_t id, int layer) const;
@@ -174,6 +177,7 @@ private:
 #ifdef WHISPERD_WITH_CUDA  // a definition private to the extension's own sources
     std::unique_ptr<CudaEncoder> cuda_enc_;
     std::unique_ptr<CudaDecoder> cuda_dec_;
+    int cuda_dec_max_w_ = 64;  // steps of more slots take the ggml graph (faster there, H200)
     ggml_context *cuda_logits_ctx_ = nullptr;  // a ggml tensor the CUDA step writes its logits to
     ggml_backend_buffer *cuda_logits_buf_ = nullptr;
     ggml_tensor *cuda_logits_ = nullptr;

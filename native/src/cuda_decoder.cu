@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(kSelfWarps * 32)
 // the values loaded only after the scores (a first version) half the time went to waiting.
 // Per row the part's maximum, sum and unnormalised output go to `part` for cross_combine
 // (flash decoding).
-__global__ void __launch_bounds__(kChunk, 4)
+__global__ void __launch_bounds__(kChunk, 3)
     cross_attention(const half *q, const float *bq, const half *ck, const half *cv, float *part, int R, int C,
                     int n_pad, int n_split, int n_head, float scale) {
     __shared__ float qs[kGroup][kHead];
