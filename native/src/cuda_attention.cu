@@ -21,14 +21,15 @@ namespace {
 constexpr int kHead = 64;               // head size of every Whisper model
 constexpr int kWarps = 4;               // 16 queries each
 constexpr int kQueries = kWarps * 16;   // a block's queries
-constexpr int kKeys = 64;               // keys a tile
+constexpr float kLog2e = 1.4426950408889634f;
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+
+constexpr int kKeys = 64;  // keys a tile
 // Shared-memory row pitch in f16: 144 bytes puts the 8 rows a warp reads at once in 8
 // different groups of 4 banks (a pitch of 128 bytes would be an 8-way conflict) and keeps
 // rows 16-byte aligned for cp.async and ldmatrix.
 constexpr int kPitch = kHead + 8;
-constexpr float kLog2e = 1.4426950408889634f;
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 
 __device__ __forceinline__ uint32_t pack_half2(float a, float b) {
     const half2 h = __floats2half2_rn(a, b);
