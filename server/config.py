@@ -10,6 +10,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from whisperd import cuda_env
+
 
 class ConfigError(ValueError):
     """A setting has a value the server cannot use; the message says which and why."""
@@ -185,6 +187,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     for name, env_name in _ENV.items():
         if env.get(env_name, "") != "":
             values[name] = _parse(name, env_name, env[env_name])
+    try:
+        cuda_env.check_switches(env)  # read by the native library when a model loads
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return validate(Settings(**values))
 
 

@@ -24,6 +24,11 @@ from whisperd.server.config import ConfigError, from_env
         ({"BATCH_MAX_BEAMS": "0"}, "BATCH_MAX_BEAMS must be between 1 and 16, got 0"),
         ({"BATCH_MAX_BEAMS": "17"}, "BATCH_MAX_BEAMS must be between 1 and 16, got 17"),
         ({"WHISPERD_CUDA_ENCODER": "fast"}, "WHISPERD_CUDA_ENCODER must be 0, 1 or auto, got 'fast'"),
+        ({"WHISPERD_CUDA_DECODER": "yes"}, "WHISPERD_CUDA_DECODER must be 0, 1 or auto, got 'yes'"),
+        ({"WHISPERD_CUDA_DECODER_MAX_BATCH": "-4"},
+         "WHISPERD_CUDA_DECODER_MAX_BATCH must be a number of windows, got '-4'"),
+        ({"WHISPERD_CUDA_ATTENTION": "flash"}, "WHISPERD_CUDA_ATTENTION must be fused, cublas or auto, got 'flash'"),
+        ({"WHISPERD_GPU_SAMPLING": "maybe"}, "WHISPERD_GPU_SAMPLING must be 0 or 1, got 'maybe'"),
     ],
 )
 def test_a_bad_batch_setting_names_the_variable(env: dict[str, str], message: str) -> None:

@@ -22,11 +22,18 @@ model).
 ``0`` downloads every row's logits and summarises greedy rows on the CPU, as a CPU
 decoder does; ``1`` or unset, greedy rows are summarised on the GPU and only the summaries
 are downloaded. Both give the same tokens; benchmarks and tests compare them.
+
+``WHISPERD_CUDA_DECODER`` (``0``, ``1``, ``auto``), ``WHISPERD_CUDA_DECODER_MAX_BATCH`` (a
+number of windows) and ``WHISPERD_CUDA_ATTENTION`` (``fused``, ``cublas``, ``auto``) are
+read by the native library when a batched decoder is made (the decoder step and the
+encoder's attention as whisperd's CUDA code, native/src/cuda_decoder.hpp and
+cuda_attention.hpp); ``check_switches`` lets the server refuse a bad value at start.
 """
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +94,32 @@ def cuda_encoder_choice() -> bool | None:
     raise ValueError(f"WHISPERD_CUDA_ENCODER must be 0, 1 or auto, got {raw!r}")
 
 
-def gpu_sampling_choice() -> bool:
-    """WHISPERD_GPU_SAMPLING as True/False; True when unset."""
-    raw = os.environ.get("WHISPERD_GPU_SAMPLING", "").strip().lower()
+def gpu_sampling_choice(value: str | None = None) -> bool:
+    """WHISPERD_GPU_SAMPLING (or `value`) as True/False; True when unset."""
+    raw = (os.environ.get("WHISPERD_GPU_SAMPLING", "") if value is None else value).strip().lower()
     if raw in ("", "1", "true", "yes", "on"):
         return True
     if raw in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"WHISPERD_GPU_SAMPLING must be 0 or 1, got {raw!r}")
+
+
+# The native library's switches and the exact values it accepts (see the module's text).
+_NATIVE_SWITCHES = {
+    "WHISPERD_CUDA_DECODER": ("0", "1", "auto"),
+    "WHISPERD_CUDA_ATTENTION": ("fused", "cublas", "auto"),
+}
+
+
+def check_switches(env: Mapping[str, str]) -> None:
+    """Raise ValueError naming the first diagnostic switch whose value would be refused
+    when a model loads (empty means unset)."""
+    if env.get("WHISPERD_GPU_SAMPLING", ""):
+        gpu_sampling_choice(env.get("WHISPERD_GPU_SAMPLING", ""))
+    for name, allowed in _NATIVE_SWITCHES.items():
+        raw = env.get(name, "")
+        if raw and raw not in allowed:
+            raise ValueError(f"{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {raw!r}")
+    raw = env.get("WHISPERD_CUDA_DECODER_MAX_BATCH", "")
+    if raw and not (raw.isdigit() and int(raw) <= 1 << 20):
+        raise ValueError(f"WHISPERD_CUDA_DECODER_MAX_BATCH must be a number of windows, got {raw!r}")
