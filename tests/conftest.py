@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pytest
 
 from whisperd import paths
+
+if TYPE_CHECKING:
+    from whisperd.inference import WhisperModel
 
 EXPECTED_JFK = (
     "And so my fellow Americans, ask not what your country can do for you, "
@@ -25,6 +29,20 @@ def normalise(text: str) -> str:
 def use_gpu() -> bool:
     """Run the engine tests on the GPU (set by bench/gpu.sh on a CUDA build)."""
     return os.environ.get("WHISPERD_TEST_GPU") == "1"
+
+
+@pytest.fixture(scope="module")
+def f16_model(use_gpu: bool) -> Iterator[tuple[WhisperModel, Path]]:
+    """An f16 model on the GPU, where whisperd's CUDA encoder and decoder step run
+    (bench/gpu.sh makes an f16 tiny.en from the q8_0 one it carries)."""
+    path = os.environ.get("WHISPERD_TEST_F16_MODEL")
+    if not use_gpu or not path:
+        pytest.skip("needs a GPU and an f16 model (WHISPERD_TEST_GPU=1, WHISPERD_TEST_F16_MODEL)")
+    from whisperd.inference import WhisperModel
+
+    m = WhisperModel(Path(path), use_gpu=True)
+    yield m, Path(path)
+    m.close()
 
 
 @pytest.fixture(scope="session")

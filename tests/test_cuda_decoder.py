@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import EXPECTED_JFK, normalise
-from test_cuda_encoder import f16_model, transcribe, windows  # noqa: F401 (a fixture)
+from test_cuda_encoder import transcribe, windows
 from whisperd.batch_decoder import BatchDecoder
 from whisperd.inference import TranscribeOptions, WhisperModel
 
@@ -42,14 +42,14 @@ def assert_same_words(texts: dict[bool, dict[int, str]]) -> None:
 
 
 @pytest.mark.parametrize("beam", [1, 5])
-def test_cuda_decoder_gives_ggmls_transcripts(f16_model: tuple[WhisperModel, Path], jfk: np.ndarray,  # noqa: F811
+def test_cuda_decoder_gives_ggmls_transcripts(f16_model: tuple[WhisperModel, Path], jfk: np.ndarray,
                                               beam: int, monkeypatch: pytest.MonkeyPatch) -> None:
     model, _ = f16_model
     assert_same_words(decode_both(model, jfk, TranscribeOptions(beam_size=beam, threads=2), monkeypatch))
 
 
 def test_cuda_decoder_with_a_prompt_and_without_recorded_graphs(
-        f16_model: tuple[WhisperModel, Path], jfk: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        f16_model: tuple[WhisperModel, Path], jfk: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
     """A prompt makes the first step of a window many rows; launching the kernels one by
     one must equal replaying them."""
     model, _ = f16_model
@@ -60,7 +60,7 @@ def test_cuda_decoder_with_a_prompt_and_without_recorded_graphs(
 
 
 def test_steps_switch_between_the_cuda_code_and_the_graph_mid_window(
-        f16_model: tuple[WhisperModel, Path], jfk: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        f16_model: tuple[WhisperModel, Path], jfk: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
     """Steps of more slots than WHISPERD_CUDA_DECODER_MAX_BATCH take the ggml graph, smaller
     ones the CUDA code, over the same caches: three windows start on the graph (4 slots)
     and end on the CUDA code once the first ones finish."""
@@ -72,7 +72,7 @@ def test_steps_switch_between_the_cuda_code_and_the_graph_mid_window(
 
 
 def test_a_wrong_decoder_setting_names_itself(
-        f16_model: tuple[WhisperModel, Path], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        f16_model: tuple[WhisperModel, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     model, _ = f16_model
     monkeypatch.setenv("WHISPERD_CUDA_DECODER", "fast")
     with pytest.raises(RuntimeError, match="WHISPERD_CUDA_DECODER must be 0, 1 or auto"):

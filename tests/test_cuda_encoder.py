@@ -8,9 +8,7 @@ The GPU tests run under WHISPERD_TEST_GPU=1 with WHISPERD_TEST_F16_MODEL (bench/
 makes an f16 tiny.en there from the q8_0 one it carries)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -38,16 +36,6 @@ def transcribe(dec: BatchDecoder, clips: dict[int, np.ndarray], options: Transcr
         for r in dec.step():
             texts[r.window_id] = " ".join(s.text for s in r.segments)
     return texts
-
-
-@pytest.fixture(scope="module")
-def f16_model(use_gpu: bool) -> Iterator[tuple[WhisperModel, Path]]:
-    path = os.environ.get("WHISPERD_TEST_F16_MODEL")
-    if not use_gpu or not path:
-        pytest.skip("needs a GPU and an f16 model (WHISPERD_TEST_GPU=1, WHISPERD_TEST_F16_MODEL)")
-    m = WhisperModel(Path(path), use_gpu=True)
-    yield m, Path(path)
-    m.close()
 
 
 def encoder_error(model: WhisperModel, path: Path, clips: dict[int, np.ndarray], cuda: bool | None) -> float:
