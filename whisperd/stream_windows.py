@@ -58,8 +58,9 @@ class StreamPlanner:
     pieces on the pool and returns at once while the pool has a free thread, so the next
     chunk is read (and its pieces queued) while these are analysed, and an hour's pieces
     run on every thread instead of a chunk's few at a time; windows come out as the
-    detector's results arrive, in order. With the pool busy (other jobs' pieces), feed()
-    waits for this job's results, so a job holds at most a chunk or two not analysed.
+    detector's results arrive, in order. With the pool busy, feed() waits for this job's
+    oldest run only, so a job holds at most about the pool's threads' worth of pieces
+    not analysed (a chunk or two when other jobs' pieces fill the pool).
     """
 
     def __init__(
@@ -102,7 +103,10 @@ class StreamPlanner:
             return []
         if self._pending.size >= _PLAN_FROM:
             self._start_detector()
-        self._collect(wait=self._pool is None or not self._pool.idle())
+        # A free pool thread: read on. Else wait for this job's oldest run only, so the
+        # pool keeps a queue and its threads stay busy (waiting for every run drained it:
+        # on the H200 host an hour's windows then came in 11 groups over the ramp).
+        self._collect(wait=self._pool is None or not self._pool.idle(), oldest_only=True)
         n = self._known
         windows = [w for w in cut_windows(self._pending[:n], self._spans) if w[0] + _LOOK_AHEAD <= n]
         return self._take(windows, self._spans, tail=True)
@@ -137,9 +141,12 @@ class StreamPlanner:
         self._running.append((self._base + start, self._base + seam, self._base + end, found))
         self._analysed = end
 
-    def _collect(self, *, wait: bool) -> None:
-        """Take in the detector's results in order: those done, or all when `wait`."""
+    def _collect(self, *, wait: bool, oldest_only: bool = False) -> None:
+        """Take in the detector's results in order: those done, and when `wait` all of
+        them (or, `oldest_only`, at least the oldest)."""
         while self._running and (wait or self._running[0][3].done()):
+            if oldest_only:
+                wait = False
             start, seam, end, found = self._running.popleft()
             start, seam, end = start - self._base, seam - self._base, end - self._base
             new = found.result()

@@ -24,6 +24,7 @@ class Spell:
     windows: int = 0  # planned
     window_samples: int = 0
     first_planned: float | None = None
+    last_planned: float | None = None  # a long file's planning (its VAD) ends here
     first_encoded: float | None = None  # the first add() returned: its windows are encoded
     adds: int = 0
     added: int = 0  # windows handed to the decoder (rests of windows included)
@@ -61,8 +62,9 @@ class Timeline:
         spell = self.spell
         if spell is None:
             return
+        spell.last_planned = time.perf_counter()
         if spell.first_planned is None:
-            spell.first_planned = time.perf_counter()
+            spell.first_planned = spell.last_planned
         spell.windows += len(windows)
         spell.window_samples += sum(w.end - w.start for w in windows)
 
@@ -100,6 +102,7 @@ class Timeline:
             "jobs": spell.jobs, "wall_s": wall, "windows": spell.windows,
             "mean_window_s": spell.window_samples / SAMPLE_RATE / max(1, spell.windows),
             "decoder_windows": spell.added, "first_planned_s": since(spell.first_planned),
+            "last_planned_s": since(spell.last_planned),
             "first_encoded_s": since(spell.first_encoded), "add_s": spell.add_secs, "adds": spell.adds,
             "steps": spell.steps, "step_s": spell.step_secs,
             "mean_step_windows": spell.step_windows / spell.steps, "capacity": spell.capacity,
@@ -114,11 +117,12 @@ class Timeline:
         f = self.last
         log.info(
             "batch timeline: %d jobs in %.2f s: %d windows planned (mean %.1f s), %d into the decoder; "
-            "first window planned at %.2f s, encoded at %.2f s; encoder %.2f s in %d adds; "
-            "%d steps %.2f s (mean %.1f windows of %d); decoder busy %.0f %% of the time",
+            "first window planned at %.2f s, encoded at %.2f s, last planned at %.2f s; "
+            "encoder %.2f s in %d adds; %d steps %.2f s (mean %.1f windows of %d); "
+            "decoder busy %.0f %% of the time",
             f["jobs"], wall, f["windows"], f["mean_window_s"], f["decoder_windows"], f["first_planned_s"],
-            f["first_encoded_s"], f["add_s"], f["adds"], f["steps"], f["step_s"], f["mean_step_windows"],
-            f["capacity"], 100 * f["decoder_busy"],
+            f["first_encoded_s"], f["last_planned_s"], f["add_s"], f["adds"], f["steps"], f["step_s"],
+            f["mean_step_windows"], f["capacity"], 100 * f["decoder_busy"],
         )
         if engine is not None:
             log.info(
