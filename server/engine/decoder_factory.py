@@ -15,7 +15,7 @@ DecoderFactory = Callable[[WhisperModel], WindowDecoder]
 # BATCH_SIZE 0 on a CPU: enough windows to keep 2-8 cores busy without a long wait for
 # the first window's result.
 CPU_BATCH_SIZE = 4
-# New windows encoded in one graph: 8 on a GPU with room for a large batch, as the
+# New windows encoded in one graph: 8 on a GPU with a batch of 32 or more, as the
 # engine's table is measured (H200 run 9: 8.2 ms a window there, 9.6-9.9 in the service's
 # groups of at most 4), else the decoder's default of 4: each window more in a group
 # costs ~130 MiB of large-v3 working memory, on an 8 GB card a quarter of a slot.
@@ -58,12 +58,12 @@ def default_decoder_factory(
             auto = getattr(BatchDecoder, "auto_capacity", None)
             if gpu and auto is not None:
                 capacity = auto(model, max_beams=max_beams, encode_batch=_GPU_ENCODE_BATCH)
-                if capacity >= _ENCODE_BATCH_FROM:
-                    extra["encode_batch"] = _GPU_ENCODE_BATCH
-                else:
+                if capacity < _ENCODE_BATCH_FROM:
                     capacity = auto(model, max_beams=max_beams)
             else:
                 capacity = CPU_BATCH_SIZE
+        if gpu and capacity >= _ENCODE_BATCH_FROM:
+            extra["encode_batch"] = _GPU_ENCODE_BATCH
         log.info("batched window decoder with %d slots of %d beams", capacity, max_beams)
         return BatchDecoder(model, capacity, threads, max_beams=max_beams, cuda_encoder=cuda_encoder, **extra)
 
