@@ -208,6 +208,17 @@ def test_cancel_from_the_cli(address: str, client: WhisperdClient, long_wav: Pat
             client.cancel(job.id)
 
 
+@pytest.fixture
+def ctrl_c_reaches_children() -> Iterator[None]:
+    """Children start with Ctrl-C as a terminal's shell gives it: a run in a background
+    job (SIGINT ignored) would pass SIG_IGN on, and Python then never raises
+    KeyboardInterrupt in the client. A handler here resets to the default in a child."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_reaches_children")
 def test_ctrl_c_without_a_terminal_leaves_the_job_running(
     address: str, client: WhisperdClient, long_wav: Path
 ) -> None:
@@ -237,6 +248,7 @@ def test_ctrl_c_without_a_terminal_leaves_the_job_running(
             client.cancel(job_id)
 
 
+@pytest.mark.usefixtures("ctrl_c_reaches_children")
 def test_ctrl_c_on_a_terminal_asks_and_cancels(address: str, client: WhisperdClient, long_wav: Path) -> None:
     master, slave = pty.openpty()
     proc = subprocess.Popen(
