@@ -10,13 +10,14 @@
 #include <cmath>
 #include <string>
 
+#include "cuda_common.cuh"
 #include "errors.hpp"
 
 namespace whisperd {
 
 namespace {
 
-constexpr int kThreads = 256;  // a row of 51866 logits: ~200 a thread
+// kThreads (cuda_common.cuh): a row of 51866 logits is ~200 values a thread
 constexpr int kWarps = kThreads / 32;
 
 struct Job {
@@ -28,17 +29,6 @@ struct Consts {
     int n_vocab, eot, beg, space, nosp;
     const uint8_t *special_off;  // [eot, beg)
 };
-
-void check(cudaError_t e, const char *what) {
-    if (e == cudaSuccess) {
-        return;
-    }
-    cudaGetLastError();
-    if (e == cudaErrorMemoryAllocation) {
-        throw OutOfMemoryError(std::string("out of GPU memory for the greedy sampler (") + what + ")");
-    }
-    throw WhisperError(std::string("greedy sampler: ") + what + ": " + cudaGetErrorString(e));
-}
 
 // (v, i) becomes the better of itself and (v2, i2): the larger value, the lower id on ties
 // (as the CPU's first-max scan).
@@ -65,22 +55,6 @@ __device__ void block_best(float &v, int &i, float *rv, int *ri) {
     for (int w = 0; w < kWarps; ++w) {
         keep_best(v, i, rv[w], ri[w]);
     }
-}
-
-__device__ float block_sum(float v, float *rv) {
-    for (int o = 16; o > 0; o >>= 1) {
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    }
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) {
-        rv[threadIdx.x >> 5] = v;
-    }
-    __syncthreads();
-    float t = 0.0f;
-    for (int w = 0; w < kWarps; ++w) {
-        t += rv[w];
-    }
-    return t;
 }
 
 __global__ void summarise_rows(const float *logits, const Job *jobs, GreedySummary *out, Consts c) {
@@ -236,8 +210,9 @@ struct CudaSampler::Impl {
         out = nullptr;
         cap = 0;
         const int want = n < 256 ? 256 : n;
-        check(cudaMalloc(reinterpret_cast<void **>(&jobs), want * sizeof(Job)), "rows");
-        check(cudaMalloc(reinterpret_cast<void **>(&out), want * sizeof(GreedySummary)), "summaries");
+        check(cudaMalloc(reinterpret_cast<void **>(&jobs), want * sizeof(Job)), "greedy sampler: rows");
+        check(cudaMalloc(reinterpret_cast<void **>(&out), want * sizeof(GreedySummary)),
+              "greedy sampler: summaries");
         cap = want;
     }
 
@@ -251,30 +226,32 @@ struct CudaSampler::Impl {
         if (masks.size() != rows.size()) {
             throw std::invalid_argument("greedy sampler: one mask per row");
         }
-        check(cudaSetDevice(device), "select the GPU");
+        check(cudaSetDevice(device), "greedy sampler: select the GPU");
         reserve(n);
         host_jobs.resize(n);
         for (int i = 0; i < n; ++i) {
             host_jobs[i] = Job{rows[i], masks[i]};
         }
-        check(cudaMemcpyAsync(jobs, host_jobs.data(), n * sizeof(Job), cudaMemcpyHostToDevice, stream), "upload");
+        check(cudaMemcpyAsync(jobs, host_jobs.data(), n * sizeof(Job), cudaMemcpyHostToDevice, stream),
+              "greedy sampler: upload");
         summarise_rows<<<n, kThreads, 0, stream>>>(logits, jobs, out, c);
-        check(cudaGetLastError(), "kernel");
+        check(cudaGetLastError(), "greedy sampler: kernel");
         check(cudaMemcpyAsync(result.data(), out, n * sizeof(GreedySummary), cudaMemcpyDeviceToHost, stream),
-              "download");
-        check(cudaStreamSynchronize(stream), "kernel");
+              "greedy sampler: download");
+        check(cudaStreamSynchronize(stream), "greedy sampler: kernel");
     }
 };
 
 CudaSampler::CudaSampler(int device, const GreedyVocab &v) : impl_(std::make_unique<Impl>()) {
     Impl &m = *impl_;
     m.device = device;
-    check(cudaSetDevice(device), "select the GPU");
+    check(cudaSetDevice(device), "greedy sampler: select the GPU");
     try {
-        check(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking), "stream");
-        check(cudaMalloc(reinterpret_cast<void **>(&m.special_off), v.special_off.size() + 1), "specials");
+        check(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking), "greedy sampler: stream");
+        check(cudaMalloc(reinterpret_cast<void **>(&m.special_off), v.special_off.size() + 1),
+              "greedy sampler: specials");
         check(cudaMemcpy(m.special_off, v.special_off.data(), v.special_off.size(), cudaMemcpyHostToDevice),
-              "specials");
+              "greedy sampler: specials");
         m.c = Consts{v.n_vocab, v.eot, v.beg, v.space, v.nosp, m.special_off};
         m.reserve(1);
     } catch (...) {
@@ -293,12 +270,13 @@ void CudaSampler::summarise(const float *logits, const std::vector<int32_t> &row
 std::vector<GreedySummary> CudaSampler::summarise_host(const std::vector<float> &logits,
                                                        const std::vector<GreedyMask> &masks) {
     Impl &m = *impl_;
-    check(cudaSetDevice(m.device), "select the GPU");
+    check(cudaSetDevice(m.device), "greedy sampler: select the GPU");
     float *dev = nullptr;
-    check(cudaMalloc(reinterpret_cast<void **>(&dev), logits.size() * sizeof(float)), "test rows");
+    check(cudaMalloc(reinterpret_cast<void **>(&dev), logits.size() * sizeof(float)), "greedy sampler: test rows");
     std::vector<GreedySummary> out;
     try {
-        check(cudaMemcpy(dev, logits.data(), logits.size() * sizeof(float), cudaMemcpyHostToDevice), "test rows");
+        check(cudaMemcpy(dev, logits.data(), logits.size() * sizeof(float), cudaMemcpyHostToDevice),
+              "greedy sampler: test rows");
         std::vector<int32_t> rows(masks.size());
         for (size_t i = 0; i < rows.size(); ++i) {
             rows[i] = static_cast<int32_t>(i);
