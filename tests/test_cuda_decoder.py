@@ -1,7 +1,9 @@
 """On a GPU with an f16 model the batched engine's decoder steps run as whisperd's own CUDA
 code instead of a ggml graph (native/src/cuda_decoder.hpp): both must give the same
-transcripts, greedy and with beams, with a prompt (a step of many rows a window: the cross-attention kernel takes a window's rows four at a time), with
-and without recorded CUDA graphs. Everywhere else the ggml step stays.
+transcripts, greedy and with beams, with a prompt (a step of many rows a window: the
+cross-attention kernel takes a window's rows four at a time), with and without recorded
+CUDA graphs. Everywhere else the ggml step stays (checked in test_cuda_encoder.py, beside
+the encoder).
 
 The GPU tests run under WHISPERD_TEST_GPU=1 with WHISPERD_TEST_F16_MODEL (bench/gpu.sh
 makes an f16 tiny.en there)."""
@@ -77,20 +79,3 @@ def test_a_wrong_decoder_setting_names_itself(
     monkeypatch.setenv("WHISPERD_CUDA_DECODER", "fast")
     with pytest.raises(RuntimeError, match="WHISPERD_CUDA_DECODER must be 0, 1 or auto"):
         BatchDecoder(model, 2, 2).close()
-
-
-def test_the_ggml_step_stays_where_cuda_cannot_run(tiny_en_model: Path, use_gpu: bool, jfk: np.ndarray,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Asked for on a CPU (or on a GPU with the quantised tiny.en), the ggml step runs."""
-    model = WhisperModel(tiny_en_model, use_gpu=use_gpu)
-    try:
-        monkeypatch.setenv("WHISPERD_CUDA_DECODER", "1")
-        dec = BatchDecoder(model, 2, 2)
-        try:
-            assert not dec.cuda_decoder
-            texts = transcribe(dec, {7: jfk}, TranscribeOptions(threads=2))
-        finally:
-            dec.close()
-        assert normalise(texts[7]) == normalise(EXPECTED_JFK)
-    finally:
-        model.close()

@@ -112,17 +112,21 @@ def test_cuda_encoder_gives_ggmls_transcripts(f16_model: tuple[WhisperModel, Pat
     assert long[: len(short)] == short and len(long) - len(short) <= 2, (texts[True][2], texts[False][2])
 
 
-def test_the_ggml_encoder_stays_where_cuda_cannot_run(tiny_en_model: Path, use_gpu: bool, jfk: np.ndarray) -> None:
+def test_the_ggml_encoder_and_step_stay_where_cuda_cannot_run(
+        tiny_en_model: Path, use_gpu: bool, jfk: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
     """Asked for on a CPU, or on a GPU with a quantised model (the GPU host's tiny.en is
-    q8_0), the CUDA encoder is not used and transcripts are unaffected."""
+    q8_0), neither the CUDA encoder nor the CUDA decoder step is used, and transcripts are
+    unaffected."""
     model = WhisperModel(tiny_en_model, use_gpu=use_gpu)
     try:
         quantised = read_header(tiny_en_model).hparams.base_ftype not in (0, 1)
         if use_gpu and not quantised:
-            pytest.skip("an f16 model on a GPU: the CUDA encoder can run")
+            pytest.skip("an f16 model on a GPU: the CUDA encoder and step can run")
+        monkeypatch.setenv("WHISPERD_CUDA_DECODER", "1")
         dec = BatchDecoder(model, 2, 2, cuda_encoder=True)
         try:
             assert not dec.cuda_encoder
+            assert not dec.cuda_decoder
             texts = transcribe(dec, {7: jfk}, TranscribeOptions(threads=2))
         finally:
             dec.close()
