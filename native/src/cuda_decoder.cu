@@ -457,15 +457,11 @@ void CudaDecoder::Impl::kernels(const CudaStepInputs &in) {
     const int64_t *kvr = static_cast<const int64_t *>(in_kv.p);
     const uint16_t *mask = static_cast<const uint16_t *>(in_mask.p);
     const int32_t *outs = static_cast<const int32_t *>(in_out.p);
-    float *x = m.buf<float>(m.x, static_cast<size_t>(rows) * C);
-    half *h = m.buf<half>(m.h, static_cast<size_t>(rows) * C);
-    half *q = m.buf<half>(m.q, static_cast<size_t>(rows) * C);
-    half *k = m.buf<half>(m.k, static_cast<size_t>(rows) * C);
-    half *v = m.buf<half>(m.v, static_cast<size_t>(rows) * C);
-    half *a = m.buf<half>(m.a, static_cast<size_t>(rows) * C);
-    half *f = m.buf<half>(m.f, static_cast<size_t>(rows) * s.n_ff);
-    float *part = m.buf<float>(m.part, static_cast<size_t>(rows) * s.n_head * n_split * (kHead + 2));
-    half *hout = m.buf<half>(m.hout, static_cast<size_t>(n_out) * C);
+    // step() sized every buffer for this shape
+    float *x = static_cast<float *>(m.x.p), *part = static_cast<float *>(m.part.p);
+    half *h = static_cast<half *>(m.h.p), *q = static_cast<half *>(m.q.p), *k = static_cast<half *>(m.k.p);
+    half *v = static_cast<half *>(m.v.p), *a = static_cast<half *>(m.a.p), *f = static_cast<half *>(m.f.p);
+    half *hout = static_cast<half *>(m.hout.p);
 
     embed<<<rows, kThreads, 0, m.stream>>>(tok, pos, static_cast<const half *>(m.m.token_embedding),
                                            m.m.positional_embedding, x, C);
