@@ -17,6 +17,7 @@
 #   batch    bench/batch_bench.py: the batched engine at batch 8-128 over 3840 s (128
 #            windows), the peer beside it on the same audio, and both under a 7.5 GB
 #            VRAM cap (a ballast process holds the rest of the card)
+#   cap      only the 7.5 GiB part of "batch" (PEER_CAP_BATCH=16: the peer under the cap too)
 #   check    batched vs sequential transcripts of real speech on the GPU (tiny.en)
 #   service-batch  bench/batch_service_bench.py: 32 jobs of 121 s at once, one 1-hour job,
 #            a short job behind it, through a real server (large-v3 shape)
@@ -116,11 +117,11 @@ if has_stage engine; then
     --json "$RESULTS/gpu_bench.json"
 fi
 
-if has_stage diag || has_stage service || has_stage peer || has_stage batch || has_stage profile || has_stage service-batch; then
+if has_stage diag || has_stage service || has_stage peer || has_stage batch || has_stage profile || has_stage service-batch || has_stage cap; then
   "$PY" -c "from whisperd.audio import decode_audio, write_wav; import numpy as np; \
 a = decode_audio('third_party/whisper.cpp/samples/jfk.wav'); write_wav('$RESULTS/speech121.wav', np.tile(a, 11))"
 fi
-if (has_stage diag || has_stage service || has_stage batch || has_stage profile || has_stage service-batch) && [[ ! -f $LARGE ]]; then
+if (has_stage diag || has_stage service || has_stage batch || has_stage profile || has_stage service-batch || has_stage cap) && [[ ! -f $LARGE ]]; then
   mkdir -p build
   t=$(date +%s)
   "$PY" bench/make_random_model.py --shape large-v3 --ftype f16 --out "$LARGE"
@@ -159,11 +160,18 @@ if has_stage check; then
 fi
 
 if has_stage service-batch; then
-  echo
-  echo "== the batched engine through the service: large-v3 shape, $TOKENS tokens per window"
-  "$PY" bench/batch_service_bench.py --model "$LARGE" --wav "$RESULTS/speech121.wav" --tokens "$TOKENS" \
-    --jobs "${SERVICE_JOBS:-32}" --long-minutes "${LONG_MINUTES:-60}" --json "$RESULTS/batch_service.json" \
-    || echo "service-batch benchmark failed"
+  # SERVICE_ENV: server settings to compare, one run each ("default" = none), e.g.
+  # SERVICE_ENV="default BATCH_SIZE=256"
+  for senv in ${SERVICE_ENV:-default}; do
+    echo
+    echo "== the batched engine through the service ($senv): large-v3 shape, $TOKENS tokens per window"
+    sargs=()
+    [[ $senv == default ]] || sargs=(--env "$senv")
+    "$PY" bench/batch_service_bench.py --model "$LARGE" --wav "$RESULTS/speech121.wav" --tokens "$TOKENS" \
+      --jobs "${SERVICE_JOBS:-32}" --long-minutes "${LONG_MINUTES:-60}" "${sargs[@]}" \
+      --json "$RESULTS/batch_service${senv/#default/}.json" \
+      || echo "service-batch benchmark failed"
+  done
 fi
 
 if has_stage profile; then
@@ -210,22 +218,26 @@ if has_stage batch; then
   echo "== batched engine: large-v3 shape, ${SECS} s of audio, $TOKENS tokens per window"
   "$PY" bench/batch_bench.py --model "$LARGE" --wav "$RESULTS/speech121.wav" --seconds "$SECS" \
     --batches "${BATCHES-8,16,32,64,128}" --tokens "$TOKENS" --json "$RESULTS/batch.json"
-  if [[ "${CAP_GIB:-7.5}" != "0" ]]; then
-    echo
-    echo "== under a ${CAP_GIB:-7.5} GiB VRAM cap (the users' RTX 2080): the batch size chosen from free VRAM"
-    "$PY" bench/vram_ballast.py --leave-gib "${CAP_GIB:-7.5}" > "$RESULTS/ballast.log" 2>&1 &
-    ballast=$!
-    for _ in $(seq 1 60); do grep -q holding "$RESULTS/ballast.log" 2>/dev/null && break; sleep 1; done
-    cat "$RESULTS/ballast.log"
-    "$PY" bench/batch_bench.py --model "$LARGE" --wav "$RESULTS/speech121.wav" --seconds "$SECS" \
-      --auto --encode-batch 4 --tokens "$TOKENS" --json "$RESULTS/batch-capped.json" || echo "capped run failed"
-    if [[ -n "${PEER_CAP_BATCH:-}" ]]; then
-      "$PY" bench/peer_transformers.py --wav "$RESULTS/speech121.wav" --tile-to "$SECS" --tokens-per-window "$TOKENS" \
-        --batch-sizes "$PEER_CAP_BATCH" --modes generate,loop --json "$RESULTS/peer-capped.json" || echo "capped peer failed"
-    fi
-    kill "$ballast" 2>/dev/null || true
-    wait "$ballast" 2>/dev/null || true
+fi
+# the cap alone: STAGES=cap (part of "batch" unless CAP_GIB=0)
+if has_stage cap || { has_stage batch && [[ "${CAP_GIB:-7.5}" != "0" ]]; }; then
+  SECS="${BATCH_SECONDS:-3840}"
+  echo
+  echo "== under a ${CAP_GIB:-7.5} GiB VRAM cap (the users' RTX 2080): the batch size chosen from free VRAM"
+  "$PY" bench/vram_ballast.py --leave-gib "${CAP_GIB:-7.5}" > "$RESULTS/ballast.log" 2>&1 &
+  ballast=$!
+  for _ in $(seq 1 60); do grep -q holding "$RESULTS/ballast.log" 2>/dev/null && break; sleep 1; done
+  cat "$RESULTS/ballast.log"
+  "$PY" bench/batch_bench.py --model "$LARGE" --wav "$RESULTS/speech121.wav" --seconds "$SECS" \
+    --auto --encode-batch 4 --tokens "$TOKENS" --json "$RESULTS/batch-capped.json" || echo "capped run failed"
+  if [[ -n "${PEER_CAP_BATCH:-}" ]]; then
+    "$PY" bench/peer_transformers.py --wav "$RESULTS/speech121.wav" --tile-to "$SECS" --tokens-per-window "$TOKENS" \
+      --batch-sizes "$PEER_CAP_BATCH" --modes generate,loop --json "$RESULTS/peer-capped.json" || echo "capped peer failed"
   fi
+  kill "$ballast" 2>/dev/null || true
+  wait "$ballast" 2>/dev/null || true
+fi
+if has_stage batch; then
   if [[ -n "${PEER_BATCH-8,16,32,64,128}" ]]; then
     echo
     echo "== the peer on the same ${SECS} s: transformers, large-v3 shape, $TOKENS tokens per window"
