@@ -77,6 +77,8 @@ def slot_cost(model: WhisperModel, *, max_beams: int, encode_batch: int) -> Slot
         ctx, state = m.n_audio_ctx, m.n_text_state
         encoder += encode_batch * ctx * state * (4 + 4 * 2 + 4 * 2)
         encoder += (state // 64) * ctx * (-(-ctx // 8) * 8) * 2 + 64 * 2**20
+        # cuBLASLt's workspace, for the products that add their bias (and GELU) themselves.
+        encoder += 32 * 2**20
         # The CUDA decoder step's: per row (a slot's beams) the f32 residual, five f16
         # activations, the f16 MLP layer and the cross-attention's partial results
         # (heads x 128-position parts x 66 floats); its logits; cuBLAS's workspace.

@@ -1,0 +1,218 @@
+// cuBLASLt products with a fused epilogue (cuda_lt.hpp says why). Row-major Y = X W^T is
+// the column-major Y^T = W^T X^T over the same memory (as `linear` in cuda_common.cuh), so
+// the output's rows in cuBLASLt's terms are our output columns: its bias epilogue, which
+// broadcasts a vector over the rows of D ("bias vector length must match matrix D rows"),
+// adds one value per output feature, as Whisper's biases are.
+#include "cuda_lt.hpp"
+
+#include <cublasLt.h>
+
+#include <cstdint>
+#include <map>
+#include <tuple>
+
+#include "cuda_common.cuh"
+#include "errors.hpp"
+
+namespace whisperd {
+
+namespace {
+
+// The largest power of two up to 256 that p is aligned to: cuBLASLt's heuristic assumes
+// 256-byte aligned matrices unless told otherwise, and its kernels may then fail on less.
+uint32_t alignment(const void *p) {
+    const auto a = reinterpret_cast<uintptr_t>(p);
+    uint32_t al = 256;
+    while (al > 1 && a % al != 0) {
+        al /= 2;
+    }
+    return al;
+}
+
+cublasLtEpilogue_t lt_epilogue(LtEpilogue e) {
+    switch (e) {
+    case LtEpilogue::kBias:
+        return CUBLASLT_EPILOGUE_BIAS;
+    case LtEpilogue::kGeluBias:
+        // cuBLASLt's GELU is the tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x +
+        // 0.044715 x^3))) (PyTorch's fused addmm + GELU, which calls this epilogue, is
+        // documented as approximate='tanh' on CUDA for that reason): the form of gelu() in
+        // cuda_common.cuh, ggml's and so whisper.cpp's. The bias is added to the f32
+        // accumulator first and the GELU taken in f32, then one rounding to f16 (the
+        // separate pass rounded the product to f16 before adding the bias).
+        return CUBLASLT_EPILOGUE_GELU_BIAS;
+    case LtEpilogue::kNone:
+        break;
+    }
+    return CUBLASLT_EPILOGUE_DEFAULT;
+}
+
+template <typename T>
+void set(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t a, const T &v, const char *what) {
+    check(cublasLtMatmulDescSetAttribute(d, a, &v, sizeof(v)), what);
+}
+
+template <typename T>
+void set(cublasLtMatrixLayout_t l, cublasLtMatrixLayoutAttribute_t a, const T &v, const char *what) {
+    check(cublasLtMatrixLayoutSetAttribute(l, a, &v, sizeof(v)), what);
+}
+
+template <typename T>
+void set(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t a, const T &v, const char *what) {
+    check(cublasLtMatmulPreferenceSetAttribute(p, a, &v, sizeof(v)), what);
+}
+
+}  // namespace
+
+struct LtMatmul::Impl {
+    // One shape's descriptors and algorithm; ok false: cuBLASLt has none for it here.
+    struct Plan {
+        cublasLtMatmulDesc_t desc = nullptr;
+        cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+        cublasLtMatmulAlgo_t algo{};
+        bool ok = false;
+    };
+    // out, rows, in, epilogue, batch, x_stride, y_stride, and the alignments of W, X, Y
+    // and the bias (the algorithm is chosen for them)
+    using Key = std::tuple<int, int, int, int, int, long long, long long, uint32_t, uint32_t, uint32_t, uint32_t>;
+
+    cublasLtHandle_t lt = nullptr;
+    cudaStream_t stream = nullptr;
+    void *workspace = nullptr;
+    size_t workspace_bytes = 0;
+    std::map<Key, Plan> plans;
+
+    ~Impl() {
+        for (auto &kv : plans) {
+            destroy(kv.second);
+        }
+        if (workspace != nullptr) {
+            cudaFree(workspace);
+        }
+        if (lt != nullptr) {
+            cublasLtDestroy(lt);
+        }
+    }
+
+    static void destroy(Plan &p) {
+        if (p.desc != nullptr) {
+            cublasLtMatmulDescDestroy(p.desc);
+        }
+        for (cublasLtMatrixLayout_t l : {p.a, p.b, p.d}) {
+            if (l != nullptr) {
+                cublasLtMatrixLayoutDestroy(l);
+            }
+        }
+    }
+
+    Plan &plan(const LtProduct &p) {
+        const Key key{p.out,
+                      p.rows,
+                      p.in,
+                      static_cast<int>(p.epilogue),
+                      p.batch,
+                      p.x_stride,
+                      p.y_stride,
+                      alignment(p.w),
+                      alignment(p.x),
+                      alignment(p.y),
+                      alignment(p.bias)};
+        auto found = plans.find(key);
+        if (found != plans.end()) {
+            return found->second;
+        }
+        Plan pl;
+        try {
+            make(p, pl);
+        } catch (...) {
+            destroy(pl);
+            throw;
+        }
+        return plans.emplace(key, pl).first->second;
+    }
+
+    void make(const LtProduct &p, Plan &pl) {
+        check(cublasLtMatmulDescCreate(&pl.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "Lt descriptor");
+        set(pl.desc, CUBLASLT_MATMUL_DESC_TRANSA, CUBLAS_OP_T, "Lt transpose");
+        set(pl.desc, CUBLASLT_MATMUL_DESC_TRANSB, CUBLAS_OP_N, "Lt transpose");
+        set(pl.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, lt_epilogue(p.epilogue), "Lt epilogue");
+        if (p.epilogue != LtEpilogue::kNone) {
+            // The bias's type is left at its default, D's (f16): the one every cuBLAS
+            // version takes for f16 outputs. Set here too because the heuristic reads
+            // the pointer's alignment; run() sets each call's own.
+            set(pl.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void *>(p.bias), "Lt bias");
+        }
+        // W f16 [out][in] row-major = column-major in x out, transposed; X column-major
+        // in x rows; Y column-major out x rows. Batches: W shared (stride 0).
+        check(cublasLtMatrixLayoutCreate(&pl.a, CUDA_R_16F, p.in, p.out, p.in), "Lt layout");
+        check(cublasLtMatrixLayoutCreate(&pl.b, CUDA_R_16F, p.in, p.rows, p.in), "Lt layout");
+        check(cublasLtMatrixLayoutCreate(&pl.d, CUDA_R_16F, p.out, p.rows, p.out), "Lt layout");
+        if (p.batch > 1) {
+            const int64_t zero = 0, x_stride = p.x_stride, y_stride = p.y_stride;
+            const int32_t batch = p.batch;
+            for (cublasLtMatrixLayout_t l : {pl.a, pl.b, pl.d}) {
+                set(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, batch, "Lt batch");
+            }
+            set(pl.a, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, zero, "Lt batch stride");
+            set(pl.b, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, x_stride, "Lt batch stride");
+            set(pl.d, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, y_stride, "Lt batch stride");
+        }
+        cublasLtMatmulPreference_t pref = nullptr;
+        check(cublasLtMatmulPreferenceCreate(&pref), "Lt preference");
+        cublasLtMatmulHeuristicResult_t result{};
+        int found = 0;
+        cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+        try {
+            const uint64_t ws = workspace_bytes;
+            set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, ws, "Lt workspace");
+            set(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, alignment(p.w), "Lt alignment");
+            set(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, alignment(p.x), "Lt alignment");
+            set(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, alignment(p.y), "Lt alignment");
+            set(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, alignment(p.y), "Lt alignment");
+            st = cublasLtMatmulAlgoGetHeuristic(lt, pl.desc, pl.a, pl.b, pl.d, pl.d, pref, 1, &result, &found);
+        } catch (...) {
+            cublasLtMatmulPreferenceDestroy(pref);
+            throw;
+        }
+        cublasLtMatmulPreferenceDestroy(pref);
+        if (st == CUBLAS_STATUS_NOT_SUPPORTED || (st == CUBLAS_STATUS_SUCCESS && found == 0)) {
+            return;  // ok stays false, kept: the caller's other way, every time
+        }
+        check(st, "Lt heuristic");
+        check(result.state, "Lt heuristic");
+        pl.algo = result.algo;
+        pl.ok = true;
+    }
+};
+
+LtMatmul::LtMatmul(cudaStream_t stream, size_t workspace_bytes) : impl_(std::make_unique<Impl>()) {
+    Impl &m = *impl_;
+    m.stream = stream;
+    check(cublasLtCreate(&m.lt), "Lt create");
+    if (workspace_bytes > 0) {
+        check(cudaMalloc(&m.workspace, workspace_bytes), "cuBLASLt workspace");
+        m.workspace_bytes = workspace_bytes;
+    }
+}
+
+LtMatmul::~LtMatmul() = default;
+
+size_t LtMatmul::memory_bytes() const { return impl_->workspace_bytes; }
+
+bool LtMatmul::run(const LtProduct &p) {
+    Impl &m = *impl_;
+    Impl::Plan &pl = m.plan(p);
+    if (!pl.ok) {
+        return false;
+    }
+    if (p.epilogue != LtEpilogue::kNone) {
+        set(pl.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void *>(p.bias), "Lt bias");
+    }
+    const float beta = 0.0f;
+    check(cublasLtMatmul(m.lt, pl.desc, &p.alpha, p.w, pl.a, p.x, pl.b, &beta, p.y, pl.d, p.y, pl.d, &pl.algo,
+                         m.workspace, m.workspace_bytes, m.stream),
+          "Lt product");
+    return true;
+}
+
+}  // namespace whisperd

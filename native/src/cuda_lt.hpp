@@ -1,0 +1,54 @@
+// f16 products through cuBLASLt, for what plain cuBLAS cannot do in the same kernel: add a
+// bias, or a bias then GELU, to the f32 accumulators before they are rounded to f16 (each
+// of those was its own pass over the product's output, 13 % of the encoder's GPU time on
+// an H200), and strided batches that write into memory laid out by someone else (the
+// decoder's cross K/V slots). Descriptors, layouts and the chosen algorithm are made once
+// per shape and kept. Only CUDA builds compile this (WHISPERD_WITH_CUDA).
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <memory>
+
+namespace whisperd {
+
+enum class LtEpilogue { kNone, kBias, kGeluBias };
+
+// Y[rows][out] = epilogue(alpha * X[rows][in] W^T + bias), W f16 [out][in] (ggml's layout),
+// X, Y and bias f16, f32 accumulation, bias per output column (Whisper's biases). With
+// batch > 1: `batch` such products, the b-th reading X + b * x_stride and writing
+// Y + b * y_stride (elements), all with the same W and bias.
+struct LtProduct {
+    const void *w;
+    const half *x;
+    int rows, in, out;
+    half *y;
+    LtEpilogue epilogue = LtEpilogue::kNone;
+    const half *bias = nullptr;  // out values; needed unless epilogue is kNone
+    float alpha = 1.0f;
+    int batch = 1;
+    long long x_stride = 0, y_stride = 0;
+};
+
+class LtMatmul {
+public:
+    // A cuBLASLt handle on the current device, products enqueued on `stream`, and a
+    // workspace of that many bytes for them (throws OutOfMemoryError).
+    LtMatmul(cudaStream_t stream, size_t workspace_bytes);
+    ~LtMatmul();
+    LtMatmul(const LtMatmul &) = delete;
+    LtMatmul &operator=(const LtMatmul &) = delete;
+
+    // Enqueues the product; false (nothing enqueued) when cuBLASLt has no algorithm for
+    // it on this GPU, where the caller computes it another way.
+    bool run(const LtProduct &p);
+    size_t memory_bytes() const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace whisperd
