@@ -402,3 +402,6 @@ def test_the_timeline_of_a_spell_counts_its_windows(model: WhisperModel, jfk: np
     assert last["decoder_windows"] >= len(windows) and last["steps"] >= len(windows)
     assert 0 <= last["first_planned_s"] <= last["first_encoded_s"] <= last["wall_s"]
     assert 0 < last["decoder_busy"] <= 1
+    # The planning side: the audio went in as chunks, and the detector ran on its threads.
+    assert last["chunks"] >= 1 and last["read_s"] >= 0
+    assert 0 < last["detector_s"] and 0 < last["plan_s"] <= last["wall_s"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import Callable, Sequence
 
@@ -82,6 +83,7 @@ class VadPool:
         self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="vad")
         self._lock = threading.Lock()
         self._queued = 0  # pieces submitted and not finished
+        self.busy_secs = 0.0  # thread seconds the pieces ran (the batch timeline logs it)
 
     def idle(self) -> bool:
         with self._lock:
@@ -90,7 +92,16 @@ class VadPool:
     def submit(self, fn: Callable[[], list[Span]]) -> Future[list[Span]]:
         with self._lock:
             self._queued += 1
-        future = self._executor.submit(fn)
+
+        def timed() -> list[Span]:
+            t = time.perf_counter()
+            try:
+                return fn()
+            finally:
+                with self._lock:
+                    self.busy_secs += time.perf_counter() - t
+
+        future = self._executor.submit(timed)
         future.add_done_callback(self._finished)
         return future
 

@@ -74,7 +74,7 @@ class BatchScheduler:
         # condition of the same lock, so a step wakes only the jobs it gave results to.
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
-        self.timeline = Timeline()
+        self.timeline = Timeline(lambda: self._vad.busy_secs)
         self._jobs: deque[ScheduledJob] = deque()  # round-robin order: the head gives the next window
         self._windows: dict[int, ScheduledJob] = {}  # window id in the decoder -> its job
         self._to_drop: list[int] = []
@@ -209,11 +209,14 @@ class BatchScheduler:
                 # One chunk per turn, so segments and progress go out between chunks.
                 if cancel.cancelled:
                     raise TranscriptionAborted("transcription cancelled")
+                t0 = time.perf_counter()
                 chunk = next(chunks, None)
+                t1 = time.perf_counter()
                 last = chunk is None
                 planned = planner.finish() if chunk is None else planner.feed(chunk)
                 del chunk  # the planner copied what it needs
                 with self._cond:
+                    self.timeline.read(t1 - t0, time.perf_counter() - t1)
                     job.add(planned, complete=last)
                     if planned:
                         self.timeline.planned(planned)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from whisperd.batching import WindowDecoder
 from whisperd.inference import SAMPLE_RATE
@@ -33,6 +34,12 @@ class Spell:
     step_secs: float = 0.0
     step_windows: int = 0  # sum over steps of the windows in flight
     capacity: int = 0
+    # The jobs' callers: reading the audio's chunks, and the planner (its own work plus
+    # waiting for the detector); the detector's thread time, summed over its threads.
+    read_secs: float = 0.0
+    plan_secs: float = 0.0
+    chunks: int = 0
+    detector_at_start: float = 0.0
 
 
 def _engine_ms(decoder: WindowDecoder | None) -> tuple[float, float, float] | None:
@@ -47,16 +54,27 @@ class Timeline:
     """Called by the scheduler: job_started/planned/idle under its lock, added/stepped
     from its thread only."""
 
-    def __init__(self) -> None:
+    def __init__(self, detector_secs: Callable[[], float] | None = None) -> None:
         self.spell: Spell | None = None
+        # Thread seconds the voice activity detector has run so far (windows.VadPool).
+        self._detector_secs = detector_secs or (lambda: 0.0)
         self.last: dict[str, float] | None = None  # the last finished spell's figures
         # The engine's counters (encode, decode, sample ms) when the last spell ended.
         self._engine: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def job_started(self) -> None:
         if self.spell is None:
-            self.spell = Spell(started=time.perf_counter())
+            self.spell = Spell(started=time.perf_counter(), detector_at_start=self._detector_secs())
         self.spell.jobs += 1
+
+    def read(self, read_secs: float, plan_secs: float) -> None:
+        """A job's caller read a chunk in read_secs and planned it in plan_secs."""
+        spell = self.spell
+        if spell is None:
+            return
+        spell.chunks += 1
+        spell.read_secs += read_secs
+        spell.plan_secs += plan_secs
 
     def planned(self, windows: list[PlannedWindow]) -> None:
         spell = self.spell
@@ -107,6 +125,8 @@ class Timeline:
             "steps": spell.steps, "step_s": spell.step_secs,
             "mean_step_windows": spell.step_windows / spell.steps, "capacity": spell.capacity,
             "decoder_busy": busy / wall if wall > 0 else 0.0,
+            "chunks": spell.chunks, "read_s": spell.read_secs, "plan_s": spell.plan_secs,
+            "detector_s": self._detector_secs() - spell.detector_at_start,
         }
         engine = _engine_ms(decoder)
         if engine is not None:
@@ -123,6 +143,11 @@ class Timeline:
             f["jobs"], wall, f["windows"], f["mean_window_s"], f["decoder_windows"], f["first_planned_s"],
             f["first_encoded_s"], f["last_planned_s"], f["add_s"], f["adds"], f["steps"], f["step_s"],
             f["mean_step_windows"], f["capacity"], 100 * f["decoder_busy"],
+        )
+        log.info(
+            "batch timeline: planning: %d chunks read in %.2f s, planned in %.2f s (the planner and its "
+            "waits for the detector); the detector ran %.2f thread seconds",
+            f["chunks"], f["read_s"], f["plan_s"], f["detector_s"],
         )
         if engine is not None:
             log.info(
