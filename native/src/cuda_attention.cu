@@ -13,6 +13,7 @@
 // FlashAttention-2, whose head-size-64 kernel has the same four warps of 32 queries).
 #include "cuda_attention.hpp"
 
+#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -130,13 +131,26 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
     const half *kg = K + base * C + col0 + ccol;
     const half *vg = V + base * C + col0 + ccol;
+    // Offsets inside a window in 32 bits (fused_attention_supported() keeps n_ctx * n_state
+    // below 2^31): a 64-bit multiply for every copy was most of the loop's integer work.
+    const int row_off = crow * C, row_step = (kThreads / 8) * C;
     auto load_tile = [&](int buf, int k0) {
+        half *const kd = smem + buf * kTileElems + crow * kPitch + ccol;
+        half *const vd = kd + 2 * kTileElems;
+        if (k0 + kKeys <= T) {
+            const int off = k0 * C + row_off;
 #pragma unroll
-        for (int u = 0; u < kCopies; ++u) {
-            const int r = crow + u * (kThreads / 8);
-            const size_t off = static_cast<size_t>(min(k0 + r, T - 1)) * C;
-            copy16_async(&smem[buf * kTileElems + r * kPitch + ccol], kg + off);
-            copy16_async(&smem[(2 + buf) * kTileElems + r * kPitch + ccol], vg + off);
+            for (int u = 0; u < kCopies; ++u) {
+                copy16_async(kd + u * (kThreads / 8) * kPitch, kg + (off + u * row_step));
+                copy16_async(vd + u * (kThreads / 8) * kPitch, vg + (off + u * row_step));
+            }
+        } else {  // the last tile
+#pragma unroll
+            for (int u = 0; u < kCopies; ++u) {
+                const int off = min(k0 + crow + u * (kThreads / 8), T - 1) * C;
+                copy16_async(kd + u * (kThreads / 8) * kPitch, kg + off);
+                copy16_async(vd + u * (kThreads / 8) * kPitch, vg + off);
+            }
         }
         asm volatile("cp.async.commit_group;\n" ::);
     };
@@ -231,27 +245,34 @@ __global__ void __launch_bounds__(kThreads, 2)
                 }
             }
         }
-        float alpha[4], neg_mc[4];
+        bool grew = false;
 #pragma unroll
         for (int r = 0; r < 4; ++r) {  // the four lanes of a row (a quad) share its maximum
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            // Every tile has a key inside the window, so mx is finite; on the first tile m
-            // is -inf and alpha 0.
-            alpha[r] = exp2_ftz((m[r] - mx[r]) * scale_log2);
-            m[r] = mx[r];
-            neg_mc[r] = -mx[r] * scale_log2;
-            l[r] *= alpha[r];
+            grew |= mx[r] != m[r];
         }
+        // Where no row of the warp got a larger maximum (more often as the maxima settle),
+        // every factor below is exactly 1: the warp skips the 64 multiplies.
+        if (__any_sync(0xffffffffu, grew)) {
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt) {
+            for (int r = 0; r < 4; ++r) {
+                // Every tile has a key inside the window, so mx is finite; on the first
+                // tile m is -inf and alpha 0.
+                const float alpha = exp2_ftz((m[r] - mx[r]) * scale_log2);
+                m[r] = mx[r];
+                l[r] *= alpha;
 #pragma unroll
-            for (int d = 0; d < kHead / 8; ++d) {
-                o[mt][d][0] *= alpha[2 * mt];
-                o[mt][d][1] *= alpha[2 * mt];
-                o[mt][d][2] *= alpha[2 * mt + 1];
-                o[mt][d][3] *= alpha[2 * mt + 1];
+                for (int d = 0; d < kHead / 8; ++d) {
+                    o[r >> 1][d][(r & 1) * 2] *= alpha;
+                    o[r >> 1][d][(r & 1) * 2 + 1] *= alpha;
+                }
             }
+        }
+        float neg_mc[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            neg_mc[r] = -m[r] * scale_log2;
         }
         // p = 2^(s c - m c): the scale folds into one FMA (the softmax's scale is positive,
         // so the raw scores' maximum is the scaled scores' one). The probabilities go to f16
@@ -321,7 +342,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 }  // namespace
 
 bool fused_attention_supported(int device, int head_dim, int n_ctx, int n_state) {
-    if (head_dim != kHead || n_ctx < 1 || n_state % 8 != 0) {
+    if (head_dim != kHead || n_ctx < 1 || n_state % 8 != 0 || static_cast<long long>(n_ctx) * n_state > INT_MAX) {
         return false;
     }
     int major = 0;
