@@ -81,8 +81,8 @@ def slot_cost(model: WhisperModel, *, max_beams: int, encode_batch: int) -> Slot
         encoder += 32 * 2**20
         # The CUDA decoder step's: per row (a slot's beams) the f32 residual, five f16
         # activations, the f16 MLP layer and the cross-attention's partial results
-        # (heads x 128-position parts x 66 floats); its logits; cuBLAS's workspace.
-        parts = -(-audio_pad // 128)
+        # (heads x parts of as few as 32 positions x 66 floats); its logits; cuBLAS's workspace.
+        parts = -(-audio_pad // 32)
         per_row = state * (4 + 5 * 2 + 4 * 2) + (state // 64) * parts * 66 * 4
         per_slot += max(1, max_beams) * (per_row + 4 * m.n_vocab)
         encoder += 32 * 2**20

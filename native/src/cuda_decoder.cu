@@ -16,6 +16,7 @@
 #include <tuple>
 
 #include "cuda_common.cuh"
+#include "cuda_cross_attention.hpp"
 #include "errors.hpp"
 
 namespace whisperd {
@@ -24,9 +25,6 @@ namespace {
 
 constexpr int kHead = 64;         // head size of every Whisper model
 constexpr int kSelfWarps = 4;     // self-attention: a block per (head, row)
-constexpr int kChunk = 128;       // cross-attention: positions a block (a thread each)
-constexpr int kGroup = 4;         // cross-attention: rows of a slot taken together
-constexpr int kCrossWarps = kChunk / 32;
 
 // x[i] = token_embedding[tokens[i]] + positional_embedding[positions[i]]
 __global__ void embed(const int32_t *tokens, const int32_t *positions, const half *te, const float *pe, float *x,
@@ -125,144 +123,6 @@ __global__ void __launch_bounds__(kSelfWarps * 32)
         }
         out[i * C2 + col] = __floats2half2_rn(t.x / total, t.y / total);
     }
-}
-
-// Cross-attention, one part of it: positions [blockIdx.x * 128, + 128) of slot blockIdx.z's
-// window, head blockIdx.y, for each of the slot's R rows. A thread holds one position's
-// key (64 values) in registers and scores it against up to 8 rows at once; each warp sums
-// 32 positions' values per row (a lane: two of the 64). Both the keys and the values are
-// loaded into registers before any arithmetic: this kernel is bound by memory, and with
-// the values loaded only after the scores (a first version) half the time went to waiting.
-// Per row the part's maximum, sum and unnormalised output go to `part` for cross_combine
-// (flash decoding).
-__global__ void __launch_bounds__(kChunk, 3)
-    cross_attention(const half *q, const float *bq, const half *ck, const half *cv, float *part, int R, int C,
-                    int n_pad, int n_split, int n_head, float scale) {
-    __shared__ float qs[kGroup][kHead];
-    __shared__ float ps[kGroup][kChunk];
-    __shared__ float ml[kGroup][2];
-    __shared__ float2 ored[kCrossWarps][kGroup][32];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int split = blockIdx.x, h = blockIdx.y;
-    const size_t slot = blockIdx.z;
-    const int pos0 = split * kChunk;
-    const int key = pos0 + threadIdx.x;
-    uint4 kr[kHead / 8];  // this thread's key
-    half2 vr[32];         // this lane's pair of the warp's 32 positions' values
-    {
-        const uint4 *src = reinterpret_cast<const uint4 *>(ck + (slot * n_pad + key) * C + h * kHead);
-#pragma unroll
-        for (int j = 0; j < kHead / 8; ++j) {
-            kr[j] = src[j];
-        }
-        const half2 *vb = reinterpret_cast<const half2 *>(cv + (slot * n_pad + pos0 + warp * 32) * C + h * kHead) + lane;
-#pragma unroll
-        for (int j = 0; j < 32; ++j) {
-            vr[j] = vb[static_cast<size_t>(j) * (C / 2)];
-        }
-    }
-    for (int g0 = 0; g0 < R; g0 += kGroup) {
-        const int nr = min(kGroup, R - g0);
-        for (int t = threadIdx.x; t < nr * kHead; t += blockDim.x) {
-            const int r = t / kHead, d = t % kHead;
-            const size_t row = slot * R + g0 + r;
-            qs[r][d] = (__half2float(q[row * C + h * kHead + d]) + bq[h * kHead + d]) * scale;
-        }
-        __syncthreads();
-        for (int r = 0; r < nr; ++r) {
-            float s = 0.0f;
-#pragma unroll
-            for (int j = 0; j < kHead / 8; ++j) {
-                const half2 *k2 = reinterpret_cast<const half2 *>(&kr[j]);
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const float2 kf = __half22float2(k2[e]);
-                    s += qs[r][j * 8 + 2 * e] * kf.x + qs[r][j * 8 + 2 * e + 1] * kf.y;
-                }
-            }
-            ps[r][threadIdx.x] = s;
-        }
-        __syncthreads();
-        for (int r = warp; r < nr; r += kCrossWarps) {  // softmax statistics of row r over this part
-            float mx = -INFINITY;
-            for (int c = lane; c < kChunk; c += 32) {
-                mx = fmaxf(mx, ps[r][c]);
-            }
-            mx = warp_max(mx);
-            float sum = 0.0f;
-            for (int c = lane; c < kChunk; c += 32) {
-                const float p = __expf(ps[r][c] - mx);
-                ps[r][c] = p;
-                sum += p;
-            }
-            sum = warp_sum(sum);
-            if (lane == 0) {
-                ml[r][0] = mx;
-                ml[r][1] = sum;
-            }
-        }
-        __syncthreads();
-        float2 o[kGroup];
-#pragma unroll
-        for (int r = 0; r < kGroup; ++r) {
-            o[r] = make_float2(0.0f, 0.0f);
-        }
-#pragma unroll
-        for (int j = 0; j < 32; ++j) {
-            const float2 vf = __half22float2(vr[j]);
-#pragma unroll
-            for (int r = 0; r < kGroup; ++r) {
-                if (r < nr) {
-                    const float p = ps[r][warp * 32 + j];
-                    o[r].x += p * vf.x;
-                    o[r].y += p * vf.y;
-                }
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < kGroup; ++r) {
-            if (r < nr) {
-                ored[warp][r][lane] = o[r];
-            }
-        }
-        __syncthreads();
-        for (int t = threadIdx.x; t < nr * 32; t += blockDim.x) {
-            const int r = t / 32, l = t % 32;
-            float2 s = make_float2(0.0f, 0.0f);
-            for (int w = 0; w < kCrossWarps; ++w) {
-                s.x += ored[w][r][l].x;
-                s.y += ored[w][r][l].y;
-            }
-            const size_t row = slot * R + g0 + r;
-            float *dst = part + ((row * n_head + h) * n_split + split) * (kHead + 2);
-            dst[2 * l] = s.x;
-            dst[2 * l + 1] = s.y;
-            if (l == 0) {
-                dst[kHead] = ml[r][0];
-                dst[kHead + 1] = ml[r][1];
-            }
-        }
-        __syncthreads();  // qs, ps, ml, ored are refilled by the next group
-    }
-}
-
-// The parts of row blockIdx.y, head blockIdx.x merged (64 threads, one output value each).
-__global__ void cross_combine(const float *part, half *out, int n_split, int n_head, int C) {
-    const size_t row = blockIdx.y;
-    const int h = blockIdx.x, d = threadIdx.x;
-    const float *p = part + (row * n_head + h) * n_split * (kHead + 2);
-    float mx = -INFINITY;
-    for (int s = 0; s < n_split; ++s) {
-        mx = fmaxf(mx, p[s * (kHead + 2) + kHead]);
-    }
-    float sum = 0.0f, o = 0.0f;
-    for (int s = 0; s < n_split; ++s) {
-        const float *q = p + s * (kHead + 2);
-        const float f = __expf(q[kHead] - mx);
-        sum += q[kHead + 1] * f;
-        o += q[d] * f;
-    }
-    out[row * C + h * kHead + d] = __float2half(o / sum);
 }
 
 __global__ void gather_rows(const half *h, const int32_t *rows, half *out, int C) {
@@ -371,7 +231,7 @@ CudaDecoder::CudaDecoder(int device, const CudaDecoderShape &shape, CudaDecoderM
     m.s = shape;
     m.m = std::move(model);
     if (shape.n_state != shape.n_head * kHead || shape.n_state > kThreads * kMaxPer || shape.n_ff % 2 != 0 ||
-        shape.n_audio_pad % kChunk != 0) {
+        shape.n_audio_pad % 128 != 0) {
         throw WhisperError("the CUDA decoder does not support this model's shape");
     }
     check(cudaSetDevice(device), "select the GPU");
@@ -415,7 +275,7 @@ void CudaDecoder::step(const CudaStepInputs &in, float *logits) {
         m.buf<half>(*g, static_cast<size_t>(rows) * C);
     }
     m.buf<half>(m.f, static_cast<size_t>(rows) * m.s.n_ff);
-    m.buf<float>(m.part, static_cast<size_t>(rows) * m.s.n_head * (m.s.n_audio_pad / kChunk) * (kHead + 2));
+    m.buf<float>(m.part, cross_part_floats(rows, m.s.n_head, m.s.n_audio_pad));
     m.buf<half>(m.hout, static_cast<size_t>(n_out) * C);
     if (!m.use_graphs) {
         m.kernels(in);
@@ -452,7 +312,6 @@ void CudaDecoder::Impl::kernels(const CudaStepInputs &in) {
     Impl &m = *this;
     const CudaDecoderShape &s = m.s;
     const int rows = in.W * in.R, n_out = in.W * in.r_out, C = s.n_state, C2 = C / 2;
-    const int n_split = s.n_audio_pad / kChunk;
     const int32_t *tok = static_cast<const int32_t *>(in_tok.p), *pos = static_cast<const int32_t *>(in_pos.p);
     const int64_t *kvr = static_cast<const int64_t *>(in_kv.p);
     const uint16_t *mask = static_cast<const uint16_t *>(in_mask.p);
@@ -486,11 +345,8 @@ void CudaDecoder::Impl::kernels(const CudaStepInputs &in) {
         // cross-attention (the query's bias is added as the kernel reads it)
         m.norm(x, L.bo, L.ln2_w, L.ln2_b, h, rows);
         linear(m.blas, L.cwq, h, rows, C, C, q, CUDA_R_16F);
-        cross_attention<<<dim3(n_split, s.n_head, in.W), kChunk, 0, m.stream>>>(
-            q, L.cbq, static_cast<const half *>(L.ck), static_cast<const half *>(L.cv), part, in.R, C, s.n_audio_pad,
-            n_split, s.n_head, s.kq_scale);
-        cross_combine<<<dim3(s.n_head, rows), kHead, 0, m.stream>>>(part, a, n_split, s.n_head, C);
-        check(cudaGetLastError(), "cross-attention kernels");
+        cross_attention(q, L.cbq, static_cast<const half *>(L.ck), static_cast<const half *>(L.cv), part, a, in.W,
+                        in.R, C, s.n_audio_pad, s.n_head, s.kq_scale, m.stream);
         linear(m.blas, L.cwo, a, rows, C, C, x, CUDA_R_32F, 1.0f, 1.0f);
         // MLP
         m.norm(x, L.cbo, L.ln3_w, L.ln3_b, h, rows);
