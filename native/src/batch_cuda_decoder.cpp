@@ -61,7 +61,9 @@ int cuda_decoder_mode() {
 int cuda_decoder_max_batch() {
     const char *raw = std::getenv("WHISPERD_CUDA_DECODER_MAX_BATCH");
     if (raw == nullptr || *raw == '\0') {
-        return 64;  // H200, large-v3: a step of 64 took 8.9 ms here, 9.4 as a graph; of 128 15.2 and 14.7
+        // Every step: H200, large-v3, a step of 64 takes 7.6 ms here, 8.9 as a graph; of 128
+        // 11.7 and 14.0 (the cross-attention reading whole K/V rows, cuda_cross_attention.cu).
+        return 1 << 20;
     }
     char *end = nullptr;
     const long n = std::strtol(raw, &end, 10);

@@ -177,7 +177,7 @@ private:
 #ifdef WHISPERD_WITH_CUDA  // a definition private to the extension's own sources
     std::unique_ptr<CudaEncoder> cuda_enc_;
     std::unique_ptr<CudaDecoder> cuda_dec_;
-    int cuda_dec_max_w_ = 64;  // steps of more slots take the ggml graph (faster there, H200)
+    int cuda_dec_max_w_ = 1 << 20;  // steps of more slots take the ggml graph (a comparison)
     ggml_context *cuda_logits_ctx_ = nullptr;  // a ggml tensor the CUDA step writes its logits to
     ggml_backend_buffer *cuda_logits_buf_ = nullptr;
     ggml_tensor *cuda_logits_ = nullptr;
