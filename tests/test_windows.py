@@ -2,15 +2,21 @@
 constructed speech spans and on real speech: jfk.wav tiled with pauses, and espeak-ng."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from whisperd.audio import decode_audio
 from whisperd.windows import (
     MAX_WINDOW,
+    VAD_NICENESS,
+    Span,
+    VadPool,
     cut_windows,
     energy_speech_spans,
     merge_spans,
@@ -181,3 +187,20 @@ def test_speech_spans_do_not_depend_on_the_number_of_threads(jfk: np.ndarray) ->
     assert len(one) >= 8
     assert speech_spans(audio, 3) == one
     assert speech_spans(audio, 8) == one
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread priorities are a Unix feature")
+def test_the_detectors_threads_yield_the_cpu_to_the_decoder() -> None:
+    """Silero's pieces run at a lower CPU priority than the thread that drives the decoder,
+    so a busy detector does not slow the batch's encoder passes and steps."""
+    pool = VadPool(2)
+    try:
+        def niceness() -> list[Span]:
+            return [(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), 0)]
+
+        inside = pool.submit(niceness).result()[0][0]
+    finally:
+        pool.close()
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert inside == min(19, mine + VAD_NICENESS)
+    assert inside > mine or mine == 19

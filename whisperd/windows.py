@@ -11,6 +11,7 @@ Every offset here is in samples at 16 kHz.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
@@ -72,6 +73,22 @@ def vad_pieces(n_samples: int) -> list[Span]:
     return [(a, min(n_samples, a + _VAD_PIECE)) for a in range(0, n_samples, _VAD_PIECE)]
 
 
+# The detector's threads run this much lower in the CPU's priority than the rest of the
+# process: one thread drives the GPU, and with every core busy with Silero (an hour of
+# audio is ~22 thread-seconds on an H200 host's 16 cores) its encoder passes and steps
+# took 20-40 % longer in the service than alone (8.5-8.8 instead of 6.9 ms a window).
+VAD_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """Run the calling thread VAD_NICENESS lower (Linux: each thread has its own)."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + VAD_NICENESS))
+    except (AttributeError, OSError):  # not Linux, or not allowed: the same speed, less fair
+        pass
+
+
 class VadPool:
     """Threads that run Silero's pieces for every job that uses the pool: pieces queue
     in the order they came (the first job's windows are ready first) and never run on
@@ -80,7 +97,9 @@ class VadPool:
 
     def __init__(self, threads: int) -> None:
         self.threads = max(1, threads)
-        self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="vad")
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.threads, thread_name_prefix="vad", initializer=_lower_priority
+        )
         self._lock = threading.Lock()
         self._queued = 0  # pieces submitted and not finished
         self.busy_secs = 0.0  # thread seconds the pieces ran (the batch timeline logs it)
