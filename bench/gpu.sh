@@ -167,9 +167,12 @@ if has_stage service-batch; then
     echo "== the batched engine through the service ($senv): large-v3 shape, $TOKENS tokens per window"
     sargs=()
     [[ $senv == default ]] || sargs=(--env "$senv")
+    stag=${senv/#default/}
+    stag=${stag//=/-}  # the device tool brings back no file whose name holds '='
+
     "$PY" bench/batch_service_bench.py --model "$LARGE" --wav "$RESULTS/speech121.wav" --tokens "$TOKENS" \
       --jobs "${SERVICE_JOBS:-32}" --long-minutes "${LONG_MINUTES:-60}" "${sargs[@]}" \
-      --json "$RESULTS/batch_service${senv/#default/}.json" \
+      --json "$RESULTS/batch_service${stag}.json" \
       || echo "service-batch benchmark failed"
   done
 fi

@@ -5,8 +5,9 @@
 // encoder 24 ms a window, three times the matrix products it needs. Here activations
 // between the products are f16, the residual stream f32, the products cuBLAS (f16 in, f32
 // accumulate), self-attention one fused kernel where the GPU allows (cuda_attention.hpp),
-// biases are folded into the next norm or into one pass with the GELU, and the
-// cross-attention K/V of every decoder layer are written straight into the decoder's slots.
+// biases are folded into the next norm or added inside the products (cuBLASLt epilogues,
+// the MLP's GELU too: cuda_lt.hpp), and the cross-attention K/V of every decoder layer are
+// written straight into the decoder's slots.
 // The convolutional front end (with the mel spectrogram) stays a ggml graph: it is ~1 % of
 // the work. Only CUDA builds compile this (WHISPERD_WITH_CUDA).
 #pragma once
