@@ -57,7 +57,8 @@ void bind_batch(nb::module_ &m, nb::class_<Model> &model) {
         .def_ro("encode_ms", &BatchStats::encode_ms)
         .def_ro("decode_ms", &BatchStats::decode_ms)
         .def_ro("sample_ms", &BatchStats::sample_ms)
-        .def_ro("graph_builds", &BatchStats::graph_builds);
+        .def_ro("graph_builds", &BatchStats::graph_builds)
+        .def_ro("moves", &BatchStats::moves);
 
     nb::class_<GreedyMask>(m, "GreedyMask", "What Whisper's rules allow of a greedy row (tests).")
         .def(nb::init<>())
@@ -126,6 +127,27 @@ void bind_batch(nb::module_ &m, nb::class_<Model> &model) {
         },
         "audio"_a, "options"_a, "threads"_a = 0,
         "Speech found by Silero VAD (options.vad_model_path, thresholds) as (start, end) samples.");
+    m.def(
+        "vad_speech_spans_reference",
+        [](Audio audio, const Options &opts, int threads) {
+            nb::gil_scoped_release release;
+            return vad_speech_spans_reference(audio.data(), audio.shape(0), opts, threads);
+        },
+        "audio"_a, "options"_a, "threads"_a = 0, "vad_speech_spans through whisper.cpp's own VAD (tests).");
+    m.def(
+        "vad_probabilities",
+        [](Audio audio, const Options &opts) {
+            nb::gil_scoped_release release;
+            return vad_probabilities(audio.data(), audio.shape(0), opts);
+        },
+        "audio"_a, "options"_a, "Silero's speech probability per 512-sample frame (the last zero-padded).");
+    m.def(
+        "vad_probabilities_reference",
+        [](Audio audio, const Options &opts) {
+            nb::gil_scoped_release release;
+            return vad_probabilities_reference(audio.data(), audio.shape(0), opts);
+        },
+        "audio"_a, "options"_a, "vad_probabilities through whisper.cpp's own VAD (tests).");
 }
 
 }  // namespace whisperd

@@ -39,6 +39,7 @@ struct BatchStats {
     double decode_ms = 0;      // graph compute + logits read back
     double sample_ms = 0;      // logit rules and sampling (greedy rows' summaries on the GPU included)
     int64_t graph_builds = 0;  // steps whose graph shape was new
+    int64_t moves = 0;         // windows moved to a lower slot (compact())
 };
 
 class BatchDecoder {
@@ -116,6 +117,7 @@ private:
     ggml_tensor *mlp_block(ggml_context *ctx, ggml_tensor *x, const std::string &p) const;
     ggml_tensor *conv(ggml_context *ctx, const std::string &name, ggml_tensor *x, int stride) const;
     void compute(ggml_cgraph *gf, CancelToken *token);
+    void compact();  // windows into the lowest slots, so that steps cover fewer slots
     void start_cuda_encoder(int mode, int gpu_device);
     void start_cuda_decoder(int gpu_device);  // batch_cuda_decoder.cpp
     // A step's inputs as the ggml graph takes them (see step()).
