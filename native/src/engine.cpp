@@ -13,6 +13,7 @@
 #include "ggml-backend.h"
 #include "ggml.h"
 #include "log_bridge.hpp"
+#include "silero_vad.hpp"
 #include "whisper.h"
 
 #ifndef WHISPERD_CUDA_ARCHS
@@ -308,6 +309,25 @@ whisper_vad_context *open_vad(const Options &opts, int threads) {
     return vad;
 }
 
+// Segments in centiseconds (whisper.cpp's unit) as (start, end) sample offsets within the
+// audio. whisper.cpp hands them out as floats: the product stays in float, as it did when
+// this read them straight from whisper.cpp, so both paths round alike.
+std::vector<std::pair<int64_t, int64_t>> spans_from_cs(const std::vector<std::pair<int64_t, int64_t>> &cs,
+                                                       size_t n_samples) {
+    std::vector<std::pair<int64_t, int64_t>> spans;
+    const auto limit = static_cast<int64_t>(n_samples);
+    for (const auto &[t0, t1] : cs) {
+        const int64_t start =
+            std::clamp<int64_t>(static_cast<int64_t>(static_cast<float>(t0) * kSampleRate / 100), 0, limit);
+        const int64_t end =
+            std::clamp<int64_t>(static_cast<int64_t>(static_cast<float>(t1) * kSampleRate / 100), 0, limit);
+        if (end > start) {
+            spans.emplace_back(start, end);
+        }
+    }
+    return spans;
+}
+
 // The speech Silero finds, as (start, end) sample offsets within the audio.
 std::vector<std::pair<int64_t, int64_t>> speech_segments(whisper_vad_context *vad, const float *samples,
                                                          size_t n_samples, const Options &opts) {
@@ -321,22 +341,14 @@ std::vector<std::pair<int64_t, int64_t>> speech_segments(whisper_vad_context *va
     if (segments == nullptr) {
         throw WhisperError("voice activity detection failed");
     }
-    std::vector<std::pair<int64_t, int64_t>> spans;
+    std::vector<std::pair<int64_t, int64_t>> cs;
     const int n = whisper_vad_segments_n_segments(segments);
     for (int i = 0; i < n; ++i) {
-        // Segment times are centiseconds.
-        const int64_t start = std::clamp<int64_t>(
-            static_cast<int64_t>(whisper_vad_segments_get_segment_t0(segments, i) * kSampleRate / 100), 0,
-            static_cast<int64_t>(n_samples));
-        const int64_t end = std::clamp<int64_t>(
-            static_cast<int64_t>(whisper_vad_segments_get_segment_t1(segments, i) * kSampleRate / 100), 0,
-            static_cast<int64_t>(n_samples));
-        if (end > start) {
-            spans.emplace_back(start, end);
-        }
+        cs.emplace_back(static_cast<int64_t>(whisper_vad_segments_get_segment_t0(segments, i)),
+                        static_cast<int64_t>(whisper_vad_segments_get_segment_t1(segments, i)));
     }
     whisper_vad_free_segments(segments);
-    return spans;
+    return spans_from_cs(cs, n_samples);
 }
 
 }  // namespace
@@ -608,8 +620,40 @@ std::string quantize_rows(const std::string &qtype, const float *data, int64_t n
 
 namespace whisperd {
 
+// Our Silero forward (silero_vad.hpp): one thread, whatever `threads` says; parallel work
+// is split by pieces of audio (whisperd/windows.py).
 std::vector<std::pair<int64_t, int64_t>> vad_speech_spans(const float *samples, size_t n_samples,
-                                                          const Options &opts, int threads) {
+                                                          const Options &opts, int /*threads*/) {
+    const auto vad = SileroVad::load(opts.vad_model_path);
+    SileroParams params;
+    params.threshold = opts.vad_threshold;
+    params.min_speech_ms = opts.vad_min_speech_ms;
+    params.min_silence_ms = opts.vad_min_silence_ms;
+    params.speech_pad_ms = opts.vad_speech_pad_ms;
+    const auto cs = silero_segments_cs(vad->probabilities(samples, n_samples), vad->frame_samples(), params);
+    return spans_from_cs(cs, n_samples);
+}
+
+std::vector<float> vad_probabilities(const float *samples, size_t n_samples, const Options &opts) {
+    return SileroVad::load(opts.vad_model_path)->probabilities(samples, n_samples);
+}
+
+std::vector<float> vad_probabilities_reference(const float *samples, size_t n_samples, const Options &opts) {
+    whisper_vad_context *vad = open_vad(opts, 1);
+    const bool ok = whisper_vad_detect_speech(vad, samples, static_cast<int>(n_samples));
+    std::vector<float> probs;
+    if (ok) {
+        probs.assign(whisper_vad_probs(vad), whisper_vad_probs(vad) + whisper_vad_n_probs(vad));
+    }
+    whisper_vad_free(vad);
+    if (!ok) {
+        throw WhisperError("voice activity detection failed");
+    }
+    return probs;
+}
+
+std::vector<std::pair<int64_t, int64_t>> vad_speech_spans_reference(const float *samples, size_t n_samples,
+                                                                    const Options &opts, int threads) {
     whisper_vad_context *vad = open_vad(opts, threads);
     try {
         auto spans = speech_segments(vad, samples, n_samples, opts);

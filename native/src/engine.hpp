@@ -191,9 +191,16 @@ private:
     std::vector<SpeechSpan> spans_;  // of the call in progress; empty without VAD
 };
 
-// Speech found by Silero VAD: (start, end) sample offsets.
+// Speech found by Silero VAD: (start, end) sample offsets. Our own forward pass
+// (silero_vad.hpp), several times faster than whisper.cpp's and equal to it.
 std::vector<std::pair<int64_t, int64_t>> vad_speech_spans(const float *samples, size_t n_samples,
                                                           const Options &opts, int threads);
+// Silero's speech probability per 512-sample frame, ours and whisper.cpp's (tests).
+std::vector<float> vad_probabilities(const float *samples, size_t n_samples, const Options &opts);
+std::vector<float> vad_probabilities_reference(const float *samples, size_t n_samples, const Options &opts);
+// vad_speech_spans through whisper.cpp's own VAD (tests compare the two).
+std::vector<std::pair<int64_t, int64_t>> vad_speech_spans_reference(const float *samples, size_t n_samples,
+                                                                    const Options &opts, int threads);
 
 std::string system_info();
 std::string whisper_version();
