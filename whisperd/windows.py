@@ -49,9 +49,9 @@ _PREFERRED_FROM = 0.5
 _PAUSE_WORTH = 10
 _PAUSE_CAP = 2 * SAMPLE_RATE
 
-# Silero runs on pieces of ~30 s, one per thread, each single-threaded: its per-frame
-# graphs are too small to split, and ggml's thread barriers made 4 threads on 2 cores 14x
-# slower than one (8 on 2: 20x). Each piece starts 4 s early (Silero misses speech already
+# Silero runs on pieces of ~30 s, one per thread, each single-threaded (the native
+# forward pass batches 128 frames at a time; whisper.cpp's per-frame graphs were too small
+# to split: ggml's thread barriers made 4 threads on 2 cores 14x slower than one). Each piece starts 4 s early (Silero misses speech already
 # under way where its input starts): its spans count from the middle of that overlap, the
 # earlier piece's up to it. The pieces do not depend on the number of threads, so neither
 # do the spans; `should_stop` is asked before each piece. Both are whole numbers of
