@@ -18,6 +18,11 @@ from whisperd.windows import MAX_WINDOW, Span, has_speech, speech_samples
 
 # A rest of a window is decoded only when it holds at least this much speech.
 _MIN_REST_SPEECH = SAMPLE_RATE // 2
+# A rest starts at Whisper's last timestamp, which can fall inside the window's last
+# word: the rest then hears that word again at its very start ("Americans ask | ask
+# not", tiny.en, beam 5). A rest's first word counts as that repeat only when it starts
+# within this many seconds of the seam and the previous word reaches this close to it.
+_SEAM_SLACK = 0.5
 
 
 @dataclass(eq=False)
@@ -39,6 +44,9 @@ class ScheduledJob:
     # last timestamp fell well before the window's end, so the rest is decoded again
     # from there, as whisper.cpp seeks within a file. They go before new windows.
     rests: deque[tuple[int, int]] = field(default_factory=deque)
+    # Start samples of the pieces that are such rests (decoded alone or in front of the
+    # next window): stitch() looks there for the last word heard twice.
+    seams: set[int] = field(default_factory=set)
     # window id -> (window index, start sample of the piece decoded)
     in_flight: dict[int, tuple[int, int]] = field(default_factory=dict)
     parts: dict[int, list[tuple[int, WindowResult]]] = field(default_factory=dict)
@@ -119,6 +127,7 @@ class ScheduledJob:
         speech_left = spans is None or speech_samples(spans, reached, end) >= _MIN_REST_SPEECH
         if end - reached > SAMPLE_RATE and reached > start and speech_left:
             self.decoded += reached - start
+            self.seams.add(reached)
             if not self._merge_rest(index, reached):
                 self.rests.append((index, reached))
                 return
@@ -149,15 +158,46 @@ class ScheduledJob:
         return True
 
 
-def stitch(out: list[Segment], result: WindowResult, offset: float, length: float) -> None:
+def stitch(out: list[Segment], result: WindowResult, offset: float, length: float, *, rest: bool = False) -> None:
     """Append a window's segments with times from the start of the audio, renumbered,
-    inside the window and never before the previous segment's end."""
-    for seg in result.segments:
+    inside the window and never before the previous segment's end. `rest`: the piece
+    starts where Whisper's last timestamp fell in the audio before it (ScheduledJob.seams),
+    so a first word that repeats the word before the seam is dropped."""
+    segments = list(result.segments)
+    if rest and out and segments:
+        first = _without_seam_repeat(out[-1], segments[0], offset)
+        segments[:1] = [first] if first is not None else []
+    for seg in segments:
         floor = out[-1].end if out else 0.0
         start = max(offset + min(max(seg.start, 0.0), length), floor)
         end = max(offset + min(max(seg.end, 0.0), length), start)
         words = tuple(_shift_word(w, offset, start, end) for w in seg.words)
         out.append(dataclasses.replace(seg, index=len(out), start=start, end=end, words=words))
+
+
+def _without_seam_repeat(prev: Segment, seg: Segment, offset: float) -> Segment | None:
+    """`seg` (times from `offset`, the seam) without its first word when that word is
+    `prev`'s last one (case and punctuation aside) and the two meet at the seam: the
+    previous word reaches it and the repeat starts there. Word times when the segments
+    have them, else the segments' own. None when nothing of `seg` is left."""
+    before = prev.words[-1].text if prev.words else (prev.text.split() or [""])[-1]
+    tokens = seg.text.split()
+    if not tokens or not _same_word(before, seg.words[0].text if seg.words else tokens[0]):
+        return seg
+    prev_end = prev.words[-1].end if prev.words else prev.end
+    repeat_start = seg.words[0].start if seg.words else seg.start
+    if prev_end < offset - _SEAM_SLACK or repeat_start > _SEAM_SLACK:
+        return seg  # a word said again after the seam, not the one cut by it
+    if len(tokens) == 1:
+        return None
+    words = seg.words[1:]
+    start = words[0].start if words else seg.start
+    return dataclasses.replace(seg, start=start, text=seg.text.split(maxsplit=1)[1], words=words)
+
+
+def _same_word(a: str, b: str) -> bool:
+    a, b = ("".join(c for c in w.lower() if c.isalnum()) for w in (a, b))
+    return bool(a) and a == b
 
 
 def _shift_word(word: Word, offset: float, lo: float, hi: float) -> Word:

@@ -244,7 +244,7 @@ class BatchScheduler:
             for (_, end), parts in finished:
                 before = len(segments)
                 for start, result in parts:
-                    stitch(segments, result, start / SAMPLE_RATE, (end - start) / SAMPLE_RATE)
+                    stitch(segments, result, start / SAMPLE_RATE, (end - start) / SAMPLE_RATE, rest=start in job.seams)
                 ready.extend(segments[before:])
             emitted += len(finished)
             if on_segment is not None:
