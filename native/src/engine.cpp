@@ -266,10 +266,6 @@ State::State(std::shared_ptr<ContextHandle> handle, whisper_state *state)
 State::~State() { close(); }
 
 void State::close() {
-    if (vad_ != nullptr) {
-        whisper_vad_free(vad_);
-        vad_ = nullptr;
-    }
     if (state_ != nullptr) {
         whisper_free_state(state_);
         state_ = nullptr;
@@ -355,12 +351,9 @@ std::vector<std::pair<int64_t, int64_t>> speech_segments(whisper_vad_context *va
 
 std::vector<float> State::keep_speech(const float *samples, size_t n_samples, const Options &opts,
                                       int threads) {
-    if (vad_ == nullptr) {
-        vad_ = open_vad(opts, threads);
-    }
     std::vector<float> speech;
     const int64_t gap = kSampleRate / 10;  // 0.1 s of silence between kept stretches
-    for (const auto &[start, end] : speech_segments(vad_, samples, n_samples, opts)) {
+    for (const auto &[start, end] : vad_speech_spans(samples, n_samples, opts, threads)) {
         if (!speech.empty()) {
             speech.insert(speech.end(), gap, 0.0f);
         }

@@ -14,7 +14,6 @@
 
 struct whisper_context;
 struct whisper_state;
-struct whisper_vad_context;
 
 namespace whisperd {
 
@@ -187,7 +186,6 @@ private:
 
     std::shared_ptr<ContextHandle> handle_;
     whisper_state *state_;
-    whisper_vad_context *vad_ = nullptr;
     std::vector<SpeechSpan> spans_;  // of the call in progress; empty without VAD
 };
 
