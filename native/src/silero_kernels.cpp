@@ -39,7 +39,8 @@ inline __attribute__((always_inline)) void store(float *p, typename Lanes<W>::V 
 
 // A 4-row x 2-vector tile of C at a time: 8 independent accumulators hide the FMA latency
 // and each B load serves 4 rows. Columns outermost, so a 32-column panel of B (K x 32
-// floats: 49 KB at K = 387) stays in cache while every row block passes over it.
+// floats: 49 KB at K = 387, contiguous: see pack_panels) stays in cache while every row
+// block passes over it.
 template <int W>
 inline __attribute__((always_inline)) void gemm_impl(int M, int N, int K, const float *A, const float *B,
                                                      const float *bias, bool relu, float *C) {
@@ -52,8 +53,8 @@ inline __attribute__((always_inline)) void gemm_impl(int M, int N, int K, const 
                 const float *a2 = a1 + K;
                 const float *a3 = a2 + K;
                 V c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {}, c30 = {}, c31 = {};
-                const float *b = B + j;
-                for (int k = 0; k < K; ++k, b += N) {
+                const float *b = B + static_cast<size_t>(j0) * K + (j - j0);  // in the panel
+                for (int k = 0; k < K; ++k, b += kColBlock) {
                     const V b0 = load<W>(b);
                     const V b1 = load<W>(b + W);
                     c00 += a0[k] * b0;
@@ -84,7 +85,8 @@ inline __attribute__((always_inline)) void gemm_impl(int M, int N, int K, const 
     }
 }
 
-// kMatvecBlock columns of y at a time over all of x: NV independent chains.
+// kMatvecBlock columns of y at a time over all of x: NV independent chains, reading B
+// as one contiguous panel per block (see pack_panels).
 template <int W>
 inline __attribute__((always_inline)) void matvec_impl(int N, int K, const float *x, const float *B, float *y) {
     using V = typename Lanes<W>::V;
@@ -94,8 +96,8 @@ inline __attribute__((always_inline)) void matvec_impl(int N, int K, const float
         for (int v = 0; v < NV; ++v) {
             c[v] = load<W>(y + j + v * W);
         }
-        const float *b = B + j;
-        for (int k = 0; k < K; ++k, b += N) {
+        const float *b = B + static_cast<size_t>(j) * K;  // the block's K x kMatvecBlock panel
+        for (int k = 0; k < K; ++k, b += kMatvecBlock) {
             for (int v = 0; v < NV; ++v) {
                 c[v] += x[k] * load<W>(b + v * W);
             }
@@ -228,6 +230,17 @@ void gemm(int M, int N, int K, const float *A, const float *B, const float *bias
 }
 
 void matvec_acc(int N, int K, const float *x, const float *B, float *y) { dispatch().matvec(N, K, x, B, y); }
+
+std::vector<float> pack_panels(int N, int K, const float *B, int block) {
+    std::vector<float> packed(static_cast<size_t>(N) * K);
+    float *out = packed.data();
+    for (int j = 0; j < N; j += block) {
+        for (int k = 0; k < K; ++k, out += block) {
+            std::memcpy(out, B + static_cast<size_t>(k) * N + j, block * sizeof(float));
+        }
+    }
+    return packed;
+}
 
 void round_to_f16(float *x, size_t n) { dispatch().round(x, n); }
 

@@ -157,6 +157,7 @@ struct SileroLoader {
                     }
                 }
             }
+            c.weight = silero::pack_panels(c.out_padded, c.in * c.kernel, c.weight.data(), silero::kColBlock);
             c.bias.assign(c.out_padded, 0.0f);
             if (!b.empty()) {
                 const std::vector<float> bias = take(b, c.out);
@@ -190,6 +191,8 @@ struct SileroLoader {
         };
         lstm("decoder.rnn.weight_ih", vad->ih_);
         lstm("decoder.rnn.weight_hh", vad->hh_);
+        vad->ih_ = silero::pack_panels(gates, h, vad->ih_.data(), silero::kColBlock);
+        vad->hh_ = silero::pack_panels(gates, h, vad->hh_.data(), silero::kMatvecBlock);
         vad->ih_bias_ = take("decoder.rnn.bias_ih", gates);
         vad->hh_bias_ = take("decoder.rnn.bias_hh", gates);
         vad->final_weight_ = take("decoder.decoder.2.weight", h);

@@ -42,7 +42,7 @@ public:
 
     struct Conv {
         int in = 0, out = 0, out_padded = 0, kernel = 0, stride = 1;
-        std::vector<float> weight;  // (in * kernel) x out_padded, row-major; zero columns past out
+        std::vector<float> weight;  // (in * kernel) x out_padded as silero::pack_panels leaves it; zero columns past out
         std::vector<float> bias;    // out_padded
     };
 
@@ -52,7 +52,7 @@ private:
     int hidden_ = 128;
     Conv stft_;                    // 1 x 256 taps -> 258 (real then imaginary parts)
     std::vector<Conv> encoder_;    // Silero's four convolutions, relu after each
-    std::vector<float> ih_, hh_;   // hidden x (4 * hidden), transposed from ggml's rows
+    std::vector<float> ih_, hh_;   // hidden x (4 * hidden), transposed from ggml's rows, then packed
     std::vector<float> ih_bias_, hh_bias_;
     std::vector<float> final_weight_;
     float final_bias_ = 0.0f;
