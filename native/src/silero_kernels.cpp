@@ -12,8 +12,8 @@
 #define WHISPERD_SILERO_X86 1
 #endif
 
-// The helpers below pass vectors by value but are always inlined into a function built
-// for the matching instruction set, so GCC's note that their ABI would differ is moot.
+// The helpers below return vectors but are always inlined into a function built for the
+// matching instruction set, so GCC's warning that their ABI would differ is moot.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace whisperd::silero {
@@ -33,7 +33,7 @@ inline __attribute__((always_inline)) typename Lanes<W>::V load(const float *p) 
 }
 
 template <int W>
-inline __attribute__((always_inline)) void store(float *p, typename Lanes<W>::V v) {
+inline __attribute__((always_inline)) void store(float *p, const typename Lanes<W>::V &v) {
     std::memcpy(p, &v, sizeof(v));
 }
 
