@@ -75,8 +75,9 @@ def vad_pieces(n_samples: int) -> list[Span]:
 
 # The detector's threads run this much lower in the CPU's priority than the rest of the
 # process: one thread drives the GPU, and with every core busy with Silero (an hour of
-# audio is ~22 thread-seconds on an H200 host's 16 cores) its encoder passes and steps
-# took 20-40 % longer in the service than alone (8.5-8.8 instead of 6.9 ms a window).
+# audio was ~22 thread-seconds on an H200 host's 16 cores with whisper.cpp's forward pass;
+# whisperd's own is ~5x cheaper) its encoder passes and steps took 20-40 % longer in the
+# service than alone (8.5-8.8 instead of 6.9 ms a window).
 VAD_NICENESS = 10
 
 
