@@ -4,33 +4,19 @@
 #include <cmath>
 #include <exception>
 #include <filesystem>
-#include <map>
 #include <stdexcept>
-#include <thread>
 
 #include "batch_decoder.hpp"
+#include "engine_internal.hpp"
 #include "errors.hpp"
-#include "ggml-backend.h"
-#include "ggml.h"
 #include "log_bridge.hpp"
-#include "silero_vad.hpp"
 #include "whisper.h"
-
-#ifndef WHISPERD_CUDA_ARCHS
-#define WHISPERD_CUDA_ARCHS ""
-#endif
 
 namespace whisperd {
 
 namespace {
 
-constexpr int kSampleRate = 16000;
 constexpr int kMaxBeam = 16;
-
-int default_threads() {
-    const unsigned n = std::thread::hardware_concurrency();
-    return n == 0 ? 4 : static_cast<int>(n);
-}
 
 // What whisper.cpp's C callbacks need to reach back into the call.
 struct CallContext {
@@ -141,14 +127,6 @@ bool on_encoder_begin_cb(whisper_context *, whisper_state *, void *user) {
         set_stopping(true);
     }
     return !stop;
-}
-
-const std::map<std::string, ggml_type> &quant_types() {
-    static const std::map<std::string, ggml_type> types = {
-        {"q4_0", GGML_TYPE_Q4_0}, {"q4_1", GGML_TYPE_Q4_1}, {"q5_0", GGML_TYPE_Q5_0},
-        {"q5_1", GGML_TYPE_Q5_1}, {"q8_0", GGML_TYPE_Q8_0},
-    };
-    return types;
 }
 
 }  // namespace
@@ -271,96 +249,6 @@ void State::close() {
         state_ = nullptr;
     }
     handle_.reset();
-}
-
-int64_t State::to_original_cs(int64_t filtered_cs) const {
-    if (spans_.empty()) {
-        return filtered_cs;
-    }
-    const int64_t sample = filtered_cs * kSampleRate / 100;
-    const SpeechSpan *span = &spans_.front();
-    for (const auto &s : spans_) {
-        if (s.filtered_start > sample) {
-            break;
-        }
-        span = &s;
-    }
-    const int64_t within = std::clamp<int64_t>(sample - span->filtered_start, 0, span->length);
-    return (span->original_start + within) * 100 / kSampleRate;
-}
-
-namespace {
-
-whisper_vad_context *open_vad(const Options &opts, int threads) {
-    whisper_vad_context_params vp = whisper_vad_default_context_params();
-    // Silero's per-frame graphs are tiny: past 2 threads ggml's barriers cost more than
-    // they share (4 threads on 2 cores: 14x slower than 1). Parallel work is split by
-    // pieces of audio instead (whisperd/windows.py).
-    vp.n_threads = std::min(2, threads > 0 ? threads : default_threads());
-    vp.use_gpu = false;  // Silero is tiny: the CPU avoids a second CUDA context
-    whisper_vad_context *vad = whisper_vad_init_from_file_with_params(opts.vad_model_path.c_str(), vp);
-    if (vad == nullptr) {
-        throw WhisperError("could not load the VAD model " + opts.vad_model_path);
-    }
-    return vad;
-}
-
-// Segments in centiseconds (whisper.cpp's unit) as (start, end) sample offsets within the
-// audio. whisper.cpp hands them out as floats: the product stays in float, as it did when
-// this read them straight from whisper.cpp, so both paths round alike.
-std::vector<std::pair<int64_t, int64_t>> spans_from_cs(const std::vector<std::pair<int64_t, int64_t>> &cs,
-                                                       size_t n_samples) {
-    std::vector<std::pair<int64_t, int64_t>> spans;
-    const auto limit = static_cast<int64_t>(n_samples);
-    for (const auto &[t0, t1] : cs) {
-        const int64_t start =
-            std::clamp<int64_t>(static_cast<int64_t>(static_cast<float>(t0) * kSampleRate / 100), 0, limit);
-        const int64_t end =
-            std::clamp<int64_t>(static_cast<int64_t>(static_cast<float>(t1) * kSampleRate / 100), 0, limit);
-        if (end > start) {
-            spans.emplace_back(start, end);
-        }
-    }
-    return spans;
-}
-
-// The speech Silero finds, as (start, end) sample offsets within the audio.
-std::vector<std::pair<int64_t, int64_t>> speech_segments(whisper_vad_context *vad, const float *samples,
-                                                         size_t n_samples, const Options &opts) {
-    whisper_vad_params params = whisper_vad_default_params();
-    params.threshold = opts.vad_threshold;
-    params.min_speech_duration_ms = opts.vad_min_speech_ms;
-    params.min_silence_duration_ms = opts.vad_min_silence_ms;
-    params.speech_pad_ms = opts.vad_speech_pad_ms;
-    whisper_vad_segments *segments =
-        whisper_vad_segments_from_samples(vad, params, samples, static_cast<int>(n_samples));
-    if (segments == nullptr) {
-        throw WhisperError("voice activity detection failed");
-    }
-    std::vector<std::pair<int64_t, int64_t>> cs;
-    const int n = whisper_vad_segments_n_segments(segments);
-    for (int i = 0; i < n; ++i) {
-        cs.emplace_back(static_cast<int64_t>(whisper_vad_segments_get_segment_t0(segments, i)),
-                        static_cast<int64_t>(whisper_vad_segments_get_segment_t1(segments, i)));
-    }
-    whisper_vad_free_segments(segments);
-    return spans_from_cs(cs, n_samples);
-}
-
-}  // namespace
-
-std::vector<float> State::keep_speech(const float *samples, size_t n_samples, const Options &opts,
-                                      int threads) {
-    std::vector<float> speech;
-    const int64_t gap = kSampleRate / 10;  // 0.1 s of silence between kept stretches
-    for (const auto &[start, end] : vad_speech_spans(samples, n_samples, opts, threads)) {
-        if (!speech.empty()) {
-            speech.insert(speech.end(), gap, 0.0f);
-        }
-        spans_.push_back(SpeechSpan{start, static_cast<int64_t>(speech.size()), end - start});
-        speech.insert(speech.end(), samples + start, samples + end);
-    }
-    return speech;
 }
 
 SegmentData State::read_segment(int i, bool with_tokens) const {
@@ -548,114 +436,6 @@ Result State::transcribe(const float *samples, size_t n_samples, const Options &
         on_progress(100);
     }
     return result;
-}
-
-// ---------------------------------------------------------------- info
-
-std::string system_info() { return whisper_print_system_info(); }
-std::string whisper_version() { return ::whisper_version(); }
-
-bool built_with_cuda() {
-#ifdef WHISPERD_WITH_CUDA
-    return true;
-#else
-    return false;
-#endif
-}
-
-std::string cuda_architectures() { return WHISPERD_CUDA_ARCHS; }
-
-std::vector<Device> devices() {
-    std::vector<Device> out;
-    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
-        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
-        size_t free = 0, total = 0;
-        ggml_backend_dev_memory(dev, &free, &total);
-        const char *type = "cpu";
-        switch (ggml_backend_dev_type(dev)) {
-            case GGML_BACKEND_DEVICE_TYPE_CPU: type = "cpu"; break;
-            case GGML_BACKEND_DEVICE_TYPE_GPU: type = "gpu"; break;
-            case GGML_BACKEND_DEVICE_TYPE_IGPU: type = "igpu"; break;
-            default: type = "accel"; break;
-        }
-        out.push_back(Device{ggml_backend_dev_name(dev), ggml_backend_dev_description(dev), type,
-                             free, total});
-    }
-    return out;
-}
-
-std::string quantize_rows(const std::string &qtype, const float *data, int64_t n_rows,
-                          int64_t n_per_row) {
-    const auto &types = quant_types();
-    const auto it = types.find(qtype);
-    if (it == types.end()) {
-        std::string names;
-        for (const auto &kv : types) {
-            names += (names.empty() ? "" : ", ") + kv.first;
-        }
-        throw std::invalid_argument("unknown quantisation type '" + qtype + "' (use one of " +
-                                    names + ")");
-    }
-    const ggml_type type = it->second;
-    if (n_per_row % ggml_blck_size(type) != 0) {
-        throw std::invalid_argument("row length " + std::to_string(n_per_row) +
-                                    " is not a multiple of the block size " +
-                                    std::to_string(ggml_blck_size(type)) + " of " + qtype);
-    }
-    std::string out(ggml_row_size(type, n_per_row) * n_rows, '\0');
-    const size_t written =
-        ggml_quantize_chunk(type, data, out.data(), 0, n_rows, n_per_row, nullptr);
-    out.resize(written);
-    return out;
-}
-
-}  // namespace whisperd
-
-namespace whisperd {
-
-// Our Silero forward (silero_vad.hpp): one thread, whatever `threads` says; parallel work
-// is split by pieces of audio (whisperd/windows.py).
-std::vector<std::pair<int64_t, int64_t>> vad_speech_spans(const float *samples, size_t n_samples,
-                                                          const Options &opts, int /*threads*/) {
-    const auto vad = SileroVad::load(opts.vad_model_path);
-    SileroParams params;
-    params.threshold = opts.vad_threshold;
-    params.min_speech_ms = opts.vad_min_speech_ms;
-    params.min_silence_ms = opts.vad_min_silence_ms;
-    params.speech_pad_ms = opts.vad_speech_pad_ms;
-    const auto cs = silero_segments_cs(vad->probabilities(samples, n_samples), vad->frame_samples(), params);
-    return spans_from_cs(cs, n_samples);
-}
-
-std::vector<float> vad_probabilities(const float *samples, size_t n_samples, const Options &opts) {
-    return SileroVad::load(opts.vad_model_path)->probabilities(samples, n_samples);
-}
-
-std::vector<float> vad_probabilities_reference(const float *samples, size_t n_samples, const Options &opts) {
-    whisper_vad_context *vad = open_vad(opts, 1);
-    const bool ok = whisper_vad_detect_speech(vad, samples, static_cast<int>(n_samples));
-    std::vector<float> probs;
-    if (ok) {
-        probs.assign(whisper_vad_probs(vad), whisper_vad_probs(vad) + whisper_vad_n_probs(vad));
-    }
-    whisper_vad_free(vad);
-    if (!ok) {
-        throw WhisperError("voice activity detection failed");
-    }
-    return probs;
-}
-
-std::vector<std::pair<int64_t, int64_t>> vad_speech_spans_reference(const float *samples, size_t n_samples,
-                                                                    const Options &opts, int threads) {
-    whisper_vad_context *vad = open_vad(opts, threads);
-    try {
-        auto spans = speech_segments(vad, samples, n_samples, opts);
-        whisper_vad_free(vad);
-        return spans;
-    } catch (...) {
-        whisper_vad_free(vad);
-        throw;
-    }
 }
 
 }  // namespace whisperd

@@ -11,11 +11,8 @@ namespace whisperd {
 
 namespace {
 
-constexpr int kDeltaMin = 10;             // centiseconds: stop when 0.1 s is left
 constexpr float kPromptTempCutoff = 0.5f; // no conditioning text above this temperature
 constexpr int kEntropyWindow = 32;
-
-float neg_inf() { return -INFINITY; }
 
 }  // namespace
 
@@ -134,114 +131,6 @@ void WindowDecoder::start_attempt() {
     phase_ = Phase::Prompt;
 }
 
-int WindowDecoder::forced_token(const Seq &s) const {
-    const int n = spec_.forced_tokens;
-    const int k = static_cast<int>(s.tokens.size());
-    if (k == 0) {
-        return v_.beg;
-    }
-    if (k >= n - 1) {
-        return v_.eot;
-    }
-    if (k == n - 2) {
-        return std::min(v_.beg + 1500, v_.n_vocab - 1);
-    }
-    return 1000 + (k * 97) % 20000;
-}
-
-void WindowDecoder::forced(const Seq &s, std::vector<float> &logits) const {
-    std::fill(logits.begin(), logits.end(), neg_inf());
-    logits[forced_token(s)] = 0.0f;
-}
-
-void WindowDecoder::process_logits(const Seq &s, const float *raw, float temperature,
-                                   std::vector<float> &logits,
-                                   std::vector<float> &logprobs) const {
-    // greedy_mask() (greedy_summary.cpp) states these rules for greedy rows: keep them in step.
-    const int n = v_.n_vocab;
-    logits.assign(raw, raw + n);
-    if (temperature > 0.0f) {
-        for (float &x : logits) {
-            x /= temperature;
-        }
-    }
-    const bool is_initial = s.tokens.empty();
-    if (is_initial) {
-        logits[v_.eot] = neg_inf();
-        if (v_.space >= 0) {
-            logits[v_.space] = neg_inf();
-        }
-    }
-    logits[v_.not_ts] = neg_inf();
-    logits[v_.sot] = neg_inf();
-    logits[v_.nosp] = neg_inf();
-    logits[v_.solm] = neg_inf();
-    logits[v_.translate] = neg_inf();
-    logits[v_.transcribe] = neg_inf();
-    logits[v_.prev] = neg_inf();
-    for (int t : v_.lang_tokens) {
-        if (t < n) {
-            logits[t] = neg_inf();
-        }
-    }
-    if (spec_.forced_tokens > 0) {
-        forced(s, logits);
-    }
-    // Timestamps come in pairs, except right before the end of text.
-    const size_t k = s.tokens.size();
-    const bool last_ts = k > 0 && s.tokens.back().id >= v_.beg;
-    const bool penult_ts = k < 2 || s.tokens[k - 2].id >= v_.beg;
-    if (last_ts) {
-        if (penult_ts) {
-            std::fill(logits.begin() + v_.beg, logits.end(), neg_inf());
-        } else {
-            std::fill(logits.begin(), logits.begin() + v_.eot, neg_inf());
-        }
-    }
-    if (is_initial) {
-        const int tid0 = kMaxInitialTsTokens;
-        if (v_.beg + tid0 + 1 < n) {
-            std::fill(logits.begin() + v_.beg + tid0 + 1, logits.end(), neg_inf());
-        }
-    }
-    if (s.has_ts) {
-        const int tid0 = s.seek_delta / 2;
-        std::fill(logits.begin() + v_.beg, logits.begin() + std::min(n, v_.beg + tid0), neg_inf());
-    }
-    // log_softmax
-    logprobs.resize(n);
-    const float mx = *std::max_element(logits.begin(), logits.end());
-    float sum = 0.0f;
-    for (int i = 0; i < n; ++i) {
-        if (logits[i] > -INFINITY) {
-            sum += expf(logits[i] - mx);
-        }
-    }
-    const float lse = logf(sum) + mx;
-    for (int i = 0; i < n; ++i) {
-        logprobs[i] = logits[i] > -INFINITY ? logits[i] - lse : neg_inf();
-    }
-    // A timestamp when all timestamps together are likelier than any text token.
-    float ts_logprob = neg_inf();
-    {
-        const float ts_max = *std::max_element(logprobs.begin() + v_.beg, logprobs.end());
-        float acc = 0.0f;
-        for (int i = v_.beg; i < n; ++i) {
-            if (logprobs[i] > -INFINITY) {
-                acc += expf(logprobs[i] - ts_max);
-            }
-        }
-        if (acc > 0.0f) {
-            ts_logprob = logf(acc) + ts_max;
-        }
-    }
-    const float text_max = *std::max_element(logprobs.begin(), logprobs.begin() + v_.beg);
-    if (ts_logprob > text_max) {
-        std::fill(logits.begin(), logits.begin() + v_.beg, neg_inf());
-        std::fill(logprobs.begin(), logprobs.begin() + v_.beg, neg_inf());
-    }
-}
-
 namespace {
 
 void timestamp_stats(const std::vector<float> &logprobs, int beg, int &tid, float &pt) {
@@ -305,35 +194,6 @@ WindowDecoder::Tok WindowDecoder::sample_random(const std::vector<float> &logpro
         t.pt = t.p;
     }
     return t;
-}
-
-void WindowDecoder::after_token(Seq &s, int i) {
-    const Tok &tok = s.tokens.back();
-    if (tok.id > v_.beg) {
-        const int seek_delta_new = 2 * (tok.id - v_.beg);
-        if (s.has_ts && s.seek_delta > seek_delta_new && s.result_len < i) {
-            s.failed = true;
-            return;
-        }
-        s.seek_delta = seek_delta_new;
-        s.result_len = i + 1;
-        s.has_ts = true;
-    }
-    if (tok.id == v_.eot || (s.has_ts && s.seek_delta + kDeltaMin >= seek_end_)) {
-        if (s.result_len == 0) {
-            if (s.seek_delta + kDeltaMin >= seek_end_) {
-                s.result_len = i + 1;
-            } else {
-                s.failed = true;
-                return;
-            }
-        }
-        s.completed = true;
-        return;
-    }
-    if (i == n_max_ - 1 && (s.result_len == 0 || s.seek_delta < 100 * 30 / 2)) {
-        s.failed = true;
-    }
 }
 
 void WindowDecoder::feed(const std::vector<const float *> &logits) {
@@ -545,83 +405,5 @@ void WindowDecoder::end_attempt() {
     }
     finish_segments(b);
 }
-
-void WindowDecoder::finish_segments(const Seq &best) {
-    phase_ = Phase::Done;
-    finished_ = true;
-    rows_.clear();
-    out_.end_cs = std::min(best.seek_delta, seek_end_);
-    const bool no_speech = out_.no_speech_prob > spec_.no_speech_threshold &&
-                           best.avg_logprobs < spec_.logprob_threshold;
-    const auto &toks = best.tokens;
-    if (no_speech || toks.empty()) {
-        return;
-    }
-    for (const Tok &t : toks) {
-        if (t.id < v_.eot) {
-            out_.text_tokens.push_back(t.id);
-        }
-    }
-    auto emit = [&](int64_t t0, int64_t t1, const std::string &text, int i0, int i1) {
-        SegmentData seg;
-        seg.index = static_cast<int>(out_.segments.size());
-        seg.t0 = t0;
-        seg.t1 = t1;
-        seg.text = text;
-        seg.no_speech_prob = out_.no_speech_prob;
-        // Token times: the segment's span shared out by the length of each token's text
-        // (the batched path has no alignment heads; words come out monotone).
-        size_t total = 0;
-        for (int j = i0; j < i1; ++j) {
-            if (toks[j].id < v_.eot) {
-                total += std::max<size_t>(1, v_.text(toks[j].id).size());
-            }
-        }
-        size_t acc = 0;
-        for (int j = i0; j < i1; ++j) {
-            Token tk;
-            tk.id = toks[j].id;
-            tk.p = toks[j].p;
-            if (toks[j].id < v_.eot) {
-                tk.text = v_.text(toks[j].id);
-                const size_t len = std::max<size_t>(1, tk.text.size());
-                tk.t0 = t0 + (total ? (t1 - t0) * static_cast<int64_t>(acc) / static_cast<int64_t>(total) : 0);
-                acc += len;
-                tk.t1 = t0 + (total ? (t1 - t0) * static_cast<int64_t>(acc) / static_cast<int64_t>(total) : 0);
-            } else {
-                tk.t0 = tk.t1 = t0;
-            }
-            seg.tokens.push_back(std::move(tk));
-        }
-        out_.segments.push_back(std::move(seg));
-    };
-    int i0 = 0;
-    int64_t t0 = 2 * (toks.front().tid - v_.beg);
-    std::string text;
-    for (int i = 0; i < static_cast<int>(toks.size()); ++i) {
-        if (toks[i].id < v_.eot) {
-            text += v_.text(toks[i].id);
-        }
-        if (toks[i].id > v_.beg) {
-            const int64_t t1 = 2 * (toks[i].tid - v_.beg);
-            if (!text.empty()) {
-                emit(t0, t1, text, i0, i + 1);
-            }
-            text.clear();
-            t0 = t1;
-            while (i + 1 < static_cast<int>(toks.size()) && toks[i + 1].id > v_.beg) {
-                ++i;
-                t0 = 2 * (toks[i].tid - v_.beg);
-            }
-            i0 = i + 1;
-        }
-    }
-    if (!text.empty()) {
-        emit(t0, std::max<int64_t>(t0, std::min(best.seek_delta, seek_end_)), text, i0,
-             static_cast<int>(toks.size()));
-    }
-}
-
-WindowOutput WindowDecoder::result() const { return out_; }
 
 }  // namespace whisperd
