@@ -53,6 +53,7 @@ MODEL="${WHISPERD_TEST_MODEL:-.gpu/ggml-tiny.en-q8_0.bin}"
 # "tests peer service" is the earlier per-state engine's table.
 STAGES="${STAGES:-check batch}"
 TOKENS="${TOKENS:-100}"
+SECS="${BATCH_SECONDS:-3840}"  # audio of the batch, cap and peer stages
 LARGE=build/ggml-large-v3-random-f16.bin  # build/ stays on a warm machine; .gpu/ is replaced by each carry
 has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 mkdir -p "$RESULTS"
@@ -216,7 +217,6 @@ if has_stage profile; then
 fi
 
 if has_stage batch; then
-  SECS="${BATCH_SECONDS:-3840}"
   echo
   echo "== batched engine: large-v3 shape, ${SECS} s of audio, $TOKENS tokens per window"
   "$PY" bench/batch_bench.py --model "$LARGE" --wav "$RESULTS/speech121.wav" --seconds "$SECS" \
@@ -224,7 +224,6 @@ if has_stage batch; then
 fi
 # the cap alone: STAGES=cap (part of "batch" unless CAP_GIB=0)
 if has_stage cap || { has_stage batch && [[ "${CAP_GIB:-7.5}" != "0" ]]; }; then
-  SECS="${BATCH_SECONDS:-3840}"
   echo
   echo "== under a ${CAP_GIB:-7.5} GiB VRAM cap (the users' RTX 2080): the batch size chosen from free VRAM"
   "$PY" bench/vram_ballast.py --leave-gib "${CAP_GIB:-7.5}" > "$RESULTS/ballast.log" 2>&1 &
