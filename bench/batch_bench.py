@@ -67,14 +67,19 @@ def run(model: WhisperModel, windows: list[np.ndarray], batch: int, tokens: int,
         pool.submit(dec.prepare, pending[i:i + encode_batch])
     done = 0
     peak = 0
+    add_s = step_s = 0.0  # wall time inside add() and step(), beside the engine's own timers
     while done < len(windows):
         free = dec.free_slots()
         if free and pending:
             take = pending[: min(free, encode_batch)]
             pending = pending[len(take):]
+            ta = time.perf_counter()
             dec.add(take)
+            add_s += time.perf_counter() - ta
             continue
+        ta = time.perf_counter()
         done += len(dec.step())
+        step_s += time.perf_counter() - ta
         peak = max(peak, dec.active())
     wall = time.perf_counter() - t0
     pool.shutdown(cancel_futures=True)
@@ -95,6 +100,7 @@ def run(model: WhisperModel, windows: list[np.ndarray], batch: int, tokens: int,
         "ms_per_step": ms_step, "floor_ms_per_step": floor_ms, "over_floor": ms_step / floor_ms,
         "encode_ms": s1.encode_ms - s0.encode_ms, "decode_ms": s1.decode_ms - s0.decode_ms,
         "sample_ms": s1.sample_ms - s0.sample_ms, "graph_builds": s1.graph_builds,
+        "add_wall_s": add_s, "step_wall_s": step_s, "other_wall_s": wall - add_s - step_s,
         "vram_used_gib": used1 / 2**30, "vram_added_gib": (used1 - used0) / 2**30,
         "peak_in_flight": peak, "cuda_encoder": cuda_encoder,
     }
@@ -139,6 +145,9 @@ def main() -> None:
         print(f"{b:>5} {r['x_real_time']:>11.1f} {r['wall_s']:>7.2f} {r['ms_per_step']:>8.2f} "
               f"{r['floor_ms_per_step']:>8.2f} {r['over_floor']:>7.2f} {r['encode_ms'] / 1e3:>8.2f} "
               f"{r['sample_ms'] / 1e3:>8.2f} {r['vram_used_gib']:>8.1f}", flush=True)
+        print(f"      wall: add() {r['add_wall_s']:.3f} s (encoder {r['encode_ms'] / 1e3:.3f}), step() "
+              f"{r['step_wall_s']:.3f} s (steps {r['decode_ms'] / 1e3:.3f} + sampling "
+              f"{r['sample_ms'] / 1e3:.3f}), between {r['other_wall_s']:.3f} s", flush=True)
     if rows:
         print("encoder layers: " + ("whisperd's CUDA code" if rows[0]["cuda_encoder"] else "a ggml graph"))
     if args.json:

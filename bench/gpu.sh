@@ -106,7 +106,7 @@ if has_stage tests; then
   [[ -f $F16_MODEL ]] || { mkdir -p build && "$PY" bench/dequantize_model.py "$MODEL" "$F16_MODEL"; }
   set +e
   WHISPERD_TEST_GPU=1 WHISPERD_TEST_MODEL="$MODEL" WHISPERD_TEST_F16_MODEL="$F16_MODEL" "$PY" -m pytest -p no:cacheprovider -q \
-    -rfEP --tb=short ${GPU_TESTS:-tests/test_native.py tests/test_gpu.py tests/test_gpu_lifecycle.py tests/test_device_mel.py tests/test_cuda_encoder.py tests/test_cuda_decoder.py tests/test_greedy_sampling.py --deselect tests/test_greedy_sampling.py::test_a_detected_language_then_greedy_tokens_give_whisper_cpps_segments} --junitxml="$RESULTS/gpu-tests.xml" \
+    -rfEP --tb=short ${GPU_TESTS:-tests/test_native.py tests/test_gpu.py tests/test_gpu_lifecycle.py tests/test_device_mel.py tests/test_cuda_encoder.py tests/test_cuda_decoder.py tests/test_batch_slots.py::test_cuda_steps_cover_multiples_of_32_slots tests/test_greedy_sampling.py --deselect tests/test_greedy_sampling.py::test_a_detected_language_then_greedy_tokens_give_whisper_cpps_segments} --junitxml="$RESULTS/gpu-tests.xml" \
     2>&1 | tee "$RESULTS/gpu-tests.log"
   tests_rc=${PIPESTATUS[0]}
   set -e

@@ -40,6 +40,12 @@ bool BatchDecoder::cuda_step_for(int W) const {
 #endif
 }
 
+void BatchDecoder::cuda_slot_moved(int from, int to) {
+    // Nothing yet: the CUDA step keeps no per-slot state of its own.
+    (void)from;
+    (void)to;
+}
+
 #ifdef WHISPERD_WITH_CUDA
 namespace {
 

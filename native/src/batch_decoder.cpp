@@ -335,12 +335,27 @@ ggml_cgraph *BatchDecoder::build_decoder(ggml_context *ctx, int W, int R, int n_
     return gf;
 }
 
+// The slots a step covers when the highest in use is n - 1. The ggml graph is rebuilt for
+// each new shape, so its widths are powers of two; a CUDA step records a CUDA graph per
+// width once, so above 32 its widths are multiples of 32: 157 windows were stepped as
+// 256 slots (each empty slot costs as much as a window: its cross-attention is computed).
+int BatchDecoder::step_width(int n) const {
+    const int p = pow2_at_least(std::max(1, n));
+    if (p > 32) {
+        const int w = ((n + 31) / 32) * 32;
+        if (cuda_step_for(std::min(n_slots_, w))) {
+            return std::min(n_slots_, w);
+        }
+    }
+    return std::min(n_slots_, p);
+}
+
 // Windows are kept in the lowest slots: a step covers every slot up to the highest in use
-// (rounded up to a power of two), so a few windows left in high slots after the others
-// finished made each step as costly as a full one (the H200 service: steps of 128 slots
-// held 78 windows on average). A window moves with its caches; its rows' cells count from
-// its slot, so only the slot changes. For large-v3 that is ~0.5 GB of copies on the GPU
-// (well under a millisecond) against every later step at half the width or less.
+// (step_width), so a few windows left in high slots after the others finished made each
+// step as costly as a full one (the H200 service: steps of 128 slots held 78 windows on
+// average). A window moves with its caches; its rows' cells count from its slot, so only
+// the slot changes. For large-v3 that is ~0.5 GB of copies on the GPU (well under a
+// millisecond) against every later step at least 32 slots narrower.
 void BatchDecoder::compact() {
     int n = 0, last = -1;
     for (int s = 0; s < n_slots_; ++s) {
@@ -349,8 +364,8 @@ void BatchDecoder::compact() {
             last = s;
         }
     }
-    const int want = pow2_at_least(std::max(1, n));
-    if (last < 0 || pow2_at_least(last + 1) <= want) {
+    const int want = step_width(n);
+    if (last < 0 || step_width(last + 1) <= want) {
         return;
     }
     ggml_init_params ip = {ggml_tensor_overhead() * 8, nullptr, true};
@@ -378,6 +393,7 @@ void BatchDecoder::compact() {
                 }
                 ggml_reset(ctx);
             }
+            cuda_slot_moved(from, hole);
             slots_[hole] = std::move(slots_[from]);
             stats_.moves++;
         }
@@ -412,7 +428,7 @@ std::vector<WindowOutput> BatchDecoder::step(CancelToken *token) {
         return done;
     }
     const auto t0 = std::chrono::steady_clock::now();
-    const int W = std::min(n_slots_, pow2_at_least(last + 1));
+    const int W = step_width(last + 1);
     // Rows per slot as needed (1 greedy, the beam count, a prompt's length): padding them
     // to powers of two cost up to 60% more work per step for a shape that changes rarely.
     R = R <= 8 ? R : pow2_at_least(R);

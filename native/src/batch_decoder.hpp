@@ -86,6 +86,11 @@ public:
     // Whether a step of W slots runs as the CUDA code: up to WHISPERD_CUDA_DECODER_MAX_BATCH
     // slots (64); above, the ggml graph, whose cross-attention was faster there (H200).
     bool cuda_step_for(int W) const;
+    // The slots a step covers when the highest slot in use is n - 1 (batch_decoder.cpp).
+    int step_width(int n) const;
+    // compact() moved a window's ggml caches from slot `from` to `to`: the CUDA step's own
+    // per-slot buffers follow (batch_cuda_decoder.cpp).
+    void cuda_slot_moved(int from, int to);
     // A window's cross-attention keys then values of one decoder layer, [n_audio_ctx,
     // n_state] each, as the encoder wrote them (tests compare the two encoders).
     std::vector<float> cross_kv(int64_t id, int layer) const;
