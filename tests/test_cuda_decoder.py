@@ -3,7 +3,9 @@ code instead of a ggml graph (native/src/cuda_decoder.hpp): both must give the s
 transcripts, greedy and with beams, with a prompt (a step of many rows a window: the
 cross-attention kernel takes a window's rows four at a time), with and without recorded
 CUDA graphs. Everywhere else the ggml step stays (checked in test_cuda_encoder.py, beside
-the encoder).
+the encoder). With WHISPERD_CROSS_KV_INT8=1 greedy steps read an int8 copy of the cross
+K/V: the same transcripts as the f16 step, a moved window included, and the automatic
+batch size counts the copy's memory.
 
 The GPU tests run under WHISPERD_TEST_GPU=1 with WHISPERD_TEST_F16_MODEL (bench/gpu.sh
 makes an f16 tiny.en there)."""
@@ -16,7 +18,9 @@ import pytest
 
 from conftest import EXPECTED_JFK, normalise
 from test_cuda_encoder import transcribe, windows
-from whisperd.batch_decoder import BatchDecoder
+from whisperd import cuda_env
+from whisperd.batch_decoder import BatchDecoder, slot_cost
+from whisperd.batching import WindowRequest
 from whisperd.inference import TranscribeOptions, WhisperModel
 
 
@@ -78,4 +82,69 @@ def test_a_wrong_decoder_setting_names_itself(
     model, _ = f16_model
     monkeypatch.setenv("WHISPERD_CUDA_DECODER", "fast")
     with pytest.raises(RuntimeError, match="WHISPERD_CUDA_DECODER must be 0, 1 or auto"):
+        BatchDecoder(model, 2, 2).close()
+
+
+def test_a_wrong_int8_setting_is_refused_at_start() -> None:
+    """The server checks the switch with its settings, before any model loads."""
+    cuda_env.check_switches({"WHISPERD_CROSS_KV_INT8": "1"})
+    with pytest.raises(ValueError, match="WHISPERD_CROSS_KV_INT8 must be 0 or 1, got 'yes'"):
+        cuda_env.check_switches({"WHISPERD_CROSS_KV_INT8": "yes"})
+
+
+def test_int8_cross_kv_gives_the_f16_steps_transcripts(
+        f16_model: tuple[WhisperModel, Path], jfk: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Greedy CUDA steps over the int8 copy of the cross K/V against the f16 caches (the
+    30 s window's last window moves to slot 0 once the other two finish). The copy's memory
+    is what the automatic batch size counts for it."""
+    model, _ = f16_model
+    monkeypatch.setenv("WHISPERD_CUDA_DECODER", "1")
+    options = TranscribeOptions(beam_size=1, threads=2)
+    texts, memory, per_slot = {}, {}, {}
+    for int8 in (False, True):
+        monkeypatch.setenv("WHISPERD_CROSS_KV_INT8", "1" if int8 else "0")
+        per_slot[int8] = slot_cost(model, max_beams=5, encode_batch=4).per_slot_bytes
+        dec = BatchDecoder(model, 4, 5, encode_batch=4)
+        try:
+            assert dec.cuda_decoder
+            memory[int8] = dec.memory_bytes
+            texts[int8] = transcribe(dec, windows(jfk), options)
+        finally:
+            dec.close()
+    assert_same_words(texts)
+    copy = 4 * (per_slot[True] - per_slot[False])
+    assert copy > 0
+    assert copy <= memory[True] - memory[False] <= copy + 2**20
+
+
+def test_int8_cross_kv_moves_with_its_window(
+        f16_model: tuple[WhisperModel, Path], jfk: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three short silent windows take the lowest slots and end within a few steps; jfk in
+    the highest slot moves to slot 0, whose int8 copy held a silent window's: it must
+    still be heard right."""
+    model, _ = f16_model
+    monkeypatch.setenv("WHISPERD_CUDA_DECODER", "1")
+    monkeypatch.setenv("WHISPERD_CROSS_KV_INT8", "1")
+    options = TranscribeOptions(beam_size=1, threads=2)
+    quiet = np.zeros(8000, np.float32)
+    dec = BatchDecoder(model, 4, 2, encode_batch=4)
+    try:
+        assert dec.cuda_decoder
+        dec.add([WindowRequest(i, quiet, options) for i in range(3)] + [WindowRequest(3, jfk, options)])
+        texts: dict[int, str] = {}
+        while dec.active():
+            for r in dec.step():
+                texts[r.window_id] = " ".join(s.text for s in r.segments)
+        stats = dec.stats()
+    finally:
+        dec.close()
+    assert stats.moves == 1
+    assert normalise(texts[3]) == normalise(EXPECTED_JFK)
+
+
+def test_a_wrong_int8_setting_names_itself(
+        f16_model: tuple[WhisperModel, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = f16_model
+    monkeypatch.setenv("WHISPERD_CROSS_KV_INT8", "yes")
+    with pytest.raises(RuntimeError, match="WHISPERD_CROSS_KV_INT8 must be 0 or 1"):
         BatchDecoder(model, 2, 2).close()

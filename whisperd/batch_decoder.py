@@ -86,6 +86,10 @@ def slot_cost(model: WhisperModel, *, max_beams: int, encode_batch: int) -> Slot
         per_row = state * (4 + 5 * 2 + 4 * 2) + (state // 64) * parts * 66 * 4
         per_slot += max(1, max_beams) * (per_row + 4 * m.n_vocab)
         encoder += 32 * 2**20
+        if cuda_env.cross_kv_int8():
+            # The step's int8 copy of the cross K/V: the window's positions (not the
+            # padding), one byte a value, an f16 scale of K and of V a head.
+            per_slot += m.n_text_layer * ctx * (2 * state + 4 * (state // 64))
     logits = 4 * m.n_vocab * 256
     return SlotCost(per_slot_bytes=per_slot, fixed_bytes=encoder + logits + 256 * 2**20)
 

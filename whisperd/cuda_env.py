@@ -28,6 +28,13 @@ number of windows) and ``WHISPERD_CUDA_ATTENTION`` (``fused``, ``cublas``, ``aut
 read by the native library when a batched decoder is made (the decoder step and the
 encoder's attention as whisperd's CUDA code, native/src/cuda_decoder.hpp and
 cuda_attention.hpp); ``check_switches`` lets the server refuse a bad value at start.
+
+``WHISPERD_CROSS_KV_INT8`` (``0``, the default, or ``1``), read by the native library
+too: ``1`` keeps an int8 copy of every window's cross-attention keys and values beside
+the f16 caches, which greedy steps of the CUDA decoder step read instead (half the bytes
+of the step's largest part; ~1e-2 relative error in those keys and values, ~5e-3 in the
+attention's outputs). Without the CUDA decoder step it changes nothing; ``slot_cost``
+counts the copy's memory.
 """
 from __future__ import annotations
 
@@ -108,7 +115,16 @@ def gpu_sampling_choice(value: str | None = None) -> bool:
 _NATIVE_SWITCHES = {
     "WHISPERD_CUDA_DECODER": ("0", "1", "auto"),
     "WHISPERD_CUDA_ATTENTION": ("fused", "cublas", "auto"),
+    "WHISPERD_CROSS_KV_INT8": ("0", "1"),
 }
+
+
+def cross_kv_int8(env: Mapping[str, str] | None = None) -> bool:
+    """WHISPERD_CROSS_KV_INT8 (of `env`, else the process's) as True/False; False when unset."""
+    raw = (os.environ if env is None else env).get("WHISPERD_CROSS_KV_INT8", "")
+    if raw not in ("", "0", "1"):
+        raise ValueError(f"WHISPERD_CROSS_KV_INT8 must be 0 or 1, got {raw!r}")
+    return raw == "1"
 
 
 def check_switches(env: Mapping[str, str]) -> None:

@@ -41,9 +41,15 @@ bool BatchDecoder::cuda_step_for(int W) const {
 }
 
 void BatchDecoder::cuda_slot_moved(int from, int to) {
-    // Nothing yet: the CUDA step keeps no per-slot state of its own.
+    // The CUDA step's own per-slot state: the int8 copy of the cross K/V (WHISPERD_CROSS_KV_INT8).
+#ifdef WHISPERD_WITH_CUDA
+    if (cuda_dec_ != nullptr) {
+        cuda_dec_->move_cross(from, to);
+    }
+#else
     (void)from;
     (void)to;
+#endif
 }
 
 #ifdef WHISPERD_WITH_CUDA
@@ -80,6 +86,18 @@ int cuda_decoder_max_batch() {
     return static_cast<int>(n);
 }
 
+// WHISPERD_CROSS_KV_INT8: 1 keeps an int8 copy of the cross K/V for greedy CUDA steps
+// (half the bytes of their cross-attention, ~1e-2 error in those K/V); 0 (the default),
+// only the f16 caches. Without the CUDA step it changes nothing.
+bool cross_kv_int8() {
+    const char *raw = std::getenv("WHISPERD_CROSS_KV_INT8");
+    const std::string v = raw == nullptr ? "" : raw;
+    if (v.empty() || v == "0" || v == "1") {
+        return v == "1";
+    }
+    throw WhisperError("WHISPERD_CROSS_KV_INT8 must be 0 or 1 (got '" + v + "')");
+}
+
 }  // namespace
 #endif
 
@@ -87,6 +105,7 @@ void BatchDecoder::start_cuda_decoder(int gpu_device) {
 #ifdef WHISPERD_WITH_CUDA
     const int mode = cuda_decoder_mode();
     cuda_dec_max_w_ = cuda_decoder_max_batch();
+    const bool int8 = cross_kv_int8();
     if (mode == 0 || ggml_backend_is_cpu(backend_)) {
         return;
     }
@@ -143,6 +162,9 @@ void BatchDecoder::start_cuda_decoder(int gpu_device) {
     shape.n_text_ctx = n_text_ctx_;
     shape.n_cells = n_cells_;
     shape.n_audio_pad = n_audio_pad_;
+    shape.n_audio_ctx = n_audio_ctx_;
+    shape.n_slots = n_slots_;
+    shape.cross_int8 = int8;
     shape.kq_scale = powf(static_cast<float>(n_state_ / n_head_), -0.25f);
     cuda_dec_ = std::make_unique<CudaDecoder>(gpu_device, shape, std::move(model));
     trace("CUDA decoder ready");

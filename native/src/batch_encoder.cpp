@@ -15,6 +15,7 @@
 #include "ggml.h"
 #include "whisper.h"
 #ifdef WHISPERD_WITH_CUDA
+#include "cuda_decoder.hpp"
 #include "cuda_encoder.hpp"
 #endif
 
@@ -350,6 +351,12 @@ void BatchDecoder::encode_group(std::vector<WindowSpec> &group, const std::vecto
             const ggml_tensor *front = ggml_graph_node(gf, -1);
             cuda_enc_->encode(static_cast<const float *>(front->data), n, slots);
             trace("CUDA encoder layers computed");
+        }
+        // Both encoders have finished writing (ggml's compute and encode() wait for their
+        // streams): the CUDA step's int8 copy of these slots' cross K/V.
+        if (cuda_dec_ != nullptr && cuda_dec_->cross_int8()) {
+            cuda_dec_->quantize_cross(slots);
+            trace("cross K/V quantised");
         }
 #endif
     } catch (...) {

@@ -10,8 +10,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 
@@ -182,6 +184,11 @@ struct CudaDecoder::Impl {
         int generation = -1;
     };
     std::map<std::tuple<int, int, int, int>, Recorded> graphs;
+    // WHISPERD_CROSS_KV_INT8: per layer the int8 copy of ck/cv (one allocation: k, v, then
+    // the scales), fixed for the decoder's life (recorded graphs hold the addresses).
+    std::vector<CrossInt8> int8;
+    std::vector<void *> int8_mem;
+    int *slot_list = nullptr;  // quantize_cross's slots, on the device
 
     ~Impl() {
         cudaSetDevice(device);
@@ -195,6 +202,12 @@ struct CudaDecoder::Impl {
         }
         if (workspace != nullptr) {
             cudaFree(workspace);
+        }
+        for (void *p : int8_mem) {
+            cudaFree(p);
+        }
+        if (slot_list != nullptr) {
+            cudaFree(slot_list);
         }
         if (blas != nullptr) {
             cublasDestroy(blas);
@@ -222,7 +235,31 @@ struct CudaDecoder::Impl {
     }
 
     void kernels(const CudaStepInputs &in);
+    void alloc_int8();
+
+    // Bytes of a slot's int8 rows (K or V) and of its scales, one layer.
+    size_t int8_rows() const { return static_cast<size_t>(s.n_audio_ctx) * s.n_state; }
+    size_t int8_scales() const { return static_cast<size_t>(s.n_audio_ctx) * s.n_head * sizeof(half2); }
 };
+
+void CudaDecoder::Impl::alloc_int8() {
+    const size_t rows = static_cast<size_t>(s.n_slots) * int8_rows();
+    const size_t size = 2 * rows + static_cast<size_t>(s.n_slots) * int8_scales();
+    for (size_t l = 0; l < m.layers.size(); ++l) {
+        void *p = nullptr;
+        check(cudaMalloc(&p, size), "the int8 cross K/V");
+        int8_mem.push_back(p);
+        bytes += size;
+        // zeros: a step covers empty slots too, whose copy must hold finite numbers (on
+        // this stream: it does not wait for the legacy default stream)
+        check(cudaMemsetAsync(p, 0, size, stream), "clear the int8 cross K/V");
+        int8_t *b = static_cast<int8_t *>(p);
+        int8.push_back(CrossInt8{b, b + rows, reinterpret_cast<const half2 *>(b + 2 * rows)});
+    }
+    check(cudaMalloc(reinterpret_cast<void **>(&slot_list), static_cast<size_t>(s.n_slots) * sizeof(int)),
+          "the int8 cross K/V's slot list");
+    check(cudaStreamSynchronize(stream), "clear the int8 cross K/V");
+}
 
 CudaDecoder::CudaDecoder(int device, const CudaDecoderShape &shape, CudaDecoderModel model)
     : impl_(std::make_unique<Impl>()) {
@@ -231,7 +268,8 @@ CudaDecoder::CudaDecoder(int device, const CudaDecoderShape &shape, CudaDecoderM
     m.s = shape;
     m.m = std::move(model);
     if (shape.n_state != shape.n_head * kHead || shape.n_state > kThreads * kMaxPer || shape.n_ff % 2 != 0 ||
-        shape.n_audio_pad % 128 != 0) {
+        shape.n_audio_pad % 128 != 0 || shape.n_audio_ctx < 1 || shape.n_audio_ctx > shape.n_audio_pad ||
+        (shape.cross_int8 && shape.n_slots < 1)) {
         throw WhisperError("the CUDA decoder does not support this model's shape");
     }
     check(cudaSetDevice(device), "select the GPU");
@@ -245,6 +283,14 @@ CudaDecoder::CudaDecoder(int device, const CudaDecoderShape &shape, CudaDecoderM
         check(cublasSetWorkspace(m.blas, m.workspace, kWorkspace), "set workspace");
         const char *g = std::getenv("WHISPERD_CUDA_GRAPHS");  // 0: launch one by one (tests, profiling)
         m.use_graphs = g == nullptr || std::string(g) != "0";
+        if (shape.cross_int8) {
+            if (cross_int8_supported(shape.n_state, shape.n_head)) {
+                m.alloc_int8();
+            } else {
+                fprintf(stderr, "whisperd: WHISPERD_CROSS_KV_INT8 ignored: no int8 kernel for %d heads\n",
+                        shape.n_head);
+            }
+        }
     } catch (...) {
         impl_.reset();
         throw;
@@ -254,6 +300,56 @@ CudaDecoder::CudaDecoder(int device, const CudaDecoderShape &shape, CudaDecoderM
 CudaDecoder::~CudaDecoder() = default;
 
 size_t CudaDecoder::memory_bytes() const { return impl_ ? impl_->bytes : 0; }
+
+bool CudaDecoder::cross_int8() const { return impl_ && !impl_->int8.empty(); }
+
+void CudaDecoder::quantize_cross(const std::vector<int> &slots) {
+    Impl &m = *impl_;
+    if (m.int8.empty() || slots.empty()) {
+        return;
+    }
+    const CudaDecoderShape &s = m.s;
+    if (static_cast<int>(slots.size()) > s.n_slots) {
+        throw std::invalid_argument("quantize_cross: more slots than the caches hold");
+    }
+    for (int slot : slots) {
+        if (slot < 0 || slot >= s.n_slots) {
+            throw std::invalid_argument("quantize_cross: no such slot");
+        }
+    }
+    check(cudaSetDevice(m.device), "select the GPU");
+    check(cudaMemcpyAsync(m.slot_list, slots.data(), slots.size() * sizeof(int), cudaMemcpyHostToDevice, m.stream),
+          "upload the slots to quantise");
+    for (size_t l = 0; l < m.int8.size(); ++l) {
+        const CudaDecoderLayer &L = m.m.layers[l];
+        const CrossInt8 &X = m.int8[l];
+        whisperd::quantize_cross(static_cast<const half *>(L.ck), static_cast<const half *>(L.cv),
+                                 const_cast<int8_t *>(X.k), const_cast<int8_t *>(X.v), const_cast<half2 *>(X.scales),
+                                 m.slot_list, static_cast<int>(slots.size()), s.n_state, s.n_audio_pad,
+                                 s.n_audio_ctx, s.n_head, m.stream);
+    }
+    check(cudaStreamSynchronize(m.stream), "quantise the cross K/V");
+}
+
+void CudaDecoder::move_cross(int from, int to) {
+    Impl &m = *impl_;
+    if (m.int8.empty() || from == to) {
+        return;
+    }
+    if (from < 0 || to < 0 || from >= m.s.n_slots || to >= m.s.n_slots) {
+        throw std::invalid_argument("move_cross: no such slot");
+    }
+    check(cudaSetDevice(m.device), "select the GPU");
+    const size_t rows = m.int8_rows(), sc = m.int8_scales();
+    for (const CrossInt8 &X : m.int8) {
+        int8_t *k = const_cast<int8_t *>(X.k), *v = const_cast<int8_t *>(X.v);
+        char *scales = reinterpret_cast<char *>(const_cast<half2 *>(X.scales));
+        check(cudaMemcpyAsync(k + to * rows, k + from * rows, rows, cudaMemcpyDeviceToDevice, m.stream), "move");
+        check(cudaMemcpyAsync(v + to * rows, v + from * rows, rows, cudaMemcpyDeviceToDevice, m.stream), "move");
+        check(cudaMemcpyAsync(scales + to * sc, scales + from * sc, sc, cudaMemcpyDeviceToDevice, m.stream), "move");
+    }
+    check(cudaStreamSynchronize(m.stream), "move a slot's int8 cross K/V");
+}
 
 void CudaDecoder::step(const CudaStepInputs &in, float *logits) {
     Impl &m = *impl_;
@@ -345,8 +441,9 @@ void CudaDecoder::Impl::kernels(const CudaStepInputs &in) {
         // cross-attention (the query's bias is added as the kernel reads it)
         m.norm(x, L.bo, L.ln2_w, L.ln2_b, h, rows);
         linear(m.blas, L.cwq, h, rows, C, C, q, CUDA_R_16F);
-        cross_attention(q, L.cbq, static_cast<const half *>(L.ck), static_cast<const half *>(L.cv), part, a, in.W,
-                        in.R, C, s.n_audio_pad, s.n_head, s.kq_scale, m.stream);
+        const CrossInt8 *q8 = m.int8.empty() ? nullptr : &m.int8[&L - m.m.layers.data()];
+        cross_attention(q, L.cbq, static_cast<const half *>(L.ck), static_cast<const half *>(L.cv), q8, part, a,
+                        in.W, in.R, C, s.n_audio_pad, s.n_audio_ctx, s.n_head, s.kq_scale, m.stream);
         linear(m.blas, L.cwo, a, rows, C, C, x, CUDA_R_32F, 1.0f, 1.0f);
         // MLP
         m.norm(x, L.cbo, L.ln3_w, L.ln3_b, h, rows);

@@ -27,11 +27,17 @@ struct CudaDecoderShape {
     int n_text_ctx;   // rows of the positional embedding
     int n_cells;      // self-attention cells a slot
     int n_audio_pad;  // cross K/V rows a slot (zero-padded past the window's positions)
+    int n_audio_ctx;  // the window's positions: rows n_audio_ctx.. are zeros, never read
     float kq_scale;   // head size ^ -1/4, applied to queries and keys alike
+    int n_slots;      // slots of the caches
+    // WHISPERD_CROSS_KV_INT8: keep an int8 copy of the cross K/V (quantize_cross) that
+    // greedy steps read instead of the f16 caches: half the bytes of their largest part.
+    bool cross_int8;
 };
 
 // Device pointers: matrices f16 [out][in] as ggml stores them, vectors f32. Caches f16:
-// sk/sv [slot][cell][n_state], ck/cv [slot][n_audio_pad][n_state] (keys pre-scaled).
+// sk/sv [slot][cell][n_state], ck/cv [slot][n_audio_pad][n_state] (keys pre-scaled). The
+// int8 copy of ck/cv, when kept, is the decoder's own (cuda_cross_attention.hpp).
 struct CudaDecoderLayer {
     const void *wq, *wk, *wv, *wo, *cwq, *cwo, *w1, *w2;
     const float *bq, *bv, *bo, *cbq, *cbo, *b1, *b2;
@@ -69,6 +75,16 @@ public:
     // once they are written.
     void step(const CudaStepInputs &in, float *logits);
     size_t memory_bytes() const;
+
+    // Whether the int8 copy of the cross K/V is kept (asked for, and the model's width
+    // allows it): then every slot's f16 ck/cv must be followed by quantize_cross.
+    bool cross_int8() const;
+    // The int8 copy of these slots' cross K/V, every layer, from the f16 caches, which must
+    // be written (and the writes finished) before; returns once it is written.
+    void quantize_cross(const std::vector<int> &slots);
+    // A window moved from slot `from` to `to` (its f16 caches copied): its int8 copy
+    // follows; returns once copied.
+    void move_cross(int from, int to);
 
 private:
     struct Impl;
