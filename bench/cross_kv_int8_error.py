@@ -6,7 +6,8 @@ values (native/src/cuda_cross_attention.cu): symmetric, one f16 scale per (posit
 K or V), i.e. per 64 values, scale = round_f16(max|x| / 127), x_q = clamp(rint(x / scale),
 -127, 127). This script quantises the f16 cross K/V the CPU batched decoder's encoder wrote
 (BatchDecoder.cross_kv) exactly so, and compares cross-attention outputs
-softmax(q K^T) V per decoder layer, f16 against int8, for three kinds of query:
+softmax(q K^T) V per decoder layer, f16 against int8 (the query as the kernel takes it
+there: int16 per head), for three kinds of query:
 
 - decoder: the real cross-attention queries of a greedy decode in float32 numpy over the
   f16 K/V (the model's own decoder on the real window; the greedy transcript is decoded
@@ -52,6 +53,15 @@ def quantise(x: np.ndarray) -> np.ndarray:
     return (q * scale).reshape(n, c).astype(np.float32)
 
 
+def quantise_query(q: np.ndarray) -> np.ndarray:
+    """q [r, C] as the int8 kernel scores with it: int16 per head, scale max|q| / 32767."""
+    r, c = q.shape
+    g = q.reshape(r, c // HEAD, HEAD).astype(np.float32)
+    scale = np.abs(g).max(axis=2, keepdims=True) / np.float32(32767)
+    inv = np.where(scale > 0, np.float32(1) / np.where(scale > 0, scale, 1), 0).astype(np.float32)
+    return (np.clip(np.rint(g * inv), -32767, 32767) * scale).reshape(r, c)
+
+
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_head: int) -> np.ndarray:
     """softmax(q k^T) v per head: q [r, C] (scaled), k/v [n, C] -> [r, C] (float64)."""
     r, c = q.shape
@@ -84,9 +94,10 @@ class NumpyDecoder:
         var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
         return (x - mu) / np.sqrt(var + 1e-5) * self.w[p + ".weight"] + self.w[p + ".bias"]
 
-    def decode(self, ck: list[np.ndarray], cv: list[np.ndarray], max_tokens: int
+    def decode(self, ck: list[np.ndarray], cv: list[np.ndarray], max_tokens: int, int16_query: bool = False
                ) -> tuple[list[int], list[np.ndarray]]:
-        """Greedy tokens, and per layer the cross queries of every row (scaled)."""
+        """Greedy tokens, and per layer the cross queries of every row (scaled); with
+        `int16_query` the cross queries as the int8 kernel takes them."""
         C, n_head = self.h.n_text_state, self.h.n_text_head
         scale = np.float32(HEAD ** -0.25)
         toks = list(self.prefix)
@@ -114,7 +125,8 @@ class NumpyDecoder:
                 a = self._ln(y, p + "cross_attn_ln")
                 q = (a @ self.w[p + "cross_attn.query.weight"].T + self.w[p + "cross_attn.query.bias"]) * scale
                 queries[layer].append(q[-1:])
-                o = attention(q, ck[layer], cv[layer], n_head).astype(np.float32)
+                o = attention(quantise_query(q) if int16_query else q, ck[layer], cv[layer], n_head)
+                o = o.astype(np.float32)
                 y = y + o @ self.w[p + "cross_attn.out.weight"].T + self.w[p + "cross_attn.out.bias"]
                 a = self._ln(y, p + "mlp_ln")
                 hid = a @ self.w[p + "mlp.0.weight"].T + self.w[p + "mlp.0.bias"]
@@ -183,7 +195,7 @@ def run(name: str, path: Path, clips: dict[int, np.ndarray], max_tokens: int) ->
             cv8.append(np.vstack([vq, zeros]))
             per_layer["kv"][layer].append(max(rel(kq, k), rel(vq, v)))
         toks16, queries = nd.decode(ck16, cv16, max_tokens)
-        toks8, _ = nd.decode(ck8, cv8, max_tokens)
+        toks8, _ = nd.decode(ck8, cv8, max_tokens, int16_query=True)
         same = toks16 == toks8
         first = next((j for j, (a, b) in enumerate(zip(toks16, toks8)) if a != b), min(len(toks16), len(toks8)))
         print(f"  window {i} ({len(clips[i]) / SR:.1f} s): {len(toks16)} tokens, int8 greedy tokens "
@@ -194,14 +206,14 @@ def run(name: str, path: Path, clips: dict[int, np.ndarray], max_tokens: int) ->
         for layer in range(n_layer):
             q = queries[layer]
             a16 = attention(q, ck16[layer], cv16[layer], n_head)
-            a8 = attention(q, ck8[layer], cv8[layer], n_head)
+            a8 = attention(quantise_query(q), ck8[layer], cv8[layer], n_head)
             per_layer["decoder"][layer].append(rel(a8, a16))
             per_layer["decoder_worst"][layer].append(worst_row(a8, a16, n_head))
             qk = ck16[layer][rng.choice(n_ctx, 64, replace=False)]
-            per_layer["keys"][layer].append(rel(attention(qk, ck8[layer], cv8[layer], n_head),
+            per_layer["keys"][layer].append(rel(attention(quantise_query(qk), ck8[layer], cv8[layer], n_head),
                                                 attention(qk, ck16[layer], cv16[layer], n_head)))
             qr = rng.standard_normal((64, C)).astype(np.float32) * float(np.sqrt((q ** 2).mean()))
-            per_layer["random"][layer].append(rel(attention(qr, ck8[layer], cv8[layer], n_head),
+            per_layer["random"][layer].append(rel(attention(quantise_query(qr), ck8[layer], cv8[layer], n_head),
                                                   attention(qr, ck16[layer], cv16[layer], n_head)))
     print("  relative error of cross-attention outputs, int8 against f16 (the largest over the windows):")
     print("  | layer | K/V themselves | decoder queries | worst (row, head) | key queries | random queries |")
