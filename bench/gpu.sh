@@ -17,6 +17,7 @@
 #   batch    bench/batch_bench.py: the batched engine at batch 8-128 over 3840 s (128
 #            windows), the peer beside it on the same audio, and both under a 7.5 GB
 #            VRAM cap (a ballast process holds the rest of the card)
+#            (BATCH_ENV="WHISPERD_CROSS_KV_INT8=1": the same batches again under that setting)
 #   cap      only the 7.5 GiB part of "batch" (PEER_CAP_BATCH=16: the peer under the cap too)
 #   check    batched vs sequential transcripts of real speech on the GPU (tiny.en)
 #   service-batch  bench/batch_service_bench.py: 32 jobs of 121 s at once, one 1-hour job,
@@ -221,6 +222,13 @@ if has_stage batch; then
   echo "== batched engine: large-v3 shape, ${SECS} s of audio, $TOKENS tokens per window"
   "$PY" bench/batch_bench.py --model "$LARGE" --wav "$RESULTS/speech121.wav" --seconds "$SECS" \
     --batches "${BATCHES-8,16,32,64,128}" --tokens "$TOKENS" --json "$RESULTS/batch.json"
+  # BATCH_ENV: more settings to run the same batches under, e.g. BATCH_ENV="WHISPERD_CROSS_KV_INT8=1"
+  for benv in ${BATCH_ENV:-}; do
+    echo "-- with $benv"
+    env "$benv" "$PY" bench/batch_bench.py --model "$LARGE" --wav "$RESULTS/speech121.wav" --seconds "$SECS" \
+      --batches "${BATCHES-8,16,32,64,128}" --tokens "$TOKENS" --json "$RESULTS/batch-${benv//[^A-Za-z0-9_-]/-}.json" \
+      || echo "batch run with $benv failed"
+  done
 fi
 # the cap alone: STAGES=cap (part of "batch" unless CAP_GIB=0)
 if has_stage cap || { has_stage batch && [[ "${CAP_GIB:-7.5}" != "0" ]]; }; then
