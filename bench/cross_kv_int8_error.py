@@ -2,7 +2,7 @@
 """What WHISPERD_CROSS_KV_INT8 costs in accuracy, measured on the CPU with real cross K/V.
 
 The CUDA decoder step can read an int8 copy of every window's cross-attention keys and
-values (native/src/cuda_cross_attention.cu): symmetric, one f16 scale per (position, head,
+values (native/src/cuda_cross_attention_int8.cu): symmetric, one f16 scale per (position, head,
 K or V), i.e. per 64 values, scale = round_f16(max|x| / 127), x_q = clamp(rint(x / scale),
 -127, 127). This script quantises the f16 cross K/V the CPU batched decoder's encoder wrote
 (BatchDecoder.cross_kv) exactly so, and compares cross-attention outputs
