@@ -174,6 +174,11 @@ void BatchDecoder::close() {
         ggml_gallocr_free(enc_alloc_);
         enc_alloc_ = nullptr;
     }
+    if (mel_host_buf_ != nullptr) {
+        ggml_backend_buffer_free(mel_host_buf_);
+        mel_host_buf_ = nullptr;
+    }
+    mel_host_vec_ = {};
     if (dec_alloc_ != nullptr) {
         ggml_gallocr_free(dec_alloc_);
         dec_alloc_ = nullptr;

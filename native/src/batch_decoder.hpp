@@ -168,6 +168,11 @@ private:
     ggml_tensor *mel_dft_ = nullptr, *mel_fb_ = nullptr, *mel_frame_ = nullptr;
     ggml_gallocr *enc_alloc_ = nullptr;
     ggml_gallocr *dec_alloc_ = nullptr;
+    // The encoder's input for a group, kept between groups: in pinned memory where the
+    // backend has it (the upload is then a DMA), else an ordinary vector (batch_encoder.cpp).
+    ggml_backend_buffer *mel_host_buf_ = nullptr;
+    std::vector<float> mel_host_vec_;
+    float *mel_staging(size_t floats);
     std::vector<uint8_t> enc_meta_, dec_meta_;
     ggml_context *dec_ctx_ = nullptr;
     ggml_cgraph *dec_graph_ = nullptr;
