@@ -405,3 +405,7 @@ def test_the_timeline_of_a_spell_counts_its_windows(model: WhisperModel, jfk: np
     # The planning side: the audio went in as chunks, and the detector ran on its threads.
     assert last["chunks"] >= 1 and last["read_s"] >= 0
     assert 0 < last["detector_s"] and 0 < last["plan_s"] <= last["wall_s"]
+    # The caller's thread also handed the windows' results out, and waited for room only
+    # while it was still reading (a 56 s file fits in the read-ahead: little or none).
+    assert 0 < last["hand_out_s"] <= last["wall_s"]
+    assert 0 <= last["room_s"] <= last["wall_s"]

@@ -224,9 +224,11 @@ class BatchScheduler:
             with self._cond:
                 if not read_more:
                     assert job.wake is not None
+                    t0 = time.perf_counter()
                     job.wake.wait_for(
                         lambda: job.error is not None or job.changes != seen, timeout=_CANCEL_POLL_SECS
                     )
+                    self.timeline.waited(time.perf_counter() - t0, planning=not job.complete)
                 seen = job.changes
                 error = job.error
                 complete = job.complete
@@ -240,6 +242,7 @@ class BatchScheduler:
                 raise TranscriptionAborted("transcription cancelled")
             if error is not None:
                 raise error
+            t0 = time.perf_counter()
             ready: list[Segment] = []
             for (_, end), parts in finished:
                 before = len(segments)
@@ -256,6 +259,9 @@ class BatchScheduler:
             if on_progress is not None and percent > last_progress and planned:
                 last_progress = percent
                 on_progress(percent)
+            if finished:
+                with self._cond:
+                    self.timeline.handed_out(time.perf_counter() - t0)
             if all_done:
                 break
         first = job.first

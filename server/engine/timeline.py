@@ -40,6 +40,11 @@ class Spell:
     plan_secs: float = 0.0
     chunks: int = 0
     detector_at_start: float = 0.0
+    # The same threads waiting: for room in the read-ahead while their audio was still
+    # being read (a planner held back), and handing finished windows out (stitching,
+    # segment and progress callbacks, which write to the store) between chunks.
+    room_secs: float = 0.0
+    out_secs: float = 0.0
 
 
 def _engine_ms(decoder: WindowDecoder | None) -> tuple[float, float, float] | None:
@@ -75,6 +80,19 @@ class Timeline:
         spell.chunks += 1
         spell.read_secs += read_secs
         spell.plan_secs += plan_secs
+
+    def waited(self, secs: float, *, planning: bool) -> None:
+        """A job's caller waited secs for its windows (planning: before its audio was all
+        read, i.e. held back by the read-ahead)."""
+        spell = self.spell
+        if spell is not None and planning:
+            spell.room_secs += secs
+
+    def handed_out(self, secs: float) -> None:
+        """A job's caller spent secs handing finished windows out (stitch, callbacks)."""
+        spell = self.spell
+        if spell is not None:
+            spell.out_secs += secs
 
     def planned(self, windows: list[PlannedWindow]) -> None:
         spell = self.spell
@@ -127,6 +145,7 @@ class Timeline:
             "decoder_busy": busy / wall if wall > 0 else 0.0,
             "chunks": spell.chunks, "read_s": spell.read_secs, "plan_s": spell.plan_secs,
             "detector_s": self._detector_secs() - spell.detector_at_start,
+            "room_s": spell.room_secs, "hand_out_s": spell.out_secs,
         }
         engine = _engine_ms(decoder)
         if engine is not None:
@@ -146,8 +165,9 @@ class Timeline:
         )
         log.info(
             "batch timeline: planning: %d chunks read in %.2f s, planned in %.2f s (the planner and its "
-            "waits for the detector); the detector ran %.2f thread seconds",
-            f["chunks"], f["read_s"], f["plan_s"], f["detector_s"],
+            "waits for the detector); the detector ran %.2f thread seconds; the jobs' threads waited "
+            "%.2f s for room in the read-ahead and spent %.2f s handing results out",
+            f["chunks"], f["read_s"], f["plan_s"], f["detector_s"], f["room_s"], f["hand_out_s"],
         )
         if engine is not None:
             log.info(
