@@ -98,7 +98,7 @@ class NumpyDecoder:
                ) -> tuple[list[int], list[np.ndarray]]:
         """Greedy tokens, and per layer the cross queries of every row (scaled); with
         `int16_query` the cross queries as the int8 kernel takes them."""
-        C, n_head = self.h.n_text_state, self.h.n_text_head
+        n_head = self.h.n_text_head
         scale = np.float32(HEAD ** -0.25)
         toks = list(self.prefix)
         x = self.w["decoder.token_embedding.weight"][toks] + self.w["decoder.positional_embedding"][: len(toks)]
