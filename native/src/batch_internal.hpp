@@ -1,6 +1,7 @@
-// What the batched decoder's two source files share: its constants, a few helpers and its
+// What the batched decoder's source files share: its constants, a few helpers and its
 // thread pool (batch_decoder.cpp: set-up and the decoder step; batch_encoder.cpp: the mel
-// spectrogram and the encoder). Internal to the extension.
+// spectrogram and the encoder; batch_slots.cpp: which slots windows sit in; and the
+// others named batch_*). Internal to the extension.
 #pragma once
 
 #include <atomic>
@@ -39,6 +40,14 @@ inline void trace(const char *what) {
         fprintf(stderr, "batch_decoder: %s\n", what);
         fflush(stderr);
     }
+}
+
+inline int pow2_at_least(int n) {
+    int p = 1;
+    while (p < n) {
+        p *= 2;
+    }
+    return p;
 }
 
 inline double ms_since(std::chrono::steady_clock::time_point t) {
