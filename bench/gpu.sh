@@ -69,14 +69,22 @@ if [[ ! -f third_party/whisper.cpp/include/whisper.h ]]; then
 fi
 
 BUILD="build/cuda-$ARCHS-fa$FA_ALL_QUANTS"
+# QUICK_BUILD=1: without ggml's flash-attention kernels and whisper-cli, for a short call
+# that runs only `batch` (whisperd's own CUDA encoder and step need neither; ggml graphs
+# with flash attention, the tests and sequential mode do).
+QUICK=()
+TARGETS=(_native whisper-cli)
+if [[ "${QUICK_BUILD:-0}" == 1 ]]; then
+  BUILD="$BUILD-quick"; QUICK=(-DGGML_CUDA_FA=OFF); TARGETS=(_native)
+fi
 t0=$(date +%s)
 cmake -S native -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DWHISPERD_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCHS" \
   -DWHISPER_CPP_DIR="$PWD/third_party/whisper.cpp" \
-  -DWHISPERD_WHISPER_CLI=ON -DWHISPERD_CUDA_FA_ALL_QUANTS="$FA_ALL_QUANTS" \
+  -DWHISPERD_WHISPER_CLI=ON -DWHISPERD_CUDA_FA_ALL_QUANTS="$FA_ALL_QUANTS" "${QUICK[@]}" \
   -DPython_EXECUTABLE="$(command -v "$PY")" \
   -Dnanobind_DIR="$("$PY" -m nanobind --cmake_dir)" >"$RESULTS/cmake-$ARCHS.log"
-cmake --build "$BUILD" --target _native whisper-cli -j"$(nproc)" >"$RESULTS/build-$ARCHS.log"
+cmake --build "$BUILD" --target "${TARGETS[@]}" -j"$(nproc)" >"$RESULTS/build-$ARCHS.log"
 t1=$(date +%s)
 echo "CUDA build for sm_$ARCHS (flash attention for all quantised K/V types: $FA_ALL_QUANTS): $((t1 - t0)) s"
 if [[ $BUILD_ONLY == 1 ]]; then
