@@ -85,32 +85,39 @@ def test_progress_reaches_100_and_segments_arrive_during_the_call(
 def test_two_states_in_two_threads_are_right_and_overlap(
     model: WhisperModel, jfk: np.ndarray
 ) -> None:
+    """Two states transcribe at once on two threads (the GIL released inside the call):
+    each gives the transcript it gives alone, and each receives segments while the other
+    is still inside its call, which serialised calls cannot do whatever the load (a
+    comparison of wall times failed on a busy machine)."""
     one_thread = TranscribeOptions(beam_size=1, threads=1)
+    audio = np.concatenate([jfk, jfk, jfk])  # two windows: segments arrive mid-call
     states = [model.new_state(), model.new_state()]
     try:
-        start = time.perf_counter()
-        for st in states:
-            st.transcribe(jfk, one_thread)
-        sequential = time.perf_counter() - start
-
+        alone = states[0].transcribe(audio, one_thread).text
         texts: list[str] = ["", ""]
+        first_segment = [0.0, 0.0]
+        returned = [0.0, 0.0]
 
         def work(i: int) -> None:
-            texts[i] = states[i].transcribe(jfk, one_thread).text
+            def seen(_: object) -> None:
+                if not first_segment[i]:
+                    first_segment[i] = time.perf_counter()
+
+            texts[i] = states[i].transcribe(audio, one_thread, on_segment=seen).text
+            returned[i] = time.perf_counter()
 
         threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
-        start = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        parallel = time.perf_counter() - start
     finally:
         for st in states:
             st.close()
-    assert [normalise(t) for t in texts] == [normalise(EXPECTED_JFK)] * 2
-    # Two cores: with the GIL released the two calls overlap.
-    assert parallel < 0.85 * sequential, (parallel, sequential)
+    assert normalise(alone).startswith(normalise(EXPECTED_JFK))
+    assert [normalise(t) for t in texts] == [normalise(alone)] * 2
+    assert all(first_segment) and all(returned)
+    assert first_segment[0] < returned[1] and first_segment[1] < returned[0], (first_segment, returned)
 
 
 def test_cancel_stops_a_running_transcription_within_a_second(
