@@ -82,6 +82,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_head: int) -> np.nd
 
 
 MAGIC = 12582912.0  # 1.5 * 2^23
+SPAN = 256  # positions a block of the kernel takes at 128 windows (and more): 16 steps a warp
 
 
 def attention_kernel(q: np.ndarray, k: np.ndarray, v8: np.ndarray, vscale: np.ndarray, n_head: int,
@@ -91,14 +92,15 @@ def attention_kernel(q: np.ndarray, k: np.ndarray, v8: np.ndarray, vscale: np.nd
     zero positions after them. Positions go in pairs (2i, 2i + 1); each pair's two weights
     e * vscale become int16 times a power of two that puts the larger in [8192, 16384], their
     integer dot products with the int8 values are added in float32 to 1.5 * 2^23 (the bits
-    the kernel gets for free) times that power's inverse, by fma, a warp's 8 pairs in turn
-    (span 128: warp w of block b takes pairs 64 b + w + 8 t), the 1.5 * 2^23s taken off at the
+    the kernel gets for free) times that power's inverse, by fma, a warp's pairs in turn
+    (warp w of block b takes pairs SPAN / 2 * b + w + 8 t), the 1.5 * 2^23s taken off at the
     end. The weights are relative to the window's maximum, not each warp's running one: the
     same relative rounding."""
     r, c = q.shape
     n = k.shape[0]
     n_pairs = -(-n // 2)
-    n_warp = -(-n_pairs // 64) * 8  # whole blocks of 8 warps x 8 pairs
+    steps = SPAN // 16  # pairs a warp
+    n_warp = -(-n_pairs // (SPAN // 2)) * 8  # whole blocks of 8 warps
     out = np.empty((r, c))
     for h in range(n_head):
         s = slice(h * HEAD, (h + 1) * HEAD)
@@ -106,25 +108,25 @@ def attention_kernel(q: np.ndarray, k: np.ndarray, v8: np.ndarray, vscale: np.nd
         mx = np.maximum(sc.max(axis=1, keepdims=True), 0.0 if n_zero else -np.inf)
         e = np.exp2(sc - mx).astype(np.float32)  # [r, n]
         w = e * vscale[None, :, h].astype(np.float32)
-        wp = np.zeros((r, n_warp * 8 * 2), np.float32)
+        wp = np.zeros((r, n_warp * steps * 2), np.float32)
         wp[:, :n] = w
-        wp = wp.reshape(r, n_warp * 8, 2)  # pairs in order
+        wp = wp.reshape(r, n_warp * steps, 2)  # pairs in order
         wm = np.maximum(wp.max(axis=2), np.float32(1e-30))
         x = np.floor(np.log2(wm.astype(np.float64)))
         rr = np.exp2(13 - x)[:, :, None]
         wq = np.rint(wp.astype(np.float64) * rr)  # exact: w * r < 2^14 (fma, then rounding)
-        vv = np.zeros((n_warp * 8 * 2, HEAD))
+        vv = np.zeros((n_warp * steps * 2, HEAD))
         vv[:n] = v8[:, s]
-        vv = vv.reshape(n_warp * 8, 2, HEAD)
+        vv = vv.reshape(n_warp * steps, 2, HEAD)
         dots = np.einsum("rpj,pjd->rpd", wq, vv)  # exact integers, |.| < 2^22
         inv = np.exp2(x - 13)  # [r, pairs]
-        # pair index 64 b + w + 8 t -> [r, block b, step t, warp w]
+        # pair index SPAN / 2 * b + w + 8 t -> [r, block b, step t, warp w]
         blocks = n_warp // 8
-        dots = dots.reshape(r, blocks, 8, 8, HEAD)
-        inv = inv.reshape(r, blocks, 8, 8)
+        dots = dots.reshape(r, blocks, steps, 8, HEAD)
+        inv = inv.reshape(r, blocks, steps, 8)
         o = np.zeros((r, blocks, 8, HEAD), np.float32)
         cor = np.zeros((r, blocks, 8), np.float32)
-        for t in range(8):
+        for t in range(steps):
             o = (inv[:, :, t, :, None] * (MAGIC + dots[:, :, t]) + o.astype(np.float64)).astype(np.float32)
             cor = (cor.astype(np.float64) + inv[:, :, t]).astype(np.float32)
         o = (o.astype(np.float64) - cor[..., None].astype(np.float64) * MAGIC).astype(np.float32)

@@ -57,12 +57,21 @@ __global__ void __launch_bounds__(kRowWarps * 32, 2)
     extern __shared__ float sm[];
     float *qs = sm;       // [C]: the query, bias, scale and log2(e) applied; then [C / 2] int16 pairs
     float *red = sm + C;  // [kRowWarps][n_head][kHead + 2]: each warp's o, m, l
-    __shared__ float qsc[32];  // per head: the int16 query's scale
+    __shared__ float qsc[32], qiv[32];  // per head: the int16 query's scale, its inverse
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int split = blockIdx.x;
     const size_t slot = blockIdx.y;
     const int n_pieces = C / 8;
     constexpr float kLog2e = 1.4426950408889634f;
+    {  // this warp's first step's K and V rows on their way to L2 while the query is set up
+        const int p0 = split * span + 2 * warp;
+        const int bytes = min(2, min(n_ctx, (split + 1) * span) - p0) * C;  // <= 0: no step
+        const size_t at = (slot * n_ctx + p0) * C;
+        if (lane * 128 < bytes) {  // 2 C <= 2560 bytes: one 128-byte line a lane
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(k8 + at + lane * 128));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(v8 + at + lane * 128));
+        }
+    }
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
         qs[c] = (__half2float(q[slot * C + c]) + bq[c]) * (scale * kLog2e);
     }
@@ -70,7 +79,9 @@ __global__ void __launch_bounds__(kRowWarps * 32, 2)
     for (int h = warp; h < n_head; h += kRowWarps) {
         const float a = warp_max(fmaxf(fabsf(qs[h * kHead + lane]), fabsf(qs[h * kHead + 32 + lane])));
         if (lane == 0) {
-            qsc[h] = a / 32767.0f;
+            const float sc = a / 32767.0f;
+            qsc[h] = sc;
+            qiv[h] = sc > 0.0f ? 1.0f / sc : 0.0f;
         }
     }
     __syncthreads();
@@ -82,8 +93,7 @@ __global__ void __launch_bounds__(kRowWarps * 32, 2)
             const int i = threadIdx.x + j * kRowWarps * 32;  // the pair (2i, 2i + 1), of head 2i / 64
             w[j] = 0;
             if (2 * i < C) {
-                const float sc = qsc[2 * i / kHead];
-                const float inv = sc > 0.0f ? 1.0f / sc : 0.0f;
+                const float inv = qiv[2 * i / kHead];
                 const int lo = max(-32767, min(32767, __float2int_rn(qs[2 * i] * inv)));
                 const int hi = max(-32767, min(32767, __float2int_rn(qs[2 * i + 1] * inv)));
                 w[j] = static_cast<int>((static_cast<unsigned>(lo) & 0xffffu) | (static_cast<unsigned>(hi) << 16));
@@ -317,7 +327,7 @@ void launch_int8(const half *q, const float *bq, const CrossInt8 &q8, float *par
                  int n_head, float scale, int span, int n_split, cudaStream_t stream) {
     const size_t smem = heads_smem(C, n_head);
     const dim3 grid(n_split, W);
-    allow_smem(cross_attention_heads_int8<NC>, smem, 32 * sizeof(float));  // + qsc
+    allow_smem(cross_attention_heads_int8<NC>, smem, 64 * sizeof(float));  // + qsc, qiv
     cross_attention_heads_int8<NC><<<grid, kRowWarps * 32, smem, stream>>>(q, bq, q8.k, q8.v, q8.scales, part, C,
                                                                           n_ctx, span, n_split, n_head, scale);
 }
