@@ -47,7 +47,7 @@ constexpr float kSlack = 20.0f;         // base 2: how far a score may lie above
 //   power's inverse, to the float32 output; the 1.5 * 2^23s are counted and taken off at
 //   the end (bench/cross_kv_int8_error.py: ~1.5e-5 of the outputs, against the int8 copy's
 //   own ~5e-3).
-// About 210 instructions a warp a position in the SASS for C = 1280 (an earlier version,
+// About 204 instructions a warp a position in the SASS for C = 1280 (an earlier version,
 // converting the values to floats and rescaling every step: 382).
 template <int NC>
 __global__ void __launch_bounds__(kRowWarps * 32, 2)
@@ -135,6 +135,8 @@ __global__ void __launch_bounds__(kRowWarps * 32, 2)
     // lane 2h + t (t = 0, 1) loads the scales of head h (sc[0]) and 16 + h (sc[1]) at the
     // step's position t, so that one shuffle hands a lane its own position's
     const int h0 = lane >> 1, h1 = 16 + (lane >> 1);
+    // and lane 2 (head % 16) + (lane & 1) holds a lane's head's: head c / 8 = lane / 8 + 4k
+    const int src = 2 * (lane >> 3) + (lane & 1);
     const int p1 = min(n_ctx, (split + 1) * span);
     for (int p = split * span + 2 * warp; p < p1; p += 2 * kRowWarps) {
         const bool two = p + 1 < p1;  // uniform per warp; a lone last position is read twice, weighted 0
@@ -186,7 +188,7 @@ __global__ void __launch_bounds__(kRowWarps * 32, 2)
             mine += __shfl_xor_sync(0xffffffffu, mine, 4);
             // head c / 8 = lane / 8 + 4k: below 16 for k < 4 (sc[0]), 16 + lane / 8 for k = 4
             // (sc[1]); lanes past the last piece fetch a meaningless pair and leave it unused
-            const unsigned b = __shfl_sync(0xffffffffu, sc[k / 4], 2 * ((c >> 3) & 15) + (lane & 1));
+            const unsigned b = __shfl_sync(0xffffffffu, sc[k / 4], src + 8 * (k % 4));
             const float2 f = __half22float2(*reinterpret_cast<const half2 *>(&b));  // (K, V) scales
             s[k] = odd && !two ? -INFINITY : __int2float_rn(mine) * (qk[k] * f.x);
             vs[k] = f.y;
