@@ -6,9 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD="${1:-build/cuda-90-faOFF}"
 ARCH="${2:-90}"
+# the nvcc that built the library (CMake found it; it need not be on PATH)
+NVCC="${NVCC:-$(sed -n 's/^CMAKE_CUDA_COMPILER:[A-Z]*=//p' "$BUILD/CMakeCache.txt")}"
 NVCC="${NVCC:-nvcc}"
 OUTDIR="${OUT:-bench/results}"
 mkdir -p "$OUTDIR"
+# cuBLAS for cuda_common.cuh's helpers in the library; found at run time beside nvcc's toolkit
+LIBDIR="$(cd "$(dirname "$(command -v "$NVCC")")/.." && pwd)/lib64"
 "$NVCC" -O2 -std=c++17 -arch="sm_$ARCH" -I native/src bench/cross_int8_check.cu "$BUILD/libwhisperd_cuda.a" \
-  -lcublas -lcublasLt -o "$BUILD/cross_int8_check"
+  -lcublas -lcublasLt -Xlinker -rpath -Xlinker "$LIBDIR" -o "$BUILD/cross_int8_check"
 "$BUILD/cross_int8_check" | tee "$OUTDIR/cross_int8_check.log"
