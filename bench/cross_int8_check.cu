@@ -8,7 +8,8 @@
 // scores far above the rest, as Whisper's alignment heads have; they also take the int8
 // kernel past its lazy rescale's slack), zero padding after 1500 positions.
 // Errors are relative Frobenius norms over all rows; the int8 kernel is held to its own
-// arithmetic (the same int8 copy and int16 query in exact arithmetic) and, loosely, to f16.
+// arithmetic (the same int8 copy and int16 query in exact arithmetic) and, against f16, to
+// the int8 copy's own error plus that.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -201,8 +202,10 @@ bool check(const Case &cs, std::mt19937 &rng) {
         }
         return rel(t, r16);
     }();
-    // bounds: the f16 outputs' own rounding is ~3e-4; the int8 copy's error on these data ~4e-3
-    const bool pass = e16 < 2e-3 && e8own < 2e-3 && e8 < 3e-2;
+    // bounds: the f16 outputs' own rounding is ~3e-4; against f16 the int8 kernel may add
+    // to the copy's own error (large on the sharp heads: their three keys score alike, and
+    // the int8 rounding of the scores moves the weights between them) only its arithmetic's
+    const bool pass = e16 < 2e-3 && e8own < 2e-3 && e8 < copy + 4e-3;
     std::printf("C %4d (%2d heads) W %3d: f16 kernel vs exact %.2e | int8 kernel vs exact over the int8 copy %.2e "
                 "| int8 kernel vs f16 exact %.2e (the copy itself %.2e)  %s\n",
                 C, n_head, W, e16, e8own, e8, copy, pass ? "ok" : "FAIL");
