@@ -42,15 +42,22 @@ KV_PAD = 256
 HEAD = 64
 
 
-def quantise(x: np.ndarray) -> np.ndarray:
-    """x [n, C] (f16 values) through the kernel's int8 copy and back (f32)."""
+def quantise_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x [n, C] (f16 values) as the kernel's int8 copy: [n, C] int8 and [n, C / 64] scales."""
     n, c = x.shape
     g = x.reshape(n, c // HEAD, HEAD).astype(np.float32)
     amax = np.abs(g).max(axis=2, keepdims=True)
     scale = (amax / np.float32(127)).astype(np.float16).astype(np.float32)
     inv = np.where(scale > 0, np.float32(1) / np.where(scale > 0, scale, 1), 0).astype(np.float32)
     q = np.clip(np.rint(g * inv), -127, 127)
-    return (q * scale).reshape(n, c).astype(np.float32)
+    return q.reshape(n, c).astype(np.int8), scale[:, :, 0]
+
+
+def quantise(x: np.ndarray) -> np.ndarray:
+    """x [n, C] (f16 values) through the kernel's int8 copy and back (f32)."""
+    q, scale = quantise_int8(x)
+    n, c = x.shape
+    return (q.reshape(n, c // HEAD, HEAD) * scale[:, :, None]).reshape(n, c).astype(np.float32)
 
 
 def quantise_query(q: np.ndarray) -> np.ndarray:
@@ -74,6 +81,61 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_head: int) -> np.nd
     return out
 
 
+MAGIC = 12582912.0  # 1.5 * 2^23
+SPAN = 256  # positions a block of the kernel takes at 128 windows (and more): 16 steps a warp
+
+
+def attention_kernel(q: np.ndarray, k: np.ndarray, v8: np.ndarray, vscale: np.ndarray, n_head: int,
+                     n_zero: int) -> np.ndarray:
+    """The int8 kernel's arithmetic for softmax(q k^T) v: q [r, C] (int16-quantised, scaled),
+    k [n, C] (the int8 keys, dequantised), v8 [n, C] int8 with vscale [n, C / 64], and n_zero
+    zero positions after them. Positions go in pairs (2i, 2i + 1); each pair's two weights
+    e * vscale become int16 times a power of two that puts the larger in [8192, 16384], their
+    integer dot products with the int8 values are added in float32 to 1.5 * 2^23 (the bits
+    the kernel gets for free) times that power's inverse, by fma, a warp's pairs in turn
+    (warp w of block b takes pairs SPAN / 2 * b + w + 8 t), the 1.5 * 2^23s taken off at the
+    end. The weights are relative to the window's maximum, not each warp's running one: the
+    same relative rounding."""
+    r, c = q.shape
+    n = k.shape[0]
+    n_pairs = -(-n // 2)
+    steps = SPAN // 16  # pairs a warp
+    n_warp = -(-n_pairs // (SPAN // 2)) * 8  # whole blocks of 8 warps
+    out = np.empty((r, c))
+    for h in range(n_head):
+        s = slice(h * HEAD, (h + 1) * HEAD)
+        sc = (q[:, s].astype(np.float64) @ k[:, s].T.astype(np.float64)) * np.log2(np.e)  # base 2
+        mx = np.maximum(sc.max(axis=1, keepdims=True), 0.0 if n_zero else -np.inf)
+        e = np.exp2(sc - mx).astype(np.float32)  # [r, n]
+        w = e * vscale[None, :, h].astype(np.float32)
+        wp = np.zeros((r, n_warp * steps * 2), np.float32)
+        wp[:, :n] = w
+        wp = wp.reshape(r, n_warp * steps, 2)  # pairs in order
+        wm = np.maximum(wp.max(axis=2), np.float32(1e-30))
+        x = np.floor(np.log2(wm.astype(np.float64)))
+        rr = np.exp2(13 - x)[:, :, None]
+        wq = np.rint(wp.astype(np.float64) * rr)  # exact: w * r < 2^14 (fma, then rounding)
+        vv = np.zeros((n_warp * steps * 2, HEAD))
+        vv[:n] = v8[:, s]
+        vv = vv.reshape(n_warp * steps, 2, HEAD)
+        dots = np.einsum("rpj,pjd->rpd", wq, vv)  # exact integers, |.| < 2^22
+        inv = np.exp2(x - 13)  # [r, pairs]
+        # pair index SPAN / 2 * b + w + 8 t -> [r, block b, step t, warp w]
+        blocks = n_warp // 8
+        dots = dots.reshape(r, blocks, steps, 8, HEAD)
+        inv = inv.reshape(r, blocks, steps, 8)
+        o = np.zeros((r, blocks, 8, HEAD), np.float32)
+        cor = np.zeros((r, blocks, 8), np.float32)
+        for t in range(steps):
+            o = (inv[:, :, t, :, None] * (MAGIC + dots[:, :, t]) + o.astype(np.float64)).astype(np.float32)
+            cor = (cor.astype(np.float64) + inv[:, :, t]).astype(np.float32)
+        o = (o.astype(np.float64) - cor[..., None].astype(np.float64) * MAGIC).astype(np.float32)
+        num = o.astype(np.float64).sum(axis=(1, 2))
+        den = e.astype(np.float64).sum(axis=1) + n_zero * np.exp2(-mx[:, 0])
+        out[:, s] = num / den[:, None]
+    return out
+
+
 class NumpyDecoder:
     """Whisper's text decoder in float32 numpy over given cross K/V (K pre-scaled by
     head_size^-1/4, as whisper.cpp and whisperd store it), greedy, no timestamps."""
@@ -94,10 +156,12 @@ class NumpyDecoder:
         var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
         return (x - mu) / np.sqrt(var + 1e-5) * self.w[p + ".weight"] + self.w[p + ".bias"]
 
-    def decode(self, ck: list[np.ndarray], cv: list[np.ndarray], max_tokens: int, int16_query: bool = False
+    def decode(self, ck: list[np.ndarray], cv: list[np.ndarray], max_tokens: int,
+               kernel8: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] | None = None
                ) -> tuple[list[int], list[np.ndarray]]:
         """Greedy tokens, and per layer the cross queries of every row (scaled); with
-        `int16_query` the cross queries as the int8 kernel takes them."""
+        `kernel8` (per layer: dequantised keys, int8 values, their scales, zero positions)
+        cross-attention as the int8 kernel computes it instead of over ck/cv."""
         n_head = self.h.n_text_head
         scale = np.float32(HEAD ** -0.25)
         toks = list(self.prefix)
@@ -125,7 +189,10 @@ class NumpyDecoder:
                 a = self._ln(y, p + "cross_attn_ln")
                 q = (a @ self.w[p + "cross_attn.query.weight"].T + self.w[p + "cross_attn.query.bias"]) * scale
                 queries[layer].append(q[-1:])
-                o = attention(quantise_query(q) if int16_query else q, ck[layer], cv[layer], n_head)
+                if kernel8 is not None:
+                    o = attention_kernel(quantise_query(q), *kernel8[layer][:3], n_head, kernel8[layer][3])
+                else:
+                    o = attention(q, ck[layer], cv[layer], n_head)
                 o = o.astype(np.float32)
                 y = y + o @ self.w[p + "cross_attn.out.weight"].T + self.w[p + "cross_attn.out.bias"]
                 a = self._ln(y, p + "mlp_ln")
@@ -181,10 +248,11 @@ def run(name: str, path: Path, clips: dict[int, np.ndarray], max_tokens: int) ->
     n_pad = -(-n_ctx // KV_PAD) * KV_PAD
     rng = np.random.default_rng(0)
     print(f"\n{name}: n_state {C}, {n_head} heads, {n_layer} layers, {n_ctx} positions (+{n_pad - n_ctx} zero)")
-    per_layer: dict[str, list[list[float]]] = {k: [[] for _ in range(n_layer)]
-                                               for k in ("kv", "decoder", "decoder_worst", "keys", "random")}
+    cols = ("kv", "decoder", "decoder_worst", "keys", "random", "arith")
+    per_layer: dict[str, list[list[float]]] = {k: [[] for _ in range(n_layer)] for k in cols}
     for i, layers in kv.items():
         ck16, cv16, ck8, cv8 = [], [], [], []
+        k8: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []  # as attention_kernel takes them
         for layer in range(n_layer):
             k, v = layers[layer][0], layers[layer][1]
             zeros = np.zeros((n_pad - n_ctx, C), np.float32)
@@ -193,9 +261,10 @@ def run(name: str, path: Path, clips: dict[int, np.ndarray], max_tokens: int) ->
             cv16.append(np.vstack([v, zeros]))
             ck8.append(np.vstack([kq, zeros]))
             cv8.append(np.vstack([vq, zeros]))
+            k8.append((kq, *quantise_int8(v), n_pad - n_ctx))
             per_layer["kv"][layer].append(max(rel(kq, k), rel(vq, v)))
         toks16, queries = nd.decode(ck16, cv16, max_tokens)
-        toks8, _ = nd.decode(ck8, cv8, max_tokens, int16_query=True)
+        toks8, _ = nd.decode(ck8, cv8, max_tokens, kernel8=k8)
         same = toks16 == toks8
         first = next((j for j, (a, b) in enumerate(zip(toks16, toks8)) if a != b), min(len(toks16), len(toks8)))
         print(f"  window {i} ({len(clips[i]) / SR:.1f} s): {len(toks16)} tokens, int8 greedy tokens "
@@ -206,21 +275,27 @@ def run(name: str, path: Path, clips: dict[int, np.ndarray], max_tokens: int) ->
         for layer in range(n_layer):
             q = queries[layer]
             a16 = attention(q, ck16[layer], cv16[layer], n_head)
-            a8 = attention(quantise_query(q), ck8[layer], cv8[layer], n_head)
+            a8 = attention_kernel(quantise_query(q), *k8[layer][:3], n_head, k8[layer][3])
             per_layer["decoder"][layer].append(rel(a8, a16))
             per_layer["decoder_worst"][layer].append(worst_row(a8, a16, n_head))
+            # what the kernel's arithmetic (int16 weights, the 1.5 * 2^23 sums) adds to the
+            # int8 copy's own error: against exact arithmetic over the same int8 K/V
+            per_layer["arith"][layer].append(rel(a8, attention(quantise_query(q), ck8[layer], cv8[layer], n_head)))
             qk = ck16[layer][rng.choice(n_ctx, 64, replace=False)]
-            per_layer["keys"][layer].append(rel(attention(quantise_query(qk), ck8[layer], cv8[layer], n_head),
+            per_layer["keys"][layer].append(rel(attention_kernel(quantise_query(qk), *k8[layer][:3], n_head,
+                                                                 k8[layer][3]),
                                                 attention(qk, ck16[layer], cv16[layer], n_head)))
             qr = rng.standard_normal((64, C)).astype(np.float32) * float(np.sqrt((q ** 2).mean()))
-            per_layer["random"][layer].append(rel(attention(quantise_query(qr), ck8[layer], cv8[layer], n_head),
+            per_layer["random"][layer].append(rel(attention_kernel(quantise_query(qr), *k8[layer][:3], n_head,
+                                                                   k8[layer][3]),
                                                   attention(qr, ck16[layer], cv16[layer], n_head)))
     print("  relative error of cross-attention outputs, int8 against f16 (the largest over the windows):")
-    print("  | layer | K/V themselves | decoder queries | worst (row, head) | key queries | random queries |")
-    print("  |---|---|---|---|---|---|")
+    print("  | layer | K/V themselves | decoder queries | worst (row, head) | key queries | random queries "
+          "| kernel arithmetic vs exact (decoder queries) |")
+    print("  |---|---|---|---|---|---|---|")
     for layer in range(n_layer):
-        cols = [max(per_layer[k][layer]) for k in ("kv", "decoder", "decoder_worst", "keys", "random")]
-        print(f"  | {layer} | " + " | ".join(f"{c:.2e}" for c in cols) + " |")
+        vals = [max(per_layer[k][layer]) for k in cols]
+        print(f"  | {layer} | " + " | ".join(f"{c:.2e}" for c in vals) + " |")
 
 
 def main() -> None:

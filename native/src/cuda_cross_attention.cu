@@ -306,7 +306,13 @@ void cross_attention(const half *q, const float *bq, const half *ck, const half 
     int n_split = n_pad / kChunk;
     int n_zero = 0;  // padding positions the kernel leaves to cross_combine
     if (nc != 0) {
-        const int span = heads_span(W, n_ctx);
+        int span = heads_span(W, n_ctx);
+        // A block of the int8 kernel reads half the bytes of the f16 one's for the same
+        // span, and its query set-up (int16) and merge cost it as much: twice the span
+        // where that still leaves 3 waves of blocks, as many bytes a block as f16's.
+        if (q8 != nullptr && static_cast<long long>(W) * ((n_ctx + 2 * span - 1) / (2 * span)) >= kTargetBlocks / 2) {
+            span *= 2;
+        }
         n_split = (n_ctx + span - 1) / span;
         n_zero = n_pad - n_ctx;
         if (q8 != nullptr) {

@@ -13,37 +13,42 @@ namespace whisperd {
 
 namespace {
 
-// Eight int8 (bytes of `w`, lowest first) as floats, exactly, without the conversion
-// instruction (a small fraction of the FMA rate: at the memory's speed it would be the
-// bottleneck): x + 128 as a byte placed in the mantissa of 2^23, then 2^23 + 128 taken off.
-__device__ __forceinline__ void int8x8_to_float(uint2 w, float (&x)[8]) {
-    const unsigned lo = w.x ^ 0x80808080u, hi = w.y ^ 0x80808080u;
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-        x[e] = __uint_as_float(__byte_perm(lo, 0x4b000000u, 0x7540u | e)) - 8388736.0f;
-        x[4 + e] = __uint_as_float(__byte_perm(hi, 0x4b000000u, 0x7540u | e)) - 8388736.0f;
-    }
-}
-
 __device__ __forceinline__ float exp2_fast(float x) {  // 2^x; 2^-inf = 0
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
 }
 
+constexpr float kMagicF = 12582912.0f;  // 1.5 * 2^23: ints of |i| < 2^22 added to it are exact
+constexpr int kMagicI = 0x4b400000;     // its bits: kMagicI + i are the bits of kMagicF + i
+constexpr float kSlack = 20.0f;         // base 2: how far a score may lie above the running maximum
+
 // cross_attention_heads over the int8 copy (CrossInt8): the same parts, pieces and merge,
 // with 8-byte pieces (8 values: piece c is still head c / 8, values (c % 8) * 8 + [0, 8))
-// and two positions a warp at a time, so that a warp has as many bytes in flight as the
-// f16 kernel's and a lane the same registers. Lane h < n_head loads the (K, V) scales of
-// head h of each position, and a shuffle hands every lane its head's. Converting int8 to
-// floats costs about three instructions a value: with keys and values both converted (a
-// first version, 575 instructions a warp a position in its SASS) the SMs would have to
-// issue ~3.3 of their 4 instructions a clock to keep up with the memory. So the scores
-// are integer dot products instead (~430 a position): the query, per head, as int16
-// (2^-15 of its largest value: finer than its f16), four dp2a a piece, exact int32 sums
-// (64 x 32767 x 127 < 2^31), then one conversion times the two scales. Scores are kept
-// in base 2 (log2(e) in the query) so that each exponential is one instruction; the
-// maxima go back to base e for the merge. The values are converted and summed as floats.
+// and two positions a warp at a time ("a step"), so that a warp has as many bytes in flight
+// as the f16 kernel's and a lane the same registers. It must issue about as few
+// instructions per byte as the f16 kernel to keep up with the memory; int8 to float costs
+// ~3 instructions a value, so there are almost none:
+// - Scores: the query, per head, as int16 (2^-15 of its largest value: finer than its f16),
+//   four dp2a a piece, exact int32 sums (64 x 32767 x 127 < 2^31), then one conversion
+//   times the two scales. An even lane sums the step's first position over its head's 8
+//   lanes, an odd lane the second (three shuffles for both), and each lane takes only its
+//   own position's scales: lane 2h + t loads head h's (and 16 + h's) at position t.
+// - Softmax: base 2 (log2(e) in the query), so an exponential is one instruction. The
+//   running maximum is only a reference: a score may lie up to kSlack above it (weights up
+//   to 2^20, harmless in float32), so the rescale of the sums is skipped unless a warp vote
+//   finds one beyond that (expected on a warp's first step only). The maxima go back to
+//   base e for the merge.
+// - Values: the step's two weights (each times its position's V scale) become int16 times
+//   a power of two (the larger in [8192, 16384]; 2^-14 of it at worst), the two positions'
+//   value bytes are interleaved (4 byte_perm a piece), and one dp2a a value gives
+//   w_a x_a + w_b x_b exactly in int32, started from the bits of 1.5 * 2^23 so that the
+//   result's bits are already the float 1.5 * 2^23 + sum: one fma adds it, times the
+//   power's inverse, to the float32 output; the 1.5 * 2^23s are counted and taken off at
+//   the end (bench/cross_kv_int8_error.py: ~1.5e-5 of the outputs, against the int8 copy's
+//   own ~5e-3).
+// About 204 instructions a warp a position in the SASS for C = 1280 (an earlier version,
+// converting the values to floats and rescaling every step: 382).
 template <int NC>
 __global__ void __launch_bounds__(kRowWarps * 32, 2)
     cross_attention_heads_int8(const half *q, const float *bq, const int8_t *k8, const int8_t *v8,
@@ -52,12 +57,21 @@ __global__ void __launch_bounds__(kRowWarps * 32, 2)
     extern __shared__ float sm[];
     float *qs = sm;       // [C]: the query, bias, scale and log2(e) applied; then [C / 2] int16 pairs
     float *red = sm + C;  // [kRowWarps][n_head][kHead + 2]: each warp's o, m, l
-    __shared__ float qsc[32];  // per head: the int16 query's scale
+    __shared__ float qsc[32], qiv[32];  // per head: the int16 query's scale, its inverse
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int split = blockIdx.x;
     const size_t slot = blockIdx.y;
     const int n_pieces = C / 8;
     constexpr float kLog2e = 1.4426950408889634f;
+    {  // this warp's first step's K and V rows on their way to L2 while the query is set up
+        const int p0 = split * span + 2 * warp;
+        const int bytes = min(2, min(n_ctx, (split + 1) * span) - p0) * C;  // <= 0: no step
+        const size_t at = (slot * n_ctx + p0) * C;
+        if (lane * 128 < bytes) {  // 2 C <= 2560 bytes: one 128-byte line a lane
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(k8 + at + lane * 128));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(v8 + at + lane * 128));
+        }
+    }
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
         qs[c] = (__half2float(q[slot * C + c]) + bq[c]) * (scale * kLog2e);
     }
@@ -65,7 +79,9 @@ __global__ void __launch_bounds__(kRowWarps * 32, 2)
     for (int h = warp; h < n_head; h += kRowWarps) {
         const float a = warp_max(fmaxf(fabsf(qs[h * kHead + lane]), fabsf(qs[h * kHead + 32 + lane])));
         if (lane == 0) {
-            qsc[h] = a / 32767.0f;
+            const float sc = a / 32767.0f;
+            qsc[h] = sc;
+            qiv[h] = sc > 0.0f ? 1.0f / sc : 0.0f;
         }
     }
     __syncthreads();
@@ -77,8 +93,7 @@ __global__ void __launch_bounds__(kRowWarps * 32, 2)
             const int i = threadIdx.x + j * kRowWarps * 32;  // the pair (2i, 2i + 1), of head 2i / 64
             w[j] = 0;
             if (2 * i < C) {
-                const float sc = qsc[2 * i / kHead];
-                const float inv = sc > 0.0f ? 1.0f / sc : 0.0f;
+                const float inv = qiv[2 * i / kHead];
                 const int lo = max(-32767, min(32767, __float2int_rn(qs[2 * i] * inv)));
                 const int hi = max(-32767, min(32767, __float2int_rn(qs[2 * i + 1] * inv)));
                 w[j] = static_cast<int>((static_cast<unsigned>(lo) & 0xffffu) | (static_cast<unsigned>(hi) << 16));
@@ -95,11 +110,18 @@ __global__ void __launch_bounds__(kRowWarps * 32, 2)
     }
     __syncthreads();
     const int4 *qw = reinterpret_cast<const int4 *>(qs);  // piece c: its 8 int16 values
-    float o[NC][8], m[NC], l[NC], qk[NC];
+    // pieces k < NC - 1 exist for every lane (NC = ceil(n_pieces / 32)); the last one for the
+    // lanes below n_pieces - 32 (NC - 1), a multiple of 8 (so uniform per head)
+    const bool last_ok = lane + 32 * (NC - 1) < n_pieces;
+    // Of a step's two positions, an even lane scores the first and an odd lane the second
+    // ("its" position; the partner, lane ^ 1, scores the other), and each reads its own first.
+    const bool odd = lane & 1;
+    float o[NC][8], m[NC], l[NC], cor[NC], qk[NC];
 #pragma unroll
     for (int k = 0; k < NC; ++k) {
         m[k] = -INFINITY;
-        l[k] = 0.0f;
+        l[k] = 0.0f;  // this lane's positions' sum; the partner's is added at the end
+        cor[k] = 0.0f;
         qk[k] = qsc[min((lane + 32 * k) / 8, 31)];  // meaningless (unused) past the last head
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
@@ -107,33 +129,46 @@ __global__ void __launch_bounds__(kRowWarps * 32, 2)
         }
     }
     const size_t first = slot * n_ctx;  // the slot's first row
-    const uint2 *kb = reinterpret_cast<const uint2 *>(k8 + first * C);
-    const uint2 *vb = reinterpret_cast<const uint2 *>(v8 + first * C);
+    const uint2 *kb = reinterpret_cast<const uint2 *>(k8 + first * C) + lane;
+    const uint2 *vb = reinterpret_cast<const uint2 *>(v8 + first * C) + lane;
     const unsigned *sb = reinterpret_cast<const unsigned *>(scales + first * n_head);
+    // lane 2h + t (t = 0, 1) loads the scales of head h (sc[0]) and 16 + h (sc[1]) at the
+    // step's position t, so that one shuffle hands a lane its own position's
+    const int h0 = lane >> 1, h1 = 16 + (lane >> 1);
+    // and lane 2 (head % 16) + (lane & 1) holds a lane's head's: head c / 8 = lane / 8 + 4k
+    const int src = 2 * (lane >> 3) + (lane & 1);
     const int p1 = min(n_ctx, (split + 1) * span);
     for (int p = split * span + 2 * warp; p < p1; p += 2 * kRowWarps) {
-        const bool two = p + 1 < p1;             // uniform per warp
-        const int pos[2] = {p, two ? p + 1 : p};  // a lone last position is read twice, weighted once
+        const bool two = p + 1 < p1;  // uniform per warp; a lone last position is read twice, weighted 0
+        const int pb = two ? p + 1 : p;
+        const int pos[2] = {odd ? pb : p, odd ? p : pb};  // this lane's, the partner's
         uint2 kr[2][NC], vr[2][NC];
         unsigned sc[2] = {0u, 0u};
 #pragma unroll
         for (int j = 0; j < 2; ++j) {  // every load first: this kernel waits on memory
+            const size_t row = static_cast<size_t>(pos[j]) * n_pieces;
 #pragma unroll
             for (int k = 0; k < NC; ++k) {
-                const int c = lane + 32 * k;
-                if (c < n_pieces) {
-                    kr[j][k] = __ldcs(kb + static_cast<size_t>(pos[j]) * n_pieces + c);
-                    vr[j][k] = __ldcs(vb + static_cast<size_t>(pos[j]) * n_pieces + c);
+                if (k < NC - 1 || last_ok) {
+                    kr[j][k] = __ldcs(kb + row + 32 * k);
+                    vr[j][k] = __ldcs(vb + row + 32 * k);
                 }
             }
-            if (lane < n_head) {
-                sc[j] = __ldcs(sb + static_cast<size_t>(pos[j]) * n_head + lane);
-            }
         }
+        if (h0 < n_head) {
+            sc[0] = __ldcs(sb + static_cast<size_t>(pos[0]) * n_head + h0);
+        }
+        if (NC == 5 && h1 < n_head) {  // only C = 1280 (large) has more than 16 heads
+            sc[1] = __ldcs(sb + static_cast<size_t>(pos[0]) * n_head + h1);
+        }
+        // each lane's position's score (base 2) and V scale, every piece, and whether any
+        // score lies more than kSlack above its piece's running maximum
+        float s[NC], vs[NC];
+        bool grow = false;
 #pragma unroll
         for (int k = 0; k < NC; ++k) {
             const int c = lane + 32 * k;
-            const bool ok = c < n_pieces;  // uniform per 8 lanes: 32 * k and n_pieces are multiples of 8
+            const bool ok = k < NC - 1 || last_ok;
             int acc[2] = {0, 0};
             if (ok) {
                 const int4 qv = qw[c];
@@ -146,40 +181,77 @@ __global__ void __launch_bounds__(kRowWarps * 32, 2)
                     acc[j] = __dp2a_hi(qv.w, ky, acc[j]);   // 6, 7
                 }
             }
+            // the head's 8 lanes: the partner's sum of this lane's position is its acc[1];
+            // then the lanes of the same parity (xor 2, 4) add theirs
+            int mine = acc[0] + __shfl_xor_sync(0xffffffffu, acc[1], 1);
+            mine += __shfl_xor_sync(0xffffffffu, mine, 2);
+            mine += __shfl_xor_sync(0xffffffffu, mine, 4);
+            // head c / 8 = lane / 8 + 4k: below 16 for k < 4 (sc[0]), 16 + lane / 8 for k = 4
+            // (sc[1]); lanes past the last piece fetch a meaningless pair and leave it unused
+            const unsigned b = __shfl_sync(0xffffffffu, sc[k / 4], src + 8 * (k % 4));
+            const float2 f = __half22float2(*reinterpret_cast<const half2 *>(&b));  // (K, V) scales
+            s[k] = odd && !two ? -INFINITY : __int2float_rn(mine) * (qk[k] * f.x);
+            vs[k] = f.y;
+            grow = grow || (ok && s[k] > m[k] + kSlack);
+        }
+        if (__any_sync(0xffffffffu, grow)) {  // rarely after a warp's first step
 #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], 1);
-                acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], 2);
-                acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], 4);
-            }
-            // head c / 8 <= 19 (NC <= 5): lane c / 8 holds its scales; lanes past the last
-            // piece fetch a meaningless pair and leave it unused
-            const unsigned b0 = __shfl_sync(0xffffffffu, sc[0], c >> 3);
-            const unsigned b1 = __shfl_sync(0xffffffffu, sc[1], c >> 3);
-            if (ok) {
-                const float2 f0 = __half22float2(*reinterpret_cast<const half2 *>(&b0));  // (K, V) scales
-                const float2 f1 = __half22float2(*reinterpret_cast<const half2 *>(&b1));
-                const float s0 = __int2float_rn(acc[0]) * (qk[k] * f0.x);  // base 2
-                const float s1 = two ? __int2float_rn(acc[1]) * (qk[k] * f1.x) : -INFINITY;
-                const float mn = fmaxf(m[k], fmaxf(s0, s1));
-                const float a = exp2_fast(m[k] - mn);  // 0 on the first positions
-                const float e0 = exp2_fast(s0 - mn), e1 = exp2_fast(s1 - mn);
-                l[k] = l[k] * a + e0 + e1;
-                m[k] = mn;
-                const float w0 = e0 * f0.y, w1 = e1 * f1.y;
-                float x0[8], x1[8];
-                int8x8_to_float(vr[0][k], x0);
-                int8x8_to_float(vr[1][k], x1);
+            for (int k = 0; k < NC; ++k) {
+                const float sp = __shfl_xor_sync(0xffffffffu, s[k], 1);  // the partner's position's
+                if (k < NC - 1 || last_ok) {
+                    const float mn = fmaxf(m[k], fmaxf(s[k], sp));
+                    const float a = exp2_fast(m[k] - mn);  // 0 on the first step
+                    m[k] = mn;
+                    l[k] *= a;
+                    cor[k] *= a;
 #pragma unroll
-                for (int e = 0; e < 8; ++e) {
-                    o[k][e] = fmaf(w1, x1[e], fmaf(w0, x0[e], o[k][e] * a));
+                    for (int e = 0; e < 8; ++e) {
+                        o[k][e] *= a;
+                    }
                 }
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < NC; ++k) {
+            const float e = exp2_fast(s[k] - m[k]);  // <= 2^kSlack
+            const float w = e * vs[k];
+            const float wp = __shfl_xor_sync(0xffffffffu, w, 1);  // the partner's position's
+            if (k < NC - 1 || last_ok) {
+                l[k] += e;
+                // the two weights as int16, times a power of two r that puts the larger in
+                // [8192, 16384]: r = 2^(13 - x) for the larger's exponent x, 1 / r = 2^(x - 13)
+                const unsigned ex = __float_as_uint(fmaxf(fmaxf(w, wp), 1e-30f)) & 0x7f800000u;
+                const float r = __uint_as_float(0x85800000u - ex), inv = __uint_as_float(ex - 0x06800000u);
+                // rounded to integers by adding 1.5 * 2^23; the low 16 bits are the integer
+                const unsigned q0 = __float_as_uint(fmaf(w, r, kMagicF)), q1 = __float_as_uint(fmaf(wp, r, kMagicF));
+                const int wq = static_cast<int>(__byte_perm(q0, q1, 0x5410));  // (w, wp) as int16
+                // value d of this lane's and the partner's position side by side: bytes
+                // (x_d, y_d, x_d+1, y_d+1)
+                const unsigned x0 = vr[0][k].x, x1 = vr[0][k].y, y0 = vr[1][k].x, y1 = vr[1][k].y;
+                const int v[4] = {static_cast<int>(__byte_perm(x0, y0, 0x5140)),
+                                  static_cast<int>(__byte_perm(x0, y0, 0x7362)),
+                                  static_cast<int>(__byte_perm(x1, y1, 0x5140)),
+                                  static_cast<int>(__byte_perm(x1, y1, 0x7362))};
+                // w x_d + wp y_d, exact in int32 (|.| <= 2 x 16384 x 127 < 2^22), started
+                // from the bits of 1.5 * 2^23: the sum's bits are the float 1.5 * 2^23 + sum,
+                // so it needs no conversion; cor counts the 1.5 * 2^23s taken off at the end
+#pragma unroll
+                for (int d = 0; d < 4; ++d) {
+                    o[k][2 * d] = fmaf(inv, __int_as_float(__dp2a_lo(wq, v[d], kMagicI)), o[k][2 * d]);
+                    o[k][2 * d + 1] = fmaf(inv, __int_as_float(__dp2a_hi(wq, v[d], kMagicI)), o[k][2 * d + 1]);
+                }
+                cor[k] += inv;
             }
         }
     }
 #pragma unroll
     for (int k = 0; k < NC; ++k) {
+        l[k] += __shfl_xor_sync(0xffffffffu, l[k], 1);  // both positions' sums
         m[k] *= 0.6931471805599453f;  // base e, as merge_warps and cross_combine take them
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            o[k][e] = fmaf(-cor[k], kMagicF, o[k][e]);
+        }
     }
     merge_warps<NC>(o, m, l, red, part, slot, split, n_split, n_head, n_pieces);
 }
@@ -257,7 +329,7 @@ void launch_int8(const half *q, const float *bq, const CrossInt8 &q8, float *par
                  int n_head, float scale, int span, int n_split, cudaStream_t stream) {
     const size_t smem = heads_smem(C, n_head);
     const dim3 grid(n_split, W);
-    allow_smem(cross_attention_heads_int8<NC>, smem, 32 * sizeof(float));  // + qsc
+    allow_smem(cross_attention_heads_int8<NC>, smem, 64 * sizeof(float));  // + qsc, qiv
     cross_attention_heads_int8<NC><<<grid, kRowWarps * 32, smem, stream>>>(q, bq, q8.k, q8.v, q8.scales, part, C,
                                                                           n_ctx, span, n_split, n_head, scale);
 }
