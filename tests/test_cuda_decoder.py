@@ -92,6 +92,33 @@ def test_a_wrong_int8_setting_is_refused_at_start() -> None:
         cuda_env.check_switches({"WHISPERD_CROSS_KV_INT8": "yes"})
 
 
+@pytest.mark.parametrize("beam", [1, 5])
+def test_fused_products_give_the_separate_products_transcripts(
+        f16_model: tuple[WhisperModel, Path], jfk: np.ndarray, beam: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step's Q, K and V as one batched product and FC1 with its bias and GELU in its
+    product (the default) against three products and a bias pass
+    (WHISPERD_CUDA_STEP_FUSION=0): the same words."""
+    model, _ = f16_model
+    monkeypatch.setenv("WHISPERD_CUDA_DECODER", "1")
+    options = TranscribeOptions(beam_size=beam, threads=2)
+    texts = {}
+    for fused in (True, False):
+        monkeypatch.setenv("WHISPERD_CUDA_STEP_FUSION", "1" if fused else "0")
+        dec = BatchDecoder(model, 4, 5, encode_batch=4)
+        try:
+            assert dec.cuda_decoder
+            texts[fused] = transcribe(dec, windows(jfk), options)
+        finally:
+            dec.close()
+    assert_same_words(texts)
+
+
+def test_a_wrong_fusion_setting_is_refused_at_start() -> None:
+    cuda_env.check_switches({"WHISPERD_CUDA_STEP_FUSION": "0"})
+    with pytest.raises(ValueError, match="WHISPERD_CUDA_STEP_FUSION must be 0 or 1, got 'on'"):
+        cuda_env.check_switches({"WHISPERD_CUDA_STEP_FUSION": "on"})
+
+
 def test_int8_cross_kv_gives_the_f16_steps_transcripts(
         f16_model: tuple[WhisperModel, Path], jfk: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
     """Greedy CUDA steps over the int8 copy of the cross K/V against the f16 caches (the

@@ -19,6 +19,7 @@
 
 #include "cuda_common.cuh"
 #include "cuda_cross_attention.hpp"
+#include "cuda_lt.hpp"
 #include "errors.hpp"
 
 namespace whisperd {
@@ -27,60 +28,112 @@ namespace {
 
 constexpr int kHead = 64;         // head size of every Whisper model
 constexpr int kSelfWarps = 4;     // self-attention: a block per (head, row)
+constexpr int kSelfUnroll = 4;    // cells a warp of it has in flight at once
 
-// x[i] = token_embedding[tokens[i]] + positional_embedding[positions[i]]
-__global__ void embed(const int32_t *tokens, const int32_t *positions, const half *te, const float *pe, float *x,
-                      int C) {
+// x[i] = token_embedding[tokens[i]] + positional_embedding[positions[i]], then the first
+// layer's norm of it into y (one launch: each thread reads back only what it wrote).
+__global__ void embed_norm(const int32_t *tokens, const int32_t *positions, const half *te, const float *pe,
+                           float *x, const float *g, const float *b, half *y, int C) {
     const size_t i = blockIdx.x;
     const half *t = te + static_cast<size_t>(tokens[i]) * C;
     const float *p = pe + static_cast<size_t>(positions[i]) * C;
+    float *row = x + i * C;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        x[i * C + c] = __half2float(t[c]) + p[c];
+        row[c] = __half2float(t[c]) + p[c];
     }
+    norm_row(row, nullptr, nullptr, g, b, y + i * C, C);
 }
 
-// After the Q/K/V products of row i: q = (q + bq) * scale in place; the row's key (k *
-// scale) and value (v + bv) written into its cell of the self-attention cache.
-__global__ void self_kv(half2 *q, const half2 *k, const half2 *v, const float *bq, const float *bv,
-                        const int64_t *kv_rows, half2 *sk, half2 *sv, int C2, float scale) {
-    const size_t i = blockIdx.x;
-    const size_t cell = static_cast<size_t>(kv_rows[i]);
-    for (int c = threadIdx.x; c < C2; c += blockDim.x) {
-        const size_t at = i * C2 + c;
-        float2 f = __half22float2(q[at]);
-        q[at] = __floats2half2_rn((f.x + bq[2 * c]) * scale, (f.y + bq[2 * c + 1]) * scale);
-        f = __half22float2(k[at]);
-        sk[cell * C2 + c] = __floats2half2_rn(f.x * scale, f.y * scale);
-        f = __half22float2(v[at]);
-        sv[cell * C2 + c] = __floats2half2_rn(f.x + bv[2 * c], f.y + bv[2 * c + 1]);
-    }
+// The final norm of the rows that give logits only: out[j] = norm(x[rows[j]] + bias) (the
+// residual stream is not written back: nothing reads it after).
+__global__ void norm_gather(const float *x, const int32_t *rows, const float *bias, const float *g, const float *b,
+                            half *out, int C) {
+    const size_t j = blockIdx.x;
+    norm_row(x + static_cast<size_t>(rows[j]) * C, nullptr, bias, g, b, out + j * C, C);
 }
 
-// Self-attention of row blockIdx.y, head blockIdx.x, over the cells its mask row shows
-// (f16 0 = visible, -inf = not). A warp scores one cell at a time (a lane: two of the
-// head's 64 values); dynamic shared memory holds the row's n_kv scores.
+// The new cell's key and value as the cache holds them (f16): k * scale, v + bv.
+__device__ __forceinline__ half2 new_key(half2 k, float scale) {
+    const float2 f = __half22float2(k);
+    return __floats2half2_rn(f.x * scale, f.y * scale);
+}
+
+__device__ __forceinline__ half2 new_value(half2 v, const float *bv, int c2) {
+    const float2 f = __half22float2(v);
+    return __floats2half2_rn(f.x + bv[2 * c2], f.y + bv[2 * c2 + 1]);
+}
+
+// Self-attention of row blockIdx.y, head blockIdx.x, straight from the Q/K/V product
+// (qkv [row][3 C2 pairs]: q | k | v, unbiased): the query q' = (q + bq) * scale (rounded
+// to f16, as the cache's keys are); the row's key and value written into its cell of the
+// cache (this head's part) for later steps; then attention over the cells the mask row
+// shows (f16 0 = visible, -inf = not). Cells that this step's rows of the slot write are
+// read from their product rows (rounded as the cache will hold them), not from the cache,
+// which other blocks write meanwhile. A warp scores kSelfUnroll cells at once (a lane: two
+// of the head's 64 values), their loads in flight together; each warp's cells, sums and
+// their order are those of one cell at a time. Dynamic shared memory: the n_kv scores,
+// then per cell the row that writes it this step (-1: none).
 __global__ void __launch_bounds__(kSelfWarps * 32)
-    self_attention(const half2 *q, const half2 *sk, const half2 *sv, const uint16_t *mask, half2 *out, int R,
-                   int n_kv, int n_cells, int C2) {
+    self_attention(const half2 *qkv, const float *bq, const float *bv, const int64_t *kv_rows, half2 *sk,
+                   half2 *sv, const uint16_t *mask, half2 *out, int R, int n_kv, int n_cells, int C2,
+                   float scale) {
     extern __shared__ float sc[];
+    int *writer = reinterpret_cast<int *>(sc + n_kv);
     __shared__ float red[kSelfWarps];
     __shared__ float2 acc[kSelfWarps][32];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const size_t i = blockIdx.y;
     const size_t slot = i / R;
     const int col = blockIdx.x * (kHead / 2) + lane;  // this lane's pair in a row of C2 pairs
-    const float2 qf = __half22float2(q[i * C2 + col]);
-    const uint16_t *m = mask + i * n_kv;
-    const half2 *kb = sk + slot * n_cells * C2 + col;
-    const half2 *vb = sv + slot * n_cells * C2 + col;
-    for (int c = warp; c < n_kv; c += kSelfWarps) {
-        float s = -INFINITY;
-        if ((m[c] & 0x7fff) == 0) {
-            const float2 kf = __half22float2(kb[static_cast<size_t>(c) * C2]);
-            s = warp_sum(qf.x * kf.x + qf.y * kf.y);
+    const size_t Q2 = 3 * static_cast<size_t>(C2);    // pairs of a product row
+    const int64_t first = static_cast<int64_t>(slot) * n_cells;
+    for (int c = threadIdx.x; c < n_kv; c += blockDim.x) {
+        writer[c] = -1;
+    }
+    __syncthreads();
+    for (int r = threadIdx.x; r < R; r += blockDim.x) {
+        const int j = static_cast<int>(slot) * R + r;
+        const int64_t cell = kv_rows[j] - first;
+        if (cell >= 0 && cell < n_kv) {
+            writer[cell] = j;  // padding rows share a cell: equal values, any of them
         }
-        if (lane == 0) {
-            sc[c] = s;
+    }
+    const half2 *own = qkv + i * Q2;
+    if (warp == 0) {
+        const size_t at = static_cast<size_t>(kv_rows[i]) * C2 + col;
+        sk[at] = new_key(own[C2 + col], scale);
+        sv[at] = new_value(own[2 * C2 + col], bv, col);
+    }
+    float2 qf = __half22float2(own[col]);
+    qf = __half22float2(__floats2half2_rn((qf.x + bq[2 * col]) * scale, (qf.y + bq[2 * col + 1]) * scale));
+    __syncthreads();
+    const uint16_t *m = mask + i * n_kv;
+    const half2 *kb = sk + first * C2 + col;
+    const half2 *vb = sv + first * C2 + col;
+    for (int c0 = warp; c0 < n_kv; c0 += kSelfWarps * kSelfUnroll) {
+        float2 kf[kSelfUnroll];
+#pragma unroll
+        for (int u = 0; u < kSelfUnroll; ++u) {
+            const int c = c0 + u * kSelfWarps;
+            kf[u] = make_float2(0.0f, 0.0f);
+            if (c < n_kv && (m[c] & 0x7fff) == 0) {
+                const int w = writer[c];
+                kf[u] = __half22float2(w < 0 ? kb[static_cast<size_t>(c) * C2]
+                                             : new_key(qkv[static_cast<size_t>(w) * Q2 + C2 + col], scale));
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < kSelfUnroll; ++u) {
+            const int c = c0 + u * kSelfWarps;
+            if (c < n_kv) {  // the mask is the same for every lane: whole warps sum or skip
+                float s = -INFINITY;
+                if ((m[c] & 0x7fff) == 0) {
+                    s = warp_sum(qf.x * kf[u].x + qf.y * kf[u].y);
+                }
+                if (lane == 0) {
+                    sc[c] = s;
+                }
+            }
         }
     }
     __syncthreads();
@@ -99,15 +152,28 @@ __global__ void __launch_bounds__(kSelfWarps * 32)
     }
     float2 o = make_float2(0.0f, 0.0f);
     float sum = 0.0f;  // every lane of a warp adds the same p: the warp's share of the sum
-    for (int c = warp; c < n_kv; c += kSelfWarps) {
-        if (sc[c] == -INFINITY) {
-            continue;
+    for (int c0 = warp; c0 < n_kv; c0 += kSelfWarps * kSelfUnroll) {
+        float2 vf[kSelfUnroll];
+#pragma unroll
+        for (int u = 0; u < kSelfUnroll; ++u) {
+            const int c = c0 + u * kSelfWarps;
+            vf[u] = make_float2(0.0f, 0.0f);
+            if (c < n_kv && sc[c] != -INFINITY) {
+                const int w = writer[c];
+                vf[u] = __half22float2(w < 0 ? vb[static_cast<size_t>(c) * C2]
+                                             : new_value(qkv[static_cast<size_t>(w) * Q2 + 2 * C2 + col], bv, col));
+            }
         }
-        const float p = __expf(sc[c] - mx);
-        const float2 vf = __half22float2(vb[static_cast<size_t>(c) * C2]);
-        o.x += p * vf.x;
-        o.y += p * vf.y;
-        sum += p;
+#pragma unroll
+        for (int u = 0; u < kSelfUnroll; ++u) {  // in cell order, as one at a time would
+            const int c = c0 + u * kSelfWarps;
+            if (c < n_kv && sc[c] != -INFINITY) {
+                const float p = __expf(sc[c] - mx);
+                o.x += p * vf[u].x;
+                o.y += p * vf[u].y;
+                sum += p;
+            }
+        }
     }
     acc[warp][lane] = o;
     __syncthreads();  // every warp has read red[] above
@@ -127,11 +193,10 @@ __global__ void __launch_bounds__(kSelfWarps * 32)
     }
 }
 
-__global__ void gather_rows(const half *h, const int32_t *rows, half *out, int C) {
-    const size_t j = blockIdx.x;
-    const half *src = h + static_cast<size_t>(rows[j]) * C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        out[j * C + c] = src[c];
+__global__ void to_half(const float *x, half *y, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        y[i] = __float2half(x[i]);
     }
 }
 
@@ -172,10 +237,24 @@ struct CudaDecoder::Impl {
     cublasHandle_t blas = nullptr;
     size_t bytes = 0;
     int generation = 0;  // bumped whenever a buffer moves
-    Grown x, h, q, k, v, a, f, part, hout;                  // activations
+    // activations; qkv [row][3 C] (q | k | v), whose first rows * C also hold the
+    // cross-attention's query (packed) once self-attention has read it
+    Grown x, h, qkv, a, f, part, hout;
     float *logits = nullptr;                                // the caller's
     Grown in_tok, in_pos, in_kv, in_mask, in_out;           // the step's inputs
     void *workspace = nullptr;                              // cuBLAS's, fixed for graph capture
+    static constexpr size_t kWorkspace = 32u << 20;
+    // Q, K and V as one batched product: per layer 9 device pointers (wq, wk, wv; h three
+    // times; qkv, qkv + C, qkv + 2C), rewritten when the buffers move (recorded graphs
+    // hold the array's address, and read what it holds when they run).
+    bool fused_products = true;  // WHISPERD_CUDA_STEP_FUSION
+    void **qkv_ptrs = nullptr;
+    std::vector<void *> qkv_host;
+    int ptr_generation = -1;
+    // FC1's bias and GELU in its product (cuBLASLt's epilogue, cuBLAS's workspace), which
+    // takes f16 biases: b1 copied once, per layer 256-byte aligned.
+    std::unique_ptr<LtMatmul> lt;
+    half *b1_16 = nullptr;
     // The step's ~500 kernels recorded once per shape and replayed (launching them one by
     // one costs more than running them at small batches). Key: W, R, n_kv, r_out.
     bool use_graphs = true;
@@ -200,8 +279,14 @@ struct CudaDecoder::Impl {
                 cudaGraphExecDestroy(g.second.exec);
             }
         }
+        lt.reset();
         if (workspace != nullptr) {
             cudaFree(workspace);
+        }
+        for (void *p : {static_cast<void *>(qkv_ptrs), static_cast<void *>(b1_16)}) {
+            if (p != nullptr) {
+                cudaFree(p);
+            }
         }
         for (void *p : int8_mem) {
             cudaFree(p);
@@ -236,6 +321,10 @@ struct CudaDecoder::Impl {
 
     void kernels(const CudaStepInputs &in);
     void alloc_int8();
+    void prepare_fused();
+    void point_qkv();
+
+    size_t b1_stride() const { return (static_cast<size_t>(s.n_ff) + 127) / 128 * 128; }
 
     // Bytes of a slot's int8 rows (K or V) and of its scales, one layer.
     size_t int8_rows() const { return static_cast<size_t>(s.n_audio_ctx) * s.n_state; }
@@ -261,6 +350,46 @@ void CudaDecoder::Impl::alloc_int8() {
     check(cudaStreamSynchronize(stream), "clear the int8 cross K/V");
 }
 
+void CudaDecoder::Impl::prepare_fused() {
+    const size_t n = m.layers.size();
+    check(cudaMalloc(reinterpret_cast<void **>(&qkv_ptrs), n * 9 * sizeof(void *)), "the Q/K/V product's pointers");
+    bytes += n * 9 * sizeof(void *);
+    qkv_host.assign(n * 9, nullptr);
+    check(cudaMalloc(reinterpret_cast<void **>(&b1_16), n * b1_stride() * sizeof(half)), "f16 biases");
+    bytes += n * b1_stride() * sizeof(half);
+    for (size_t l = 0; l < n; ++l) {
+        to_half<<<(s.n_ff + kThreads - 1) / kThreads, kThreads, 0, stream>>>(m.layers[l].b1, b1_16 + l * b1_stride(),
+                                                                            s.n_ff);
+        check(cudaGetLastError(), "f16 biases");
+    }
+    check(cudaStreamSynchronize(stream), "f16 biases");
+    lt = std::make_unique<LtMatmul>(stream, kWorkspace, workspace);
+}
+
+// The Q/K/V product's pointer arrays for the buffers as they are now (before a step is
+// run or recorded; the previous step has finished: step() waits for it).
+void CudaDecoder::Impl::point_qkv() {
+    if (qkv_ptrs == nullptr || ptr_generation == generation) {
+        return;
+    }
+    const size_t C = s.n_state;
+    half *out = static_cast<half *>(qkv.p);
+    for (size_t l = 0; l < m.layers.size(); ++l) {
+        const CudaDecoderLayer &L = m.layers[l];
+        void **p = qkv_host.data() + l * 9;
+        p[0] = const_cast<void *>(L.wq);
+        p[1] = const_cast<void *>(L.wk);
+        p[2] = const_cast<void *>(L.wv);
+        p[3] = p[4] = p[5] = h.p;
+        p[6] = out;
+        p[7] = out + C;
+        p[8] = out + 2 * C;
+    }
+    check(cudaMemcpyAsync(qkv_ptrs, qkv_host.data(), qkv_host.size() * sizeof(void *), cudaMemcpyHostToDevice, stream),
+          "the Q/K/V product's pointers");
+    ptr_generation = generation;
+}
+
 CudaDecoder::CudaDecoder(int device, const CudaDecoderShape &shape, CudaDecoderModel model)
     : impl_(std::make_unique<Impl>()) {
     Impl &m = *impl_;
@@ -269,7 +398,7 @@ CudaDecoder::CudaDecoder(int device, const CudaDecoderShape &shape, CudaDecoderM
     m.m = std::move(model);
     if (shape.n_state != shape.n_head * kHead || shape.n_state > kThreads * kMaxPer || shape.n_ff % 2 != 0 ||
         shape.n_audio_pad % 128 != 0 || shape.n_audio_ctx < 1 || shape.n_audio_ctx > shape.n_audio_pad ||
-        (shape.cross_int8 && shape.n_slots < 1)) {
+        (shape.cross_int8 && shape.n_slots < 1) || m.m.layers.empty()) {
         throw WhisperError("the CUDA decoder does not support this model's shape");
     }
     check(cudaSetDevice(device), "select the GPU");
@@ -277,12 +406,15 @@ CudaDecoder::CudaDecoder(int device, const CudaDecoderShape &shape, CudaDecoderM
         check(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking), "stream");
         check(cublasCreate(&m.blas), "create");
         check(cublasSetStream(m.blas, m.stream), "set stream");
-        constexpr size_t kWorkspace = 32u << 20;
-        check(cudaMalloc(&m.workspace, kWorkspace), "cuBLAS workspace");
-        m.bytes += kWorkspace;
-        check(cublasSetWorkspace(m.blas, m.workspace, kWorkspace), "set workspace");
+        check(cudaMalloc(&m.workspace, Impl::kWorkspace), "cuBLAS workspace");
+        m.bytes += Impl::kWorkspace;
+        check(cublasSetWorkspace(m.blas, m.workspace, Impl::kWorkspace), "set workspace");
         const char *g = std::getenv("WHISPERD_CUDA_GRAPHS");  // 0: launch one by one (tests, profiling)
         m.use_graphs = g == nullptr || std::string(g) != "0";
+        m.fused_products = shape.fused_products;
+        if (m.fused_products) {
+            m.prepare_fused();
+        }
         if (shape.cross_int8) {
             if (cross_int8_supported(shape.n_state, shape.n_head)) {
                 m.alloc_int8();
@@ -367,12 +499,14 @@ void CudaDecoder::step(const CudaStepInputs &in, float *logits) {
     m.upload(m.in_out, in.out_rows, n_out);
     const int C = m.s.n_state;
     m.buf<float>(m.x, static_cast<size_t>(rows) * C);
-    for (Grown *g : {&m.h, &m.q, &m.k, &m.v, &m.a}) {
+    for (Grown *g : {&m.h, &m.a}) {
         m.buf<half>(*g, static_cast<size_t>(rows) * C);
     }
+    m.buf<half>(m.qkv, static_cast<size_t>(rows) * 3 * C);
     m.buf<half>(m.f, static_cast<size_t>(rows) * m.s.n_ff);
     m.buf<float>(m.part, cross_part_floats(rows, m.s.n_head, m.s.n_audio_pad));
     m.buf<half>(m.hout, static_cast<size_t>(n_out) * C);
+    m.point_qkv();
     if (!m.use_graphs) {
         m.kernels(in);
     } else {
@@ -414,49 +548,68 @@ void CudaDecoder::Impl::kernels(const CudaStepInputs &in) {
     const int32_t *outs = static_cast<const int32_t *>(in_out.p);
     // step() sized every buffer for this shape
     float *x = static_cast<float *>(m.x.p), *part = static_cast<float *>(m.part.p);
-    half *h = static_cast<half *>(m.h.p), *q = static_cast<half *>(m.q.p), *k = static_cast<half *>(m.k.p);
-    half *v = static_cast<half *>(m.v.p), *a = static_cast<half *>(m.a.p), *f = static_cast<half *>(m.f.p);
+    half *h = static_cast<half *>(m.h.p), *qkv = static_cast<half *>(m.qkv.p);
+    half *q = qkv;  // the cross-attention's query, packed [rows][C]
+    half *a = static_cast<half *>(m.a.p), *f = static_cast<half *>(m.f.p);
     half *hout = static_cast<half *>(m.hout.p);
-
-    embed<<<rows, kThreads, 0, m.stream>>>(tok, pos, static_cast<const half *>(m.m.token_embedding),
-                                           m.m.positional_embedding, x, C);
-    check(cudaGetLastError(), "embedding kernel");
-    const size_t self_smem = static_cast<size_t>(in.n_kv) * sizeof(float);
+    const size_t self_smem = static_cast<size_t>(in.n_kv) * (sizeof(float) + sizeof(int));
     const float *pending = nullptr;
-    for (const CudaDecoderLayer &L : m.m.layers) {
-        // self-attention
-        m.norm(x, pending, L.ln1_w, L.ln1_b, h, rows);
-        linear(m.blas, L.wq, h, rows, C, C, q, CUDA_R_16F);
-        linear(m.blas, L.wk, h, rows, C, C, k, CUDA_R_16F);
-        linear(m.blas, L.wv, h, rows, C, C, v, CUDA_R_16F);
-        self_kv<<<rows, kThreads, 0, m.stream>>>(reinterpret_cast<half2 *>(q), reinterpret_cast<const half2 *>(k),
-                                                 reinterpret_cast<const half2 *>(v), L.bq, L.bv, kvr,
-                                                 static_cast<half2 *>(L.sk), static_cast<half2 *>(L.sv), C2,
-                                                 s.kq_scale);
+    for (size_t l = 0; l < m.m.layers.size(); ++l) {
+        const CudaDecoderLayer &L = m.m.layers[l];
+        // self-attention: the first layer's norm is the embedding's kernel's
+        if (l == 0) {
+            embed_norm<<<rows, kThreads, 0, m.stream>>>(tok, pos, static_cast<const half *>(m.m.token_embedding),
+                                                        m.m.positional_embedding, x, L.ln1_w, L.ln1_b, h, C);
+            check(cudaGetLastError(), "embedding kernel");
+        } else {
+            m.norm(x, pending, L.ln1_w, L.ln1_b, h, rows);
+        }
+        if (m.fused_products) {
+            const float one = 1.0f, zero = 0.0f;
+            void **p = m.qkv_ptrs + l * 9;
+            check(cublasGemmBatchedEx(m.blas, CUBLAS_OP_T, CUBLAS_OP_N, C, rows, C, &one, p, CUDA_R_16F, C, p + 3,
+                                      CUDA_R_16F, C, &zero, p + 6, CUDA_R_16F, 3 * C, 3, CUBLAS_COMPUTE_32F,
+                                      CUBLAS_GEMM_DEFAULT),
+                  "the Q/K/V product");
+        } else {
+            linear(m.blas, L.wq, h, rows, C, C, qkv, CUDA_R_16F, 1.0f, 0.0f, 3 * C);
+            linear(m.blas, L.wk, h, rows, C, C, qkv + C, CUDA_R_16F, 1.0f, 0.0f, 3 * C);
+            linear(m.blas, L.wv, h, rows, C, C, qkv + 2 * C, CUDA_R_16F, 1.0f, 0.0f, 3 * C);
+        }
         self_attention<<<dim3(s.n_head, rows), kSelfWarps * 32, self_smem, m.stream>>>(
-            reinterpret_cast<const half2 *>(q), static_cast<const half2 *>(L.sk), static_cast<const half2 *>(L.sv),
-            mask, reinterpret_cast<half2 *>(a), in.R, in.n_kv, s.n_cells, C2);
-        check(cudaGetLastError(), "self-attention kernels");
+            reinterpret_cast<const half2 *>(qkv), L.bq, L.bv, kvr, static_cast<half2 *>(L.sk),
+            static_cast<half2 *>(L.sv), mask, reinterpret_cast<half2 *>(a), in.R, in.n_kv, s.n_cells, C2, s.kq_scale);
+        check(cudaGetLastError(), "self-attention kernel");
         linear(m.blas, L.wo, a, rows, C, C, x, CUDA_R_32F, 1.0f, 1.0f);
         // cross-attention (the query's bias is added as the kernel reads it)
         m.norm(x, L.bo, L.ln2_w, L.ln2_b, h, rows);
         linear(m.blas, L.cwq, h, rows, C, C, q, CUDA_R_16F);
-        const CrossInt8 *q8 = m.int8.empty() ? nullptr : &m.int8[&L - m.m.layers.data()];
+        const CrossInt8 *q8 = m.int8.empty() ? nullptr : &m.int8[l];
         cross_attention(q, L.cbq, static_cast<const half *>(L.ck), static_cast<const half *>(L.cv), q8, part, a,
                         in.W, in.R, C, s.n_audio_pad, s.n_audio_ctx, s.n_head, s.kq_scale, m.stream);
         linear(m.blas, L.cwo, a, rows, C, C, x, CUDA_R_32F, 1.0f, 1.0f);
-        // MLP
+        // MLP: FC1's bias and GELU in its product where cuBLASLt has one for it (the bias
+        // rounded to f16, added to the f32 sums: one rounding of the output, not two)
         m.norm(x, L.cbo, L.ln3_w, L.ln3_b, h, rows);
-        linear(m.blas, L.w1, h, rows, C, s.n_ff, f, CUDA_R_16F);
-        const size_t n2 = static_cast<size_t>(rows) * s.n_ff / 2;
-        add_bias<true><<<grid_for(n2), kThreads, 0, m.stream>>>(reinterpret_cast<half2 *>(f), L.b1, n2, s.n_ff / 2);
-        check(cudaGetLastError(), "bias kernel");
+        bool fc1_done = false;
+        if (m.fused_products) {
+            LtProduct fc1{L.w1, h, rows, C, s.n_ff, f};
+            fc1.epilogue = LtEpilogue::kGeluBias;
+            fc1.bias = m.b1_16 + l * m.b1_stride();
+            fc1_done = m.lt->run(fc1);
+        }
+        if (!fc1_done) {
+            linear(m.blas, L.w1, h, rows, C, s.n_ff, f, CUDA_R_16F);
+            const size_t n2 = static_cast<size_t>(rows) * s.n_ff / 2;
+            add_bias<true><<<grid_for(n2), kThreads, 0, m.stream>>>(reinterpret_cast<half2 *>(f), L.b1, n2,
+                                                                    s.n_ff / 2);
+            check(cudaGetLastError(), "bias kernel");
+        }
         linear(m.blas, L.w2, f, rows, s.n_ff, C, x, CUDA_R_32F, 1.0f, 1.0f);
         pending = L.b2;
     }
-    m.norm(x, pending, m.m.ln_w, m.m.ln_b, h, rows);
-    gather_rows<<<n_out, kThreads, 0, m.stream>>>(h, outs, hout, C);
-    check(cudaGetLastError(), "gather kernel");
+    norm_gather<<<n_out, kThreads, 0, m.stream>>>(x, outs, pending, m.m.ln_w, m.m.ln_b, hout, C);
+    check(cudaGetLastError(), "final norm kernel");
     linear(m.blas, m.m.token_embedding, hout, n_out, C, s.n_vocab, logits, CUDA_R_32F);
 }
 

@@ -80,13 +80,14 @@ struct LtMatmul::Impl {
     cudaStream_t stream = nullptr;
     void *workspace = nullptr;
     size_t workspace_bytes = 0;
+    bool owned = true;  // the workspace is ours to free
     std::map<Key, Plan> plans;
 
     ~Impl() {
         for (auto &kv : plans) {
             destroy(kv.second);
         }
-        if (workspace != nullptr) {
+        if (workspace != nullptr && owned) {
             cudaFree(workspace);
         }
         if (lt != nullptr) {
@@ -185,11 +186,15 @@ struct LtMatmul::Impl {
     }
 };
 
-LtMatmul::LtMatmul(cudaStream_t stream, size_t workspace_bytes) : impl_(std::make_unique<Impl>()) {
+LtMatmul::LtMatmul(cudaStream_t stream, size_t workspace_bytes, void *shared) : impl_(std::make_unique<Impl>()) {
     Impl &m = *impl_;
     m.stream = stream;
     check(cublasLtCreate(&m.lt), "Lt create");
-    if (workspace_bytes > 0) {
+    if (shared != nullptr) {
+        m.workspace = shared;
+        m.workspace_bytes = workspace_bytes;
+        m.owned = false;
+    } else if (workspace_bytes > 0) {
         check(cudaMalloc(&m.workspace, workspace_bytes), "cuBLASLt workspace");
         m.workspace_bytes = workspace_bytes;
     }
@@ -197,7 +202,7 @@ LtMatmul::LtMatmul(cudaStream_t stream, size_t workspace_bytes) : impl_(std::mak
 
 LtMatmul::~LtMatmul() = default;
 
-size_t LtMatmul::memory_bytes() const { return impl_->workspace_bytes; }
+size_t LtMatmul::memory_bytes() const { return impl_->owned ? impl_->workspace_bytes : 0; }
 
 bool LtMatmul::run(const LtProduct &p) {
     Impl &m = *impl_;

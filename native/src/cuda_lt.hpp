@@ -35,8 +35,10 @@ struct LtProduct {
 class LtMatmul {
 public:
     // A cuBLASLt handle on the current device, products enqueued on `stream`, and a
-    // workspace of that many bytes for them (throws OutOfMemoryError).
-    LtMatmul(cudaStream_t stream, size_t workspace_bytes);
+    // workspace of that many bytes for them (throws OutOfMemoryError); or, given
+    // `shared`, that workspace of the caller's (e.g. its cuBLAS handle's: products on one
+    // stream never overlap), which it keeps and frees.
+    LtMatmul(cudaStream_t stream, size_t workspace_bytes, void *shared = nullptr);
     ~LtMatmul();
     LtMatmul(const LtMatmul &) = delete;
     LtMatmul &operator=(const LtMatmul &) = delete;
@@ -44,7 +46,7 @@ public:
     // Enqueues the product; false (nothing enqueued) when cuBLASLt has no algorithm for
     // it on this GPU, where the caller computes it another way.
     bool run(const LtProduct &p);
-    size_t memory_bytes() const;
+    size_t memory_bytes() const;  // its own workspace's (0 when shared)
 
 private:
     struct Impl;
