@@ -93,30 +93,33 @@ def test_a_wrong_int8_setting_is_refused_at_start() -> None:
 
 
 @pytest.mark.parametrize("beam", [1, 5])
-def test_fused_products_give_the_separate_products_transcripts(
-        f16_model: tuple[WhisperModel, Path], jfk: np.ndarray, beam: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The step's Q, K and V as one batched product and FC1 with its bias and GELU in its
-    product (the default) against three products and a bias pass
-    (WHISPERD_CUDA_STEP_FUSION=0): the same words."""
+@pytest.mark.parametrize("switch", ["WHISPERD_CUDA_STEP_FUSION", "WHISPERD_CUDA_STEP_TUNE"])
+def test_the_steps_product_choices_give_the_same_words(
+        f16_model: tuple[WhisperModel, Path], jfk: np.ndarray, beam: int, switch: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default step (Q, K and V as one batched product, FC1 with its bias and GELU in
+    its product, cuBLASLt's algorithms timed per shape) against each choice undone:
+    three products and a bias pass (FUSION=0), cuBLAS's own algorithms (TUNE=0)."""
     model, _ = f16_model
     monkeypatch.setenv("WHISPERD_CUDA_DECODER", "1")
     options = TranscribeOptions(beam_size=beam, threads=2)
     texts = {}
-    for fused in (True, False):
-        monkeypatch.setenv("WHISPERD_CUDA_STEP_FUSION", "1" if fused else "0")
+    for on in (True, False):
+        monkeypatch.setenv(switch, "1" if on else "0")
         dec = BatchDecoder(model, 4, 5, encode_batch=4)
         try:
             assert dec.cuda_decoder
-            texts[fused] = transcribe(dec, windows(jfk), options)
+            texts[on] = transcribe(dec, windows(jfk), options)
         finally:
             dec.close()
     assert_same_words(texts)
 
 
-def test_a_wrong_fusion_setting_is_refused_at_start() -> None:
-    cuda_env.check_switches({"WHISPERD_CUDA_STEP_FUSION": "0"})
-    with pytest.raises(ValueError, match="WHISPERD_CUDA_STEP_FUSION must be 0 or 1, got 'on'"):
-        cuda_env.check_switches({"WHISPERD_CUDA_STEP_FUSION": "on"})
+@pytest.mark.parametrize("switch", ["WHISPERD_CUDA_STEP_FUSION", "WHISPERD_CUDA_STEP_TUNE"])
+def test_a_wrong_product_setting_is_refused_at_start(switch: str) -> None:
+    cuda_env.check_switches({switch: "0"})
+    with pytest.raises(ValueError, match=f"{switch} must be 0 or 1, got 'on'"):
+        cuda_env.check_switches({switch: "on"})
 
 
 def test_int8_cross_kv_gives_the_f16_steps_transcripts(

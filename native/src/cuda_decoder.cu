@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -255,6 +256,11 @@ struct CudaDecoder::Impl {
     // takes f16 biases: b1 copied once, per layer 256-byte aligned.
     std::unique_ptr<LtMatmul> lt;
     half *b1_16 = nullptr;
+    // WHISPERD_CUDA_STEP_TUNE: the other products through cuBLASLt too, each shape's
+    // algorithm timed once (LtMatmul::set_tuning) in an unrecorded run of the step's
+    // first use of that many rows; the (rows, logits rows) so run.
+    bool tuned_products = true;
+    std::set<std::pair<int, int>> tuned_shapes;
     // The step's ~500 kernels recorded once per shape and replayed (launching them one by
     // one costs more than running them at small batches). Key: W, R, n_kv, r_out.
     bool use_graphs = true;
@@ -314,6 +320,20 @@ struct CudaDecoder::Impl {
         return d;
     }
 
+    // Y = X W^T + beta Y (Y f16 or f32): cuBLASLt's tuned choice, else cuBLAS's.
+    void product(const void *W, const half *X, int rows, int in, int out, void *Y, cudaDataType yt,
+                 float beta = 0.0f) {
+        if (tuned_products) {
+            LtProduct p{W, X, rows, in, out, Y};
+            p.y_type = yt;
+            p.beta = beta;
+            if (lt->run(p)) {
+                return;
+            }
+        }
+        linear(blas, W, X, rows, in, out, Y, yt, 1.0f, beta);
+    }
+
     void norm(float *xs, const float *pending, const float *g, const float *b, half *out, int rows) {
         add_norm<<<rows, kThreads, 0, stream>>>(xs, pending, g, b, out, s.n_state);
         check(cudaGetLastError(), "norm kernel");
@@ -363,7 +383,6 @@ void CudaDecoder::Impl::prepare_fused() {
         check(cudaGetLastError(), "f16 biases");
     }
     check(cudaStreamSynchronize(stream), "f16 biases");
-    lt = std::make_unique<LtMatmul>(stream, kWorkspace, workspace);
 }
 
 // The Q/K/V product's pointer arrays for the buffers as they are now (before a step is
@@ -411,6 +430,9 @@ CudaDecoder::CudaDecoder(int device, const CudaDecoderShape &shape, CudaDecoderM
         check(cublasSetWorkspace(m.blas, m.workspace, Impl::kWorkspace), "set workspace");
         const char *g = std::getenv("WHISPERD_CUDA_GRAPHS");  // 0: launch one by one (tests, profiling)
         m.use_graphs = g == nullptr || std::string(g) != "0";
+        m.lt = std::make_unique<LtMatmul>(m.stream, Impl::kWorkspace, m.workspace);
+        m.tuned_products = shape.tuned_products;
+        m.lt->set_tuning(m.tuned_products);
         m.fused_products = shape.fused_products;
         if (m.fused_products) {
             m.prepare_fused();
@@ -510,6 +532,9 @@ void CudaDecoder::step(const CudaStepInputs &in, float *logits) {
     if (!m.use_graphs) {
         m.kernels(in);
     } else {
+        if (m.tuned_products && m.tuned_shapes.insert({rows, n_out}).second) {
+            m.kernels(in);  // unrecorded, so that cuBLASLt can time its products' candidates
+        }
         Impl::Recorded &g = m.graphs[std::make_tuple(in.W, in.R, in.n_kv, in.r_out)];
         if (g.exec == nullptr || g.generation != m.generation) {
             if (g.exec != nullptr) {
@@ -580,14 +605,14 @@ void CudaDecoder::Impl::kernels(const CudaStepInputs &in) {
             reinterpret_cast<const half2 *>(qkv), L.bq, L.bv, kvr, static_cast<half2 *>(L.sk),
             static_cast<half2 *>(L.sv), mask, reinterpret_cast<half2 *>(a), in.R, in.n_kv, s.n_cells, C2, s.kq_scale);
         check(cudaGetLastError(), "self-attention kernel");
-        linear(m.blas, L.wo, a, rows, C, C, x, CUDA_R_32F, 1.0f, 1.0f);
+        m.product(L.wo, a, rows, C, C, x, CUDA_R_32F, 1.0f);
         // cross-attention (the query's bias is added as the kernel reads it)
         m.norm(x, L.bo, L.ln2_w, L.ln2_b, h, rows);
-        linear(m.blas, L.cwq, h, rows, C, C, q, CUDA_R_16F);
+        m.product(L.cwq, h, rows, C, C, q, CUDA_R_16F);
         const CrossInt8 *q8 = m.int8.empty() ? nullptr : &m.int8[l];
         cross_attention(q, L.cbq, static_cast<const half *>(L.ck), static_cast<const half *>(L.cv), q8, part, a,
                         in.W, in.R, C, s.n_audio_pad, s.n_audio_ctx, s.n_head, s.kq_scale, m.stream);
-        linear(m.blas, L.cwo, a, rows, C, C, x, CUDA_R_32F, 1.0f, 1.0f);
+        m.product(L.cwo, a, rows, C, C, x, CUDA_R_32F, 1.0f);
         // MLP: FC1's bias and GELU in its product where cuBLASLt has one for it (the bias
         // rounded to f16, added to the f32 sums: one rounding of the output, not two)
         m.norm(x, L.cbo, L.ln3_w, L.ln3_b, h, rows);
@@ -599,18 +624,18 @@ void CudaDecoder::Impl::kernels(const CudaStepInputs &in) {
             fc1_done = m.lt->run(fc1);
         }
         if (!fc1_done) {
-            linear(m.blas, L.w1, h, rows, C, s.n_ff, f, CUDA_R_16F);
+            m.product(L.w1, h, rows, C, s.n_ff, f, CUDA_R_16F);
             const size_t n2 = static_cast<size_t>(rows) * s.n_ff / 2;
             add_bias<true><<<grid_for(n2), kThreads, 0, m.stream>>>(reinterpret_cast<half2 *>(f), L.b1, n2,
                                                                     s.n_ff / 2);
             check(cudaGetLastError(), "bias kernel");
         }
-        linear(m.blas, L.w2, f, rows, s.n_ff, C, x, CUDA_R_32F, 1.0f, 1.0f);
+        m.product(L.w2, f, rows, s.n_ff, C, x, CUDA_R_32F, 1.0f);
         pending = L.b2;
     }
     norm_gather<<<n_out, kThreads, 0, m.stream>>>(x, outs, pending, m.m.ln_w, m.m.ln_b, hout, C);
     check(cudaGetLastError(), "final norm kernel");
-    linear(m.blas, m.m.token_embedding, hout, n_out, C, s.n_vocab, logits, CUDA_R_32F);
+    m.product(m.m.token_embedding, hout, n_out, C, s.n_vocab, logits, CUDA_R_32F);
 }
 
 }  // namespace whisperd

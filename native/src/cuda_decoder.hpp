@@ -38,6 +38,10 @@ struct CudaDecoderShape {
     // bias and GELU in its product (cuBLASLt); off: three products, and FC1's bias and
     // GELU as their own pass (the A/B of cuBLAS's kernel choices for them).
     bool fused_products = true;
+    // WHISPERD_CUDA_STEP_TUNE (default on): the other products through cuBLASLt, each
+    // shape's algorithm the fastest of its first candidates, timed once on the GPU; off:
+    // cuBLAS's heuristic.
+    bool tuned_products = true;
 };
 
 // Device pointers: matrices f16 [out][in] as ggml stores them, vectors f32. Caches f16:

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <tuple>
+#include <vector>
 
 #include "cuda_common.cuh"
 #include "errors.hpp"
@@ -62,6 +63,14 @@ void set(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t a, c
     check(cublasLtMatmulPreferenceSetAttribute(p, a, &v, sizeof(v)), what);
 }
 
+// Holds the stream for about `cycles` clocks: the timed products enqueued behind it then
+// run back to back, so that their time is the GPU's, not the host's launches'.
+__global__ void hold(long long cycles) {
+    const long long t0 = clock64();
+    while (clock64() - t0 < cycles) {
+    }
+}
+
 }  // namespace
 
 struct LtMatmul::Impl {
@@ -71,16 +80,21 @@ struct LtMatmul::Impl {
         cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
         cublasLtMatmulAlgo_t algo{};
         bool ok = false;
+        std::vector<cublasLtMatmulAlgo_t> candidates;  // tuning's, best first by the heuristic
+        bool tuned = false;
     };
-    // out, rows, in, epilogue, batch, x_stride, y_stride, and the alignments of W, X, Y
-    // and the bias (the algorithm is chosen for them)
-    using Key = std::tuple<int, int, int, int, int, long long, long long, uint32_t, uint32_t, uint32_t, uint32_t>;
+    // out, rows, in, epilogue, batch, x_stride, y_stride, the alignments of W, X, Y and
+    // the bias (the algorithm is chosen for them), Y's type, and whether beta is 0
+    using Key = std::tuple<int, int, int, int, int, long long, long long, uint32_t, uint32_t, uint32_t, uint32_t, int,
+                           bool>;
+    static constexpr int kCandidates = 16;
 
     cublasLtHandle_t lt = nullptr;
     cudaStream_t stream = nullptr;
     void *workspace = nullptr;
     size_t workspace_bytes = 0;
     bool owned = true;  // the workspace is ours to free
+    bool tuning = false;
     std::map<Key, Plan> plans;
 
     ~Impl() {
@@ -117,7 +131,9 @@ struct LtMatmul::Impl {
                       alignment(p.w),
                       alignment(p.x),
                       alignment(p.y),
-                      alignment(p.bias)};
+                      alignment(p.bias),
+                      static_cast<int>(p.y_type),
+                      p.beta == 0.0f};
         auto found = plans.find(key);
         if (found != plans.end()) {
             return found->second;
@@ -147,7 +163,7 @@ struct LtMatmul::Impl {
         // in x rows; Y column-major out x rows. Batches: W shared (stride 0).
         check(cublasLtMatrixLayoutCreate(&pl.a, CUDA_R_16F, p.in, p.out, p.in), "Lt layout");
         check(cublasLtMatrixLayoutCreate(&pl.b, CUDA_R_16F, p.in, p.rows, p.in), "Lt layout");
-        check(cublasLtMatrixLayoutCreate(&pl.d, CUDA_R_16F, p.out, p.rows, p.out), "Lt layout");
+        check(cublasLtMatrixLayoutCreate(&pl.d, p.y_type, p.out, p.rows, p.out), "Lt layout");
         if (p.batch > 1) {
             const int64_t zero = 0, x_stride = p.x_stride, y_stride = p.y_stride;
             const int32_t batch = p.batch;
@@ -160,7 +176,8 @@ struct LtMatmul::Impl {
         }
         cublasLtMatmulPreference_t pref = nullptr;
         check(cublasLtMatmulPreferenceCreate(&pref), "Lt preference");
-        cublasLtMatmulHeuristicResult_t result{};
+        cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
+        const int wanted = tuning ? kCandidates : 1;
         int found = 0;
         cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
         try {
@@ -170,7 +187,7 @@ struct LtMatmul::Impl {
             set(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, alignment(p.x), "Lt alignment");
             set(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, alignment(p.y), "Lt alignment");
             set(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, alignment(p.y), "Lt alignment");
-            st = cublasLtMatmulAlgoGetHeuristic(lt, pl.desc, pl.a, pl.b, pl.d, pl.d, pref, 1, &result, &found);
+            st = cublasLtMatmulAlgoGetHeuristic(lt, pl.desc, pl.a, pl.b, pl.d, pl.d, pref, wanted, results, &found);
         } catch (...) {
             cublasLtMatmulPreferenceDestroy(pref);
             throw;
@@ -180,9 +197,72 @@ struct LtMatmul::Impl {
             return;  // ok stays false, kept: the caller's other way, every time
         }
         check(st, "Lt heuristic");
-        check(result.state, "Lt heuristic");
-        pl.algo = result.algo;
+        check(results[0].state, "Lt heuristic");
+        pl.algo = results[0].algo;
         pl.ok = true;
+        for (int i = 0; i < found; ++i) {
+            if (results[i].state == CUBLAS_STATUS_SUCCESS) {
+                pl.candidates.push_back(results[i].algo);
+            }
+        }
+        pl.tuned = pl.candidates.size() < 2;  // nothing to choose between
+    }
+
+    static size_t element_bytes(cudaDataType t) { return t == CUDA_R_32F ? 4 : 2; }
+
+    // pl.algo = the fastest of pl.candidates on p's operands, each run into scratch memory
+    // (C and D alike: beta != 0 reads scratch, not Y) and timed over a few repeats. Only
+    // while the stream is not being recorded (synchronises with it); errors of a candidate
+    // just leave it out.
+    void tune(const LtProduct &p, Plan &pl) {
+        pl.tuned = true;
+        const size_t y_bytes =
+            (static_cast<size_t>(p.batch - 1) * static_cast<size_t>(p.y_stride) + static_cast<size_t>(p.rows) * p.out) *
+            element_bytes(p.y_type);
+        void *scratch = nullptr;
+        cudaEvent_t start = nullptr, stop = nullptr;
+        if (cudaMalloc(&scratch, y_bytes) != cudaSuccess || cudaEventCreate(&start) != cudaSuccess ||
+            cudaEventCreate(&stop) != cudaSuccess) {
+            cudaGetLastError();  // no room to tune: the heuristic's choice stays
+        } else if (cudaMemsetAsync(scratch, 0, y_bytes, stream) == cudaSuccess) {
+            constexpr int kRepeats = 5;
+            float best = -1.0f;
+            for (const cublasLtMatmulAlgo_t &algo : pl.candidates) {
+                const auto once = [&] {
+                    return cublasLtMatmul(lt, pl.desc, &p.alpha, p.w, pl.a, p.x, pl.b, &p.beta, scratch, pl.d,
+                                          scratch, pl.d, &algo, workspace, workspace_bytes, stream);
+                };
+                if (once() != CUBLAS_STATUS_SUCCESS) {  // the warm-up run
+                    continue;
+                }
+                hold<<<1, 1, 0, stream>>>(100000);  // ~60 us: longer than the host's launches below
+                bool ran = cudaEventRecord(start, stream) == cudaSuccess;
+                for (int r = 0; r < kRepeats && ran; ++r) {
+                    ran = once() == CUBLAS_STATUS_SUCCESS;
+                }
+                float ms = 0.0f;
+                if (ran && cudaEventRecord(stop, stream) == cudaSuccess && cudaEventSynchronize(stop) == cudaSuccess &&
+                    cudaEventElapsedTime(&ms, start, stop) == cudaSuccess && (best < 0.0f || ms < best)) {
+                    best = ms;
+                    pl.algo = algo;
+                }
+            }
+        }
+        cudaStreamSynchronize(stream);  // scratch is free to go
+        for (cudaEvent_t e : {start, stop}) {
+            if (e != nullptr) {
+                cudaEventDestroy(e);
+            }
+        }
+        if (scratch != nullptr) {
+            cudaFree(scratch);
+        }
+        cudaGetLastError();
+    }
+
+    bool recording() const {
+        cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+        return cudaStreamIsCapturing(stream, &status) != cudaSuccess || status != cudaStreamCaptureStatusNone;
     }
 };
 
@@ -213,11 +293,15 @@ bool LtMatmul::run(const LtProduct &p) {
     if (p.epilogue != LtEpilogue::kNone) {
         set(pl.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void *>(p.bias), "Lt bias");
     }
-    const float beta = 0.0f;
-    check(cublasLtMatmul(m.lt, pl.desc, &p.alpha, p.w, pl.a, p.x, pl.b, &beta, p.y, pl.d, p.y, pl.d, &pl.algo,
+    if (m.tuning && !pl.tuned && !m.recording()) {
+        m.tune(p, pl);
+    }
+    check(cublasLtMatmul(m.lt, pl.desc, &p.alpha, p.w, pl.a, p.x, pl.b, &p.beta, p.y, pl.d, p.y, pl.d, &pl.algo,
                          m.workspace, m.workspace_bytes, m.stream),
           "Lt product");
     return true;
 }
+
+void LtMatmul::set_tuning(bool on) { impl_->tuning = on; }
 
 }  // namespace whisperd

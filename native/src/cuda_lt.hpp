@@ -16,20 +16,23 @@ namespace whisperd {
 
 enum class LtEpilogue { kNone, kBias, kGeluBias };
 
-// Y[rows][out] = epilogue(alpha * X[rows][in] W^T + bias), W f16 [out][in] (ggml's layout),
-// X, Y and bias f16, f32 accumulation, bias per output column (Whisper's biases). With
-// batch > 1: `batch` such products, the b-th reading X + b * x_stride and writing
-// Y + b * y_stride (elements), all with the same W and bias.
+// Y[rows][out] = epilogue(alpha * X[rows][in] W^T + beta * Y + bias), W f16 [out][in]
+// (ggml's layout), X and bias f16, Y f16 (or f32: y_type), f32 accumulation, bias per
+// output column (Whisper's biases; f16 outputs only). With batch > 1: `batch` such
+// products, the b-th reading X + b * x_stride and writing Y + b * y_stride (elements),
+// all with the same W and bias.
 struct LtProduct {
     const void *w;
     const half *x;
     int rows, in, out;
-    half *y;
+    void *y;
     LtEpilogue epilogue = LtEpilogue::kNone;
     const half *bias = nullptr;  // out values; needed unless epilogue is kNone
     float alpha = 1.0f;
     int batch = 1;
     long long x_stride = 0, y_stride = 0;
+    cudaDataType y_type = CUDA_R_16F;
+    float beta = 0.0f;
 };
 
 class LtMatmul {
@@ -37,7 +40,7 @@ public:
     // A cuBLASLt handle on the current device, products enqueued on `stream`, and a
     // workspace of that many bytes for them (throws OutOfMemoryError); or, given
     // `shared`, that workspace of the caller's (e.g. its cuBLAS handle's: products on one
-    // stream never overlap), which it keeps and frees.
+    // stream never overlap), which stays the caller's to free.
     LtMatmul(cudaStream_t stream, size_t workspace_bytes, void *shared = nullptr);
     ~LtMatmul();
     LtMatmul(const LtMatmul &) = delete;
@@ -47,6 +50,13 @@ public:
     // it on this GPU, where the caller computes it another way.
     bool run(const LtProduct &p);
     size_t memory_bytes() const;  // its own workspace's (0 when shared)
+
+    // With tuning on, a shape's first product enqueued while its stream is not being
+    // recorded into a CUDA graph takes the fastest of cuBLASLt's first few candidates,
+    // timed there on the product's own operands (into scratch memory: Y is untouched);
+    // while recording, the heuristic's first, until such a product comes. cuBLAS's
+    // heuristic alone leaves products of <= 128 rows at a fraction of the GPU's blocks.
+    void set_tuning(bool on);
 
 private:
     struct Impl;
