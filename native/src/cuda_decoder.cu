@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <set>
 #include <stdexcept>
@@ -242,7 +243,15 @@ struct CudaDecoder::Impl {
     // cross-attention's query (packed) once self-attention has read it
     Grown x, h, qkv, a, f, part, hout;
     float *logits = nullptr;                                // the caller's
-    Grown in_tok, in_pos, in_kv, in_mask, in_out;           // the step's inputs
+    // The step's inputs (tokens, positions, kv_rows, mask, out_rows, each 256-byte
+    // aligned) as one upload from pinned memory: five pageable copies, each staged and
+    // waited for by the host, came before every step's launch.
+    Grown inputs;
+    char *staging = nullptr;
+    size_t staging_cap = 0;
+    const int32_t *tok_d = nullptr, *pos_d = nullptr, *out_d = nullptr;
+    const int64_t *kv_d = nullptr;
+    const uint16_t *mask_d = nullptr;
     void *workspace = nullptr;                              // cuBLAS's, fixed for graph capture
     static constexpr size_t kWorkspace = 32u << 20;
     // Q, K and V as one batched product: per layer 9 device pointers (wq, wk, wv; h three
@@ -297,6 +306,9 @@ struct CudaDecoder::Impl {
         for (void *p : int8_mem) {
             cudaFree(p);
         }
+        if (staging != nullptr) {
+            cudaFreeHost(staging);
+        }
         if (slot_list != nullptr) {
             cudaFree(slot_list);
         }
@@ -313,12 +325,7 @@ struct CudaDecoder::Impl {
         return static_cast<T *>(g.need(count * sizeof(T), bytes, generation));
     }
 
-    template <typename T>
-    T *upload(Grown &g, const T *src, size_t count) {
-        T *d = buf<T>(g, count);
-        check(cudaMemcpyAsync(d, src, count * sizeof(T), cudaMemcpyHostToDevice, stream), "upload a step's inputs");
-        return d;
-    }
+    void upload(const CudaStepInputs &in);
 
     // Y = X W^T + beta Y (Y f16 or f32): cuBLASLt's tuned choice, else cuBLAS's.
     void product(const void *W, const half *X, int rows, int in, int out, void *Y, cudaDataType yt,
@@ -505,6 +512,41 @@ void CudaDecoder::move_cross(int from, int to) {
     check(cudaStreamSynchronize(m.stream), "move a slot's int8 cross K/V");
 }
 
+// The inputs into `inputs` (the previous step has finished with both copies: step()
+// waits for it). Their places depend only on the step's shape, which a recorded step's
+// key holds.
+void CudaDecoder::Impl::upload(const CudaStepInputs &in) {
+    const size_t rows = static_cast<size_t>(in.W) * in.R, n_out = static_cast<size_t>(in.W) * in.r_out;
+    const auto padded = [](size_t n) { return (n + 255) / 256 * 256; };
+    const size_t sizes[5] = {rows * sizeof(int32_t), rows * sizeof(int32_t), rows * sizeof(int64_t),
+                             rows * in.n_kv * sizeof(uint16_t), n_out * sizeof(int32_t)};
+    const void *src[5] = {in.tokens, in.positions, in.kv_rows, in.mask, in.out_rows};
+    size_t at[5], total = 0;
+    for (int i = 0; i < 5; ++i) {
+        at[i] = total;
+        total += padded(sizes[i]);
+    }
+    if (total > staging_cap) {
+        if (staging != nullptr) {
+            check(cudaFreeHost(staging), "free the step's input staging");
+            staging = nullptr;
+            staging_cap = 0;
+        }
+        check(cudaMallocHost(reinterpret_cast<void **>(&staging), total), "the step's input staging");
+        staging_cap = total;
+    }
+    for (int i = 0; i < 5; ++i) {
+        std::memcpy(staging + at[i], src[i], sizes[i]);
+    }
+    char *d = buf<char>(inputs, total);
+    check(cudaMemcpyAsync(d, staging, total, cudaMemcpyHostToDevice, stream), "upload a step's inputs");
+    tok_d = reinterpret_cast<const int32_t *>(d + at[0]);
+    pos_d = reinterpret_cast<const int32_t *>(d + at[1]);
+    kv_d = reinterpret_cast<const int64_t *>(d + at[2]);
+    mask_d = reinterpret_cast<const uint16_t *>(d + at[3]);
+    out_d = reinterpret_cast<const int32_t *>(d + at[4]);
+}
+
 void CudaDecoder::step(const CudaStepInputs &in, float *logits) {
     Impl &m = *impl_;
     check(cudaSetDevice(m.device), "select the GPU");
@@ -513,12 +555,7 @@ void CudaDecoder::step(const CudaStepInputs &in, float *logits) {
         ++m.generation;
     }
     const int rows = in.W * in.R, n_out = in.W * in.r_out;
-    // Every buffer first (a move re-records the graphs), then the inputs into them.
-    m.upload(m.in_tok, in.tokens, rows);
-    m.upload(m.in_pos, in.positions, rows);
-    m.upload(m.in_kv, in.kv_rows, rows);
-    m.upload(m.in_mask, in.mask, static_cast<size_t>(rows) * in.n_kv);
-    m.upload(m.in_out, in.out_rows, n_out);
+    m.upload(in);
     const int C = m.s.n_state;
     m.buf<float>(m.x, static_cast<size_t>(rows) * C);
     for (Grown *g : {&m.h, &m.a}) {
@@ -567,10 +604,9 @@ void CudaDecoder::Impl::kernels(const CudaStepInputs &in) {
     Impl &m = *this;
     const CudaDecoderShape &s = m.s;
     const int rows = in.W * in.R, n_out = in.W * in.r_out, C = s.n_state, C2 = C / 2;
-    const int32_t *tok = static_cast<const int32_t *>(in_tok.p), *pos = static_cast<const int32_t *>(in_pos.p);
-    const int64_t *kvr = static_cast<const int64_t *>(in_kv.p);
-    const uint16_t *mask = static_cast<const uint16_t *>(in_mask.p);
-    const int32_t *outs = static_cast<const int32_t *>(in_out.p);
+    const int32_t *tok = tok_d, *pos = pos_d, *outs = out_d;
+    const int64_t *kvr = kv_d;
+    const uint16_t *mask = mask_d;
     // step() sized every buffer for this shape
     float *x = static_cast<float *>(m.x.p), *part = static_cast<float *>(m.part.p);
     half *h = static_cast<half *>(m.h.p), *qkv = static_cast<half *>(m.qkv.p);
