@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <tuple>
 #include <vector>
 
@@ -89,6 +90,18 @@ struct LtMatmul::Impl {
                            bool>;
     static constexpr int kCandidates = 16;
 
+    // Tuning's choices for the whole process, by device and shape: a decoder made later
+    // (a benchmark's next batch size, a model loaded again) takes them without timing.
+    static std::mutex &chosen_lock() {
+        static std::mutex mu;
+        return mu;
+    }
+    static std::map<std::pair<int, Key>, cublasLtMatmulAlgo_t> &chosen() {
+        static std::map<std::pair<int, Key>, cublasLtMatmulAlgo_t> c;
+        return c;
+    }
+    int device = 0;
+
     cublasLtHandle_t lt = nullptr;
     cudaStream_t stream = nullptr;
     void *workspace = nullptr;
@@ -120,20 +133,24 @@ struct LtMatmul::Impl {
         }
     }
 
+    static Key key_of(const LtProduct &p) {
+        return Key{p.out,
+                   p.rows,
+                   p.in,
+                   static_cast<int>(p.epilogue),
+                   p.batch,
+                   p.x_stride,
+                   p.y_stride,
+                   alignment(p.w),
+                   alignment(p.x),
+                   alignment(p.y),
+                   alignment(p.bias),
+                   static_cast<int>(p.y_type),
+                   p.beta == 0.0f};
+    }
+
     Plan &plan(const LtProduct &p) {
-        const Key key{p.out,
-                      p.rows,
-                      p.in,
-                      static_cast<int>(p.epilogue),
-                      p.batch,
-                      p.x_stride,
-                      p.y_stride,
-                      alignment(p.w),
-                      alignment(p.x),
-                      alignment(p.y),
-                      alignment(p.bias),
-                      static_cast<int>(p.y_type),
-                      p.beta == 0.0f};
+        const Key key = key_of(p);
         auto found = plans.find(key);
         if (found != plans.end()) {
             return found->second;
@@ -269,6 +286,7 @@ struct LtMatmul::Impl {
 LtMatmul::LtMatmul(cudaStream_t stream, size_t workspace_bytes, void *shared) : impl_(std::make_unique<Impl>()) {
     Impl &m = *impl_;
     m.stream = stream;
+    check(cudaGetDevice(&m.device), "Lt device");
     check(cublasLtCreate(&m.lt), "Lt create");
     if (shared != nullptr) {
         m.workspace = shared;
@@ -293,8 +311,21 @@ bool LtMatmul::run(const LtProduct &p) {
     if (p.epilogue != LtEpilogue::kNone) {
         set(pl.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void *>(p.bias), "Lt bias");
     }
-    if (m.tuning && !pl.tuned && !m.recording()) {
-        m.tune(p, pl);
+    if (m.tuning && !pl.tuned) {
+        const std::pair<int, Impl::Key> at{m.device, Impl::key_of(p)};
+        {
+            std::lock_guard<std::mutex> lock(Impl::chosen_lock());
+            const auto c = Impl::chosen().find(at);
+            if (c != Impl::chosen().end()) {
+                pl.algo = c->second;
+                pl.tuned = true;
+            }
+        }
+        if (!pl.tuned && !m.recording()) {
+            m.tune(p, pl);
+            std::lock_guard<std::mutex> lock(Impl::chosen_lock());
+            Impl::chosen()[at] = pl.algo;
+        }
     }
     check(cublasLtMatmul(m.lt, pl.desc, &p.alpha, p.w, pl.a, p.x, pl.b, &p.beta, p.y, pl.d, p.y, pl.d, &pl.algo,
                          m.workspace, m.workspace_bytes, m.stream),

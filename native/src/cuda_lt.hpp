@@ -2,8 +2,10 @@
 // bias, or a bias then GELU, to the f32 accumulators before they are rounded to f16 (each
 // of those was its own pass over the product's output, 13 % of the encoder's GPU time on
 // an H200), and strided batches that write into memory laid out by someone else (the
-// decoder's cross K/V slots). Descriptors, layouts and the chosen algorithm are made once
-// per shape and kept. Only CUDA builds compile this (WHISPERD_WITH_CUDA).
+// decoder's cross K/V slots); and, for the decoder step's products of a few rows, a
+// choice of algorithm timed on the GPU rather than the heuristic's first. Descriptors,
+// layouts and the chosen algorithm are made once per shape and kept. Only CUDA builds
+// compile this (WHISPERD_WITH_CUDA).
 #pragma once
 
 #include <cuda_fp16.h>
@@ -54,8 +56,10 @@ public:
     // With tuning on, a shape's first product enqueued while its stream is not being
     // recorded into a CUDA graph takes the fastest of cuBLASLt's first few candidates,
     // timed there on the product's own operands (into scratch memory: Y is untouched);
-    // while recording, the heuristic's first, until such a product comes. cuBLAS's
-    // heuristic alone leaves products of <= 128 rows at a fraction of the GPU's blocks.
+    // while recording, the heuristic's first, until such a product comes. The choice is
+    // kept for the process (by device and shape): later LtMatmuls take it untimed.
+    // cuBLAS's heuristic alone leaves products of <= 128 rows at a fraction of the GPU's
+    // blocks.
     void set_tuning(bool on);
 
 private:
