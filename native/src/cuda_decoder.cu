@@ -14,7 +14,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
-#include <set>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -266,10 +265,9 @@ struct CudaDecoder::Impl {
     std::unique_ptr<LtMatmul> lt;
     half *b1_16 = nullptr;
     // WHISPERD_CUDA_STEP_TUNE: the other products through cuBLASLt too, each shape's
-    // algorithm timed once (LtMatmul::set_tuning) in an unrecorded run of the step's
-    // first use of that many rows; the (rows, logits rows) so run.
+    // algorithm timed once (LtMatmul::set_tuning): a step recorded with products not timed
+    // yet is run once unrecorded, which times them, and recorded again.
     bool tuned_products = true;
-    std::set<std::pair<int, int>> tuned_shapes;
     // The step's ~500 kernels recorded once per shape and replayed (launching them one by
     // one costs more than running them at small batches). Key: W, R, n_kv, r_out.
     bool use_graphs = true;
@@ -347,6 +345,7 @@ struct CudaDecoder::Impl {
     }
 
     void kernels(const CudaStepInputs &in);
+    void record(const CudaStepInputs &in, cudaGraphExec_t &exec);
     void alloc_int8();
     void prepare_fused();
     void point_qkv();
@@ -569,35 +568,43 @@ void CudaDecoder::step(const CudaStepInputs &in, float *logits) {
     if (!m.use_graphs) {
         m.kernels(in);
     } else {
-        if (m.tuned_products && m.tuned_shapes.insert({rows, n_out}).second) {
-            m.kernels(in);  // unrecorded, so that cuBLASLt can time its products' candidates
-        }
         Impl::Recorded &g = m.graphs[std::make_tuple(in.W, in.R, in.n_kv, in.r_out)];
         if (g.exec == nullptr || g.generation != m.generation) {
-            if (g.exec != nullptr) {
-                check(cudaGraphExecDestroy(g.exec), "drop a recorded step");
-                g.exec = nullptr;
+            m.lt->take_untimed();
+            m.record(in, g.exec);
+            if (m.lt->take_untimed()) {
+                m.kernels(in);  // unrecorded: cuBLASLt times the new shapes' candidates
+                m.record(in, g.exec);
             }
-            cudaGraph_t graph = nullptr;
-            check(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeThreadLocal), "record a step");
-            try {
-                m.kernels(in);
-            } catch (...) {
-                cudaStreamEndCapture(m.stream, &graph);
-                if (graph != nullptr) {
-                    cudaGraphDestroy(graph);
-                }
-                throw;
-            }
-            check(cudaStreamEndCapture(m.stream, &graph), "record a step");
-            const cudaError_t e = cudaGraphInstantiate(&g.exec, graph, 0);
-            cudaGraphDestroy(graph);
-            check(e, "instantiate a recorded step");
             g.generation = m.generation;
         }
         check(cudaGraphLaunch(g.exec, m.stream), "replay a step");
     }
     check(cudaStreamSynchronize(m.stream), "decoder step");
+}
+
+// The step's kernels recorded into a CUDA graph, instantiated into `exec` (replacing what
+// it held).
+void CudaDecoder::Impl::record(const CudaStepInputs &in, cudaGraphExec_t &exec) {
+    if (exec != nullptr) {
+        check(cudaGraphExecDestroy(exec), "drop a recorded step");
+        exec = nullptr;
+    }
+    cudaGraph_t graph = nullptr;
+    check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "record a step");
+    try {
+        kernels(in);
+    } catch (...) {
+        cudaStreamEndCapture(stream, &graph);
+        if (graph != nullptr) {
+            cudaGraphDestroy(graph);
+        }
+        throw;
+    }
+    check(cudaStreamEndCapture(stream, &graph), "record a step");
+    const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    check(e, "instantiate a recorded step");
 }
 
 void CudaDecoder::Impl::kernels(const CudaStepInputs &in) {

@@ -108,6 +108,7 @@ struct LtMatmul::Impl {
     size_t workspace_bytes = 0;
     bool owned = true;  // the workspace is ours to free
     bool tuning = false;
+    bool untimed = false;  // a product enqueued untimed since take_untimed()
     std::map<Key, Plan> plans;
 
     ~Impl() {
@@ -326,6 +327,7 @@ bool LtMatmul::run(const LtProduct &p) {
             std::lock_guard<std::mutex> lock(Impl::chosen_lock());
             Impl::chosen()[at] = pl.algo;
         }
+        m.untimed = m.untimed || !pl.tuned;
     }
     check(cublasLtMatmul(m.lt, pl.desc, &p.alpha, p.w, pl.a, p.x, pl.b, &p.beta, p.y, pl.d, p.y, pl.d, &pl.algo,
                          m.workspace, m.workspace_bytes, m.stream),
@@ -334,5 +336,11 @@ bool LtMatmul::run(const LtProduct &p) {
 }
 
 void LtMatmul::set_tuning(bool on) { impl_->tuning = on; }
+
+bool LtMatmul::take_untimed() {
+    const bool was = impl_->untimed;
+    impl_->untimed = false;
+    return was;
+}
 
 }  // namespace whisperd

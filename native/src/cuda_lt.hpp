@@ -61,6 +61,9 @@ public:
     // cuBLAS's heuristic alone leaves products of <= 128 rows at a fraction of the GPU's
     // blocks.
     void set_tuning(bool on);
+    // Whether a product was enqueued (while recording) with the heuristic's choice since
+    // the last call, tuning on: run it again unrecorded to time its candidates.
+    bool take_untimed();
 
 private:
     struct Impl;
