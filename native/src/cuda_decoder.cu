@@ -64,6 +64,8 @@ __device__ __forceinline__ half2 new_value(half2 v, float2 bv) {
     return __floats2half2_rn(f.x + bv.x, f.y + bv.y);
 }
 
+constexpr int kHidden = -2, kCache = -1;  // where a self-attention cell comes from (else a row)
+
 // Self-attention of row blockIdx.y, head blockIdx.x, straight from the Q/K/V product
 // (qkv [row][3 C2 pairs]: q | k | v, unbiased): the query q' = (q + bq) * scale (rounded
 // to f16, as the cache's keys are); the row's key and value written into its cell of the
@@ -75,8 +77,6 @@ __device__ __forceinline__ half2 new_value(half2 v, float2 bv) {
 // sums; each warp's cells, sums and their order are those of one cell at a time (as
 // before this kernel took the writes too: bit for bit). Dynamic shared memory: the n_kv
 // scores, then per cell where it comes from (kHidden, kCache, or the row that writes it).
-constexpr int kHidden = -2, kCache = -1;
-
 __global__ void __launch_bounds__(kSelfWarps * 32)
     self_attention(const half2 *qkv, const float *bq, const float *bv, const int64_t *kv_rows, half2 *sk,
                    half2 *sv, const uint16_t *mask, half2 *out, int R, int n_kv, int n_cells, int C2,
