@@ -5,7 +5,9 @@ cross-attention kernel takes a window's rows four at a time), with and without r
 CUDA graphs. Everywhere else the ggml step stays (checked in test_cuda_encoder.py, beside
 the encoder). With WHISPERD_CROSS_KV_INT8=1 greedy steps read an int8 copy of the cross
 K/V: the same transcripts as the f16 step, a moved window included, and the automatic
-batch size counts the copy's memory.
+batch size counts the copy's memory. The step's product choices (Q, K and V as one batched
+product, FC1's bias and GELU in its product, cuBLASLt's algorithms timed per shape) give
+the same words as each undone.
 
 The GPU tests run under WHISPERD_TEST_GPU=1 with WHISPERD_TEST_F16_MODEL (bench/gpu.sh
 makes an f16 tiny.en there)."""
