@@ -110,8 +110,9 @@ bool step_fusion() {
     throw WhisperError("WHISPERD_CUDA_STEP_FUSION must be 0 or 1 (got '" + v + "')");
 }
 
-// WHISPERD_CUDA_STEP_TUNE: 1 (the default) times a few of cuBLASLt's algorithms for each
-// of the step's product shapes once and keeps the fastest; 0 takes cuBLAS's heuristic.
+// WHISPERD_CUDA_STEP_TUNE: 1 (the default) times a few of cuBLASLt's algorithms and
+// cuBLAS's own choice for each of the step's product shapes once and keeps the fastest; 0
+// takes cuBLAS's choice.
 bool step_tune() {
     const char *raw = std::getenv("WHISPERD_CUDA_STEP_TUNE");
     const std::string v = raw == nullptr ? "" : raw;

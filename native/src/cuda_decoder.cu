@@ -284,8 +284,9 @@ struct CudaDecoder::Impl {
     std::unique_ptr<LtMatmul> lt;
     half *b1_16 = nullptr;
     // WHISPERD_CUDA_STEP_TUNE: the other products through cuBLASLt too, each shape's
-    // algorithm timed once (LtMatmul::set_tuning): a step recorded with products not timed
-    // yet is run once unrecorded, which times them, and recorded again.
+    // algorithm timed once (LtMatmul::set_tuning) against cuBLAS's own choice: a step
+    // recorded with products not timed yet is run once unrecorded, which times them, and
+    // recorded again.
     bool tuned_products = true;
     // The step's ~500 kernels recorded once per shape and replayed (launching them one by
     // one costs more than running them at small batches). Key: W, R, n_kv, r_out.
@@ -344,14 +345,15 @@ struct CudaDecoder::Impl {
 
     void upload(const CudaStepInputs &in);
 
-    // Y = X W^T + beta Y (Y f16 or f32): cuBLASLt's tuned choice, else cuBLAS's.
+    // Y = X W^T + beta Y (Y f16 or f32): the fastest of cuBLASLt's candidates and cuBLAS's
+    // own choice (timed once per shape), else cuBLAS's.
     void product(const void *W, const half *X, int rows, int in, int out, void *Y, cudaDataType yt,
                  float beta = 0.0f) {
         if (tuned_products) {
             LtProduct p{W, X, rows, in, out, Y};
             p.y_type = yt;
             p.beta = beta;
-            if (lt->run(p)) {
+            if (lt->run(p, [&](void *y) { linear(blas, W, X, rows, in, out, y, yt, 1.0f, beta); })) {
                 return;
             }
         }
@@ -678,19 +680,24 @@ void CudaDecoder::Impl::kernels(const CudaStepInputs &in) {
         // MLP: FC1's bias and GELU in its product where cuBLASLt has one for it (the bias
         // rounded to f16, added to the f32 sums: one rounding of the output, not two)
         m.norm(x, L.cbo, L.ln3_w, L.ln3_b, h, rows);
+        const size_t n2 = static_cast<size_t>(rows) * s.n_ff / 2;
+        const auto fc1_bias = [&](void *y) {  // the bias and GELU as their own pass
+            add_bias<true><<<grid_for(n2), kThreads, 0, m.stream>>>(static_cast<half2 *>(y), L.b1, n2, s.n_ff / 2);
+            check(cudaGetLastError(), "bias kernel");
+        };
         bool fc1_done = false;
         if (m.fused_products) {
             LtProduct fc1{L.w1, h, rows, C, s.n_ff, f};
             fc1.epilogue = LtEpilogue::kGeluBias;
             fc1.bias = m.b1_16 + l * m.b1_stride();
-            fc1_done = m.lt->run(fc1);
+            fc1_done = m.lt->run(fc1, [&](void *y) {
+                linear(m.blas, L.w1, h, rows, C, s.n_ff, y, CUDA_R_16F);
+                fc1_bias(y);
+            });
         }
         if (!fc1_done) {
             m.product(L.w1, h, rows, C, s.n_ff, f, CUDA_R_16F);
-            const size_t n2 = static_cast<size_t>(rows) * s.n_ff / 2;
-            add_bias<true><<<grid_for(n2), kThreads, 0, m.stream>>>(reinterpret_cast<half2 *>(f), L.b1, n2,
-                                                                    s.n_ff / 2);
-            check(cudaGetLastError(), "bias kernel");
+            fc1_bias(f);
         }
         m.product(L.w2, f, rows, s.n_ff, C, x, CUDA_R_32F, 1.0f);
         pending = L.b2;

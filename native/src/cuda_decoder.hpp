@@ -38,9 +38,9 @@ struct CudaDecoderShape {
     // bias and GELU in its product (cuBLASLt); off: three products, and FC1's bias and
     // GELU as their own pass (the A/B of cuBLAS's kernel choices for them).
     bool fused_products = true;
-    // WHISPERD_CUDA_STEP_TUNE (default on): the other products through cuBLASLt, each
-    // shape's algorithm the fastest of its first candidates, timed once on the GPU; off:
-    // cuBLAS's heuristic.
+    // WHISPERD_CUDA_STEP_TUNE (default on): each of the other products' shapes timed once
+    // on the GPU over cuBLASLt's first candidates and cuBLAS's own choice, the fastest
+    // kept; off: cuBLAS's choice.
     bool tuned_products = true;
 };
 

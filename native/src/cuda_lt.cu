@@ -8,6 +8,8 @@
 #include <cublasLt.h>
 
 #include <cstdint>
+#include <exception>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -83,6 +85,11 @@ struct LtMatmul::Impl {
         bool ok = false;
         std::vector<cublasLtMatmulAlgo_t> candidates;  // tuning's, best first by the heuristic
         bool tuned = false;
+        bool other = false;  // the caller's other way was timed faster
+    };
+    struct Choice {
+        cublasLtMatmulAlgo_t algo;
+        bool other;
     };
     // out, rows, in, epilogue, batch, x_stride, y_stride, the alignments of W, X, Y and
     // the bias (the algorithm is chosen for them), Y's type, and whether beta is 0
@@ -96,8 +103,8 @@ struct LtMatmul::Impl {
         static std::mutex mu;
         return mu;
     }
-    static std::map<std::pair<int, Key>, cublasLtMatmulAlgo_t> &chosen() {
-        static std::map<std::pair<int, Key>, cublasLtMatmulAlgo_t> c;
+    static std::map<std::pair<int, Key>, Choice> &chosen() {
+        static std::map<std::pair<int, Key>, Choice> c;
         return c;
     }
     int device = 0;
@@ -223,16 +230,17 @@ struct LtMatmul::Impl {
                 pl.candidates.push_back(results[i].algo);
             }
         }
-        pl.tuned = pl.candidates.size() < 2;  // nothing to choose between
+        pl.tuned = !tuning || pl.candidates.empty();
     }
 
     static size_t element_bytes(cudaDataType t) { return t == CUDA_R_32F ? 4 : 2; }
 
     // pl.algo = the fastest of pl.candidates on p's operands, each run into scratch memory
-    // (C and D alike: beta != 0 reads scratch, not Y) and timed over a few repeats. Only
-    // while the stream is not being recorded (synchronises with it); errors of a candidate
-    // just leave it out.
-    void tune(const LtProduct &p, Plan &pl) {
+    // (C and D alike: beta != 0 reads scratch, not Y) and timed over a few repeats; and
+    // `other` (the caller's way, given the scratch as its Y) too: pl.other when it wins.
+    // Only while the stream is not being recorded (synchronises with it); errors of a
+    // candidate just leave it out.
+    void tune(const LtProduct &p, Plan &pl, const std::function<void(void *)> &other) {
         pl.tuned = true;
         const size_t y_bytes =
             (static_cast<size_t>(p.batch - 1) * static_cast<size_t>(p.y_stride) + static_cast<size_t>(p.rows) * p.out) *
@@ -243,27 +251,46 @@ struct LtMatmul::Impl {
             cudaEventCreate(&stop) != cudaSuccess) {
             cudaGetLastError();  // no room to tune: the heuristic's choice stays
         } else if (cudaMemsetAsync(scratch, 0, y_bytes, stream) == cudaSuccess) {
-            constexpr int kRepeats = 5;
-            float best = -1.0f;
-            for (const cublasLtMatmulAlgo_t &algo : pl.candidates) {
-                const auto once = [&] {
-                    return cublasLtMatmul(lt, pl.desc, &p.alpha, p.w, pl.a, p.x, pl.b, &p.beta, scratch, pl.d,
-                                          scratch, pl.d, &algo, workspace, workspace_bytes, stream);
-                };
-                if (once() != CUBLAS_STATUS_SUCCESS) {  // the warm-up run
-                    continue;
+            // ms of kRepeats runs of `once` after a warm-up one, or -1 when one failed
+            const auto timed = [&](const auto &once) {
+                constexpr int kRepeats = 5;
+                if (!once()) {
+                    return -1.0f;
                 }
                 hold<<<1, 1, 0, stream>>>(100000);  // ~60 us: longer than the host's launches below
                 bool ran = cudaEventRecord(start, stream) == cudaSuccess;
                 for (int r = 0; r < kRepeats && ran; ++r) {
-                    ran = once() == CUBLAS_STATUS_SUCCESS;
+                    ran = once();
                 }
                 float ms = 0.0f;
                 if (ran && cudaEventRecord(stop, stream) == cudaSuccess && cudaEventSynchronize(stop) == cudaSuccess &&
-                    cudaEventElapsedTime(&ms, start, stop) == cudaSuccess && (best < 0.0f || ms < best)) {
+                    cudaEventElapsedTime(&ms, start, stop) == cudaSuccess) {
+                    return ms;
+                }
+                return -1.0f;
+            };
+            float best = -1.0f;
+            for (const cublasLtMatmulAlgo_t &algo : pl.candidates) {
+                const float ms = timed([&] {
+                    return cublasLtMatmul(lt, pl.desc, &p.alpha, p.w, pl.a, p.x, pl.b, &p.beta, scratch, pl.d,
+                                          scratch, pl.d, &algo, workspace, workspace_bytes, stream) ==
+                           CUBLAS_STATUS_SUCCESS;
+                });
+                if (ms >= 0.0f && (best < 0.0f || ms < best)) {
                     best = ms;
                     pl.algo = algo;
                 }
+            }
+            if (other) {
+                const float ms = timed([&] {
+                    try {
+                        other(scratch);
+                        return true;
+                    } catch (const std::exception &) {
+                        return false;
+                    }
+                });
+                pl.other = ms >= 0.0f && (best < 0.0f || ms < best);
             }
         }
         cudaStreamSynchronize(stream);  // scratch is free to go
@@ -303,7 +330,7 @@ LtMatmul::~LtMatmul() = default;
 
 size_t LtMatmul::memory_bytes() const { return impl_->owned ? impl_->workspace_bytes : 0; }
 
-bool LtMatmul::run(const LtProduct &p) {
+bool LtMatmul::run(const LtProduct &p, const std::function<void(void *)> &other) {
     Impl &m = *impl_;
     Impl::Plan &pl = m.plan(p);
     if (!pl.ok) {
@@ -318,16 +345,20 @@ bool LtMatmul::run(const LtProduct &p) {
             std::lock_guard<std::mutex> lock(Impl::chosen_lock());
             const auto c = Impl::chosen().find(at);
             if (c != Impl::chosen().end()) {
-                pl.algo = c->second;
+                pl.algo = c->second.algo;
+                pl.other = c->second.other;
                 pl.tuned = true;
             }
         }
         if (!pl.tuned && !m.recording()) {
-            m.tune(p, pl);
+            m.tune(p, pl, other);
             std::lock_guard<std::mutex> lock(Impl::chosen_lock());
-            Impl::chosen()[at] = pl.algo;
+            Impl::chosen()[at] = Impl::Choice{pl.algo, pl.other};
         }
         m.untimed = m.untimed || !pl.tuned;
+    }
+    if (pl.other && other) {
+        return false;  // the caller's way was faster
     }
     check(cublasLtMatmul(m.lt, pl.desc, &p.alpha, p.w, pl.a, p.x, pl.b, &p.beta, p.y, pl.d, p.y, pl.d, &pl.algo,
                          m.workspace, m.workspace_bytes, m.stream),

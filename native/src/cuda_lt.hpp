@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <functional>
 #include <memory>
 
 namespace whisperd {
@@ -49,13 +50,15 @@ public:
     LtMatmul &operator=(const LtMatmul &) = delete;
 
     // Enqueues the product; false (nothing enqueued) when cuBLASLt has no algorithm for
-    // it on this GPU, where the caller computes it another way.
-    bool run(const LtProduct &p);
+    // it on this GPU, or when `other` (the caller's other way of computing it, given where
+    // to write Y) was timed faster, where the caller computes it that other way.
+    bool run(const LtProduct &p, const std::function<void(void *y)> &other = {});
     size_t memory_bytes() const;  // its own workspace's (0 when shared)
 
     // With tuning on, a shape's first product enqueued while its stream is not being
-    // recorded into a CUDA graph takes the fastest of cuBLASLt's first few candidates,
-    // timed there on the product's own operands (into scratch memory: Y is untouched);
+    // recorded into a CUDA graph takes the fastest of cuBLASLt's first few candidates and
+    // run()'s `other`, timed there on the product's own operands (into scratch memory: Y
+    // is untouched);
     // while recording, the heuristic's first, until such a product comes. The choice is
     // kept for the process (by device and shape): later LtMatmuls take it untimed.
     // cuBLAS's heuristic alone leaves products of <= 128 rows at a fraction of the GPU's
