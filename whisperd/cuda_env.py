@@ -39,11 +39,11 @@ counts the copy's memory.
 ``WHISPERD_CUDA_STEP_FUSION`` (``1``, the default, or ``0``), read by the native library
 when a CUDA decoder step is made: ``0`` runs the step's query, key and value products
 separately and FC1's bias and GELU as their own pass instead of one batched product and
-one product with its epilogue (a diagnostic A/B of cuBLAS's kernels; the same results up
-to the last bits). ``WHISPERD_CUDA_STEP_TUNE`` (``1``, the default, or ``0``): ``1`` times
-a few of cuBLASLt's algorithms and cuBLAS's own choice for each of the step's other
-products once per shape (in a run of the step not recorded into a CUDA graph) and keeps
-the fastest; ``0``, cuBLAS's own choice.
+one product with its epilogue (a diagnostic A/B; the same results up to the last bits).
+``WHISPERD_CUDA_STEP_TUNE`` (``1``, the default, or ``0``): ``1`` times a few of
+cuBLASLt's algorithms and cuBLAS's own choice for each of the step's products once per
+shape (in a run of the step not recorded into a CUDA graph), and the fused products
+against the unfused ones, and keeps the fastest; ``0``, cuBLAS's own choice.
 """
 from __future__ import annotations
 

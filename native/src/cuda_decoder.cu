@@ -96,6 +96,7 @@ struct CudaDecoder::Impl {
     // recorded with products not timed yet is run once unrecorded, which times them, and
     // recorded again.
     bool tuned_products = true;
+    std::map<int, bool> qkv_batched;  // rows -> the batched Q/K/V product was timed faster
     // The step's ~500 kernels recorded once per shape and replayed (launching them one by
     // one costs more than running them at small batches). Key: W, R, n_kv, r_out.
     bool use_graphs = true;
@@ -155,17 +156,57 @@ struct CudaDecoder::Impl {
 
     // Y = X W^T + beta Y (Y f16 or f32): the fastest of cuBLASLt's candidates and cuBLAS's
     // own choice (timed once per shape), else cuBLAS's.
+    // Y's rows are ldy apart (0: packed).
     void product(const void *W, const half *X, int rows, int in, int out, void *Y, cudaDataType yt,
-                 float beta = 0.0f) {
+                 float beta = 0.0f, int ldy = 0) {
         if (tuned_products) {
             LtProduct p{W, X, rows, in, out, Y};
             p.y_type = yt;
             p.beta = beta;
-            if (lt->run(p, [&](void *y) { linear(blas, W, X, rows, in, out, y, yt, 1.0f, beta); })) {
+            p.ldy = ldy;
+            if (lt->run(p, [&](void *y) { linear(blas, W, X, rows, in, out, y, yt, 1.0f, beta, ldy); })) {
                 return;
             }
         }
-        linear(blas, W, X, rows, in, out, Y, yt, 1.0f, beta);
+        linear(blas, W, X, rows, in, out, Y, yt, 1.0f, beta, ldy);
+    }
+
+    // Layer l's Q, K and V of h into qkv: one batched cuBLAS product, or three products
+    // (as `product` takes them), whichever was timed faster at this many rows (tuning on;
+    // while recording before that, the batched one, noted for an unrecorded run).
+    void qkv_product(size_t l, const half *hs, int rows, half *out) {
+        const CudaDecoderLayer &L = m.layers[l];
+        const int C = s.n_state;
+        const auto batched = [&] {
+            const float one = 1.0f, zero = 0.0f;
+            void **p = qkv_ptrs + l * 9;
+            check(cublasGemmBatchedEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, C, rows, C, &one, p, CUDA_R_16F, C, p + 3,
+                                      CUDA_R_16F, C, &zero, p + 6, CUDA_R_16F, 3 * C, 3, CUBLAS_COMPUTE_32F,
+                                      CUBLAS_GEMM_DEFAULT),
+                  "the Q/K/V product");
+        };
+        const auto separate = [&] {
+            const void *w[3] = {L.wq, L.wk, L.wv};
+            for (int j = 0; j < 3; ++j) {
+                product(w[j], hs, rows, C, C, out + j * C, CUDA_R_16F, 0.0f, 3 * C);
+            }
+        };
+        if (!fused_products || !tuned_products) {
+            fused_products ? batched() : separate();
+            return;
+        }
+        auto it = qkv_batched.find(rows);
+        if (it == qkv_batched.end()) {
+            if (lt->recording()) {
+                lt->note_untimed();
+                batched();
+                return;
+            }
+            separate();  // the three products' own timing, before theirs against the batched one
+            const float tb = lt->time_ms(batched), ts = lt->time_ms(separate);
+            it = qkv_batched.emplace(rows, tb >= 0.0f && (ts < 0.0f || tb <= ts)).first;
+        }
+        it->second ? batched() : separate();
     }
 
     void norm(float *xs, const float *pending, const float *g, const float *b, half *out, int rows) {
@@ -461,18 +502,7 @@ void CudaDecoder::Impl::kernels(const CudaStepInputs &in) {
         } else {
             m.norm(x, pending, L.ln1_w, L.ln1_b, h, rows);
         }
-        if (m.fused_products) {
-            const float one = 1.0f, zero = 0.0f;
-            void **p = m.qkv_ptrs + l * 9;
-            check(cublasGemmBatchedEx(m.blas, CUBLAS_OP_T, CUBLAS_OP_N, C, rows, C, &one, p, CUDA_R_16F, C, p + 3,
-                                      CUDA_R_16F, C, &zero, p + 6, CUDA_R_16F, 3 * C, 3, CUBLAS_COMPUTE_32F,
-                                      CUBLAS_GEMM_DEFAULT),
-                  "the Q/K/V product");
-        } else {
-            linear(m.blas, L.wq, h, rows, C, C, qkv, CUDA_R_16F, 1.0f, 0.0f, 3 * C);
-            linear(m.blas, L.wk, h, rows, C, C, qkv + C, CUDA_R_16F, 1.0f, 0.0f, 3 * C);
-            linear(m.blas, L.wv, h, rows, C, C, qkv + 2 * C, CUDA_R_16F, 1.0f, 0.0f, 3 * C);
-        }
+        m.qkv_product(l, h, rows, qkv);
         self_attention<<<dim3(s.n_head, rows), kSelfWarps * 32, self_smem, m.stream>>>(
             reinterpret_cast<const half2 *>(qkv), L.bq, L.bv, kvr, static_cast<half2 *>(L.sk),
             static_cast<half2 *>(L.sv), mask, reinterpret_cast<half2 *>(a), in.R, in.n_kv, s.n_cells, C2, s.kq_scale);

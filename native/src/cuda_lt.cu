@@ -92,9 +92,9 @@ struct LtMatmul::Impl {
         bool other;
     };
     // out, rows, in, epilogue, batch, x_stride, y_stride, the alignments of W, X, Y and
-    // the bias (the algorithm is chosen for them), Y's type, and whether beta is 0
+    // the bias (the algorithm is chosen for them), Y's type, whether beta is 0, Y's row pitch
     using Key = std::tuple<int, int, int, int, int, long long, long long, uint32_t, uint32_t, uint32_t, uint32_t, int,
-                           bool>;
+                           bool, long long>;
     static constexpr int kCandidates = 16;
 
     // Tuning's choices for the whole process, by device and shape: a decoder made later
@@ -154,7 +154,8 @@ struct LtMatmul::Impl {
                    alignment(p.y),
                    alignment(p.bias),
                    static_cast<int>(p.y_type),
-                   p.beta == 0.0f};
+                   p.beta == 0.0f,
+                   p.ldy};
     }
 
     Plan &plan(const LtProduct &p) {
@@ -188,7 +189,7 @@ struct LtMatmul::Impl {
         // in x rows; Y column-major out x rows. Batches: W shared (stride 0).
         check(cublasLtMatrixLayoutCreate(&pl.a, CUDA_R_16F, p.in, p.out, p.in), "Lt layout");
         check(cublasLtMatrixLayoutCreate(&pl.b, CUDA_R_16F, p.in, p.rows, p.in), "Lt layout");
-        check(cublasLtMatrixLayoutCreate(&pl.d, p.y_type, p.out, p.rows, p.out), "Lt layout");
+        check(cublasLtMatrixLayoutCreate(&pl.d, p.y_type, p.out, p.rows, p.ldy > 0 ? p.ldy : p.out), "Lt layout");
         if (p.batch > 1) {
             const int64_t zero = 0, x_stride = p.x_stride, y_stride = p.y_stride;
             const int32_t batch = p.batch;
@@ -242,8 +243,9 @@ struct LtMatmul::Impl {
     // candidate just leave it out.
     void tune(const LtProduct &p, Plan &pl, const std::function<void(void *)> &other) {
         pl.tuned = true;
+        const size_t pitch = p.ldy > 0 ? static_cast<size_t>(p.ldy) : static_cast<size_t>(p.out);
         const size_t y_bytes =
-            (static_cast<size_t>(p.batch - 1) * static_cast<size_t>(p.y_stride) + static_cast<size_t>(p.rows) * p.out) *
+            (static_cast<size_t>(p.batch - 1) * static_cast<size_t>(p.y_stride) + static_cast<size_t>(p.rows) * pitch) *
             element_bytes(p.y_type);
         void *scratch = nullptr;
         cudaEvent_t start = nullptr, stop = nullptr;
@@ -251,24 +253,7 @@ struct LtMatmul::Impl {
             cudaEventCreate(&stop) != cudaSuccess) {
             cudaGetLastError();  // no room to tune: the heuristic's choice stays
         } else if (cudaMemsetAsync(scratch, 0, y_bytes, stream) == cudaSuccess) {
-            // ms of kRepeats runs of `once` after a warm-up one, or -1 when one failed
-            const auto timed = [&](const auto &once) {
-                constexpr int kRepeats = 5;
-                if (!once()) {
-                    return -1.0f;
-                }
-                hold<<<1, 1, 0, stream>>>(100000);  // ~60 us: longer than the host's launches below
-                bool ran = cudaEventRecord(start, stream) == cudaSuccess;
-                for (int r = 0; r < kRepeats && ran; ++r) {
-                    ran = once();
-                }
-                float ms = 0.0f;
-                if (ran && cudaEventRecord(stop, stream) == cudaSuccess && cudaEventSynchronize(stop) == cudaSuccess &&
-                    cudaEventElapsedTime(&ms, start, stop) == cudaSuccess) {
-                    return ms;
-                }
-                return -1.0f;
-            };
+            const auto timed = [&](const std::function<bool()> &once) { return time_ms(once, start, stop); };
             float best = -1.0f;
             for (const cublasLtMatmulAlgo_t &algo : pl.candidates) {
                 const float ms = timed([&] {
@@ -303,6 +288,26 @@ struct LtMatmul::Impl {
             cudaFree(scratch);
         }
         cudaGetLastError();
+    }
+
+    // ms of kRepeats runs of `once` after a warm-up one (false: it failed; then -1), behind
+    // a kernel that holds the stream long enough for the host to enqueue them all.
+    float time_ms(const std::function<bool()> &once, cudaEvent_t start, cudaEvent_t stop) {
+        constexpr int kRepeats = 5;
+        if (!once()) {
+            return -1.0f;
+        }
+        hold<<<1, 1, 0, stream>>>(100000);  // ~60 us
+        bool ran = cudaEventRecord(start, stream) == cudaSuccess;
+        for (int r = 0; r < kRepeats && ran; ++r) {
+            ran = once();
+        }
+        float ms = 0.0f;
+        if (ran && cudaEventRecord(stop, stream) == cudaSuccess && cudaEventSynchronize(stop) == cudaSuccess &&
+            cudaEventElapsedTime(&ms, start, stop) == cudaSuccess) {
+            return ms;
+        }
+        return -1.0f;
     }
 
     bool recording() const {
@@ -367,6 +372,38 @@ bool LtMatmul::run(const LtProduct &p, const std::function<void(void *)> &other)
 }
 
 void LtMatmul::set_tuning(bool on) { impl_->tuning = on; }
+
+bool LtMatmul::tuning() const { return impl_->tuning; }
+
+bool LtMatmul::recording() const { return impl_->recording(); }
+
+float LtMatmul::time_ms(const std::function<void()> &run) {
+    Impl &m = *impl_;
+    cudaEvent_t start = nullptr, stop = nullptr;
+    float ms = -1.0f;
+    if (cudaEventCreate(&start) == cudaSuccess && cudaEventCreate(&stop) == cudaSuccess) {
+        ms = m.time_ms(
+            [&] {
+                try {
+                    run();
+                    return true;
+                } catch (const std::exception &) {
+                    return false;
+                }
+            },
+            start, stop);
+    }
+    cudaStreamSynchronize(m.stream);
+    for (cudaEvent_t e : {start, stop}) {
+        if (e != nullptr) {
+            cudaEventDestroy(e);
+        }
+    }
+    cudaGetLastError();
+    return ms;
+}
+
+void LtMatmul::note_untimed() { impl_->untimed = true; }
 
 bool LtMatmul::take_untimed() {
     const bool was = impl_->untimed;

@@ -36,6 +36,7 @@ struct LtProduct {
     long long x_stride = 0, y_stride = 0;
     cudaDataType y_type = CUDA_R_16F;
     float beta = 0.0f;
+    long long ldy = 0;  // elements between Y's rows (0: out, packed); batch 1 only
 };
 
 class LtMatmul {
@@ -67,6 +68,13 @@ public:
     // Whether a product was enqueued (while recording) with the heuristic's choice since
     // the last call, tuning on: run it again unrecorded to time its candidates.
     bool take_untimed();
+    void note_untimed();  // a choice of the caller's own was recorded untimed
+
+    bool tuning() const;
+    bool recording() const;  // whether its stream is being recorded into a CUDA graph
+    // ms of 5 runs of `run` (enqueued on the stream) after a warm-up one, the GPU's time,
+    // or -1 when it threw; not while recording (it waits for the stream).
+    float time_ms(const std::function<void()> &run);
 
 private:
     struct Impl;
