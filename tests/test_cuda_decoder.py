@@ -5,7 +5,9 @@ cross-attention kernel takes a window's rows four at a time), with and without r
 CUDA graphs. Everywhere else the ggml step stays (checked in test_cuda_encoder.py, beside
 the encoder). With WHISPERD_CROSS_KV_INT8=1 greedy steps read an int8 copy of the cross
 K/V: the same transcripts as the f16 step, a moved window included, and the automatic
-batch size counts the copy's memory.
+batch size counts the copy's memory. The step's product choices (Q, K and V as one batched
+product, FC1's bias and GELU in its product, cuBLASLt's algorithms timed per shape) give
+the same words as each undone.
 
 The GPU tests run under WHISPERD_TEST_GPU=1 with WHISPERD_TEST_F16_MODEL (bench/gpu.sh
 makes an f16 tiny.en there)."""
@@ -90,6 +92,36 @@ def test_a_wrong_int8_setting_is_refused_at_start() -> None:
     cuda_env.check_switches({"WHISPERD_CROSS_KV_INT8": "1"})
     with pytest.raises(ValueError, match="WHISPERD_CROSS_KV_INT8 must be 0 or 1, got 'yes'"):
         cuda_env.check_switches({"WHISPERD_CROSS_KV_INT8": "yes"})
+
+
+@pytest.mark.parametrize("beam", [1, 5])
+@pytest.mark.parametrize("switch", ["WHISPERD_CUDA_STEP_FUSION", "WHISPERD_CUDA_STEP_TUNE"])
+def test_the_steps_product_choices_give_the_same_words(
+        f16_model: tuple[WhisperModel, Path], jfk: np.ndarray, beam: int, switch: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default step (Q, K and V as one batched product, FC1 with its bias and GELU in
+    its product, cuBLASLt's algorithms timed per shape) against each choice undone:
+    three products and a bias pass (FUSION=0), cuBLAS's own algorithms (TUNE=0)."""
+    model, _ = f16_model
+    monkeypatch.setenv("WHISPERD_CUDA_DECODER", "1")
+    options = TranscribeOptions(beam_size=beam, threads=2)
+    texts = {}
+    for on in (True, False):
+        monkeypatch.setenv(switch, "1" if on else "0")
+        dec = BatchDecoder(model, 4, 5, encode_batch=4)
+        try:
+            assert dec.cuda_decoder
+            texts[on] = transcribe(dec, windows(jfk), options)
+        finally:
+            dec.close()
+    assert_same_words(texts)
+
+
+@pytest.mark.parametrize("switch", ["WHISPERD_CUDA_STEP_FUSION", "WHISPERD_CUDA_STEP_TUNE"])
+def test_a_wrong_product_setting_is_refused_at_start(switch: str) -> None:
+    cuda_env.check_switches({switch: "0"})
+    with pytest.raises(ValueError, match=f"{switch} must be 0 or 1, got 'on'"):
+        cuda_env.check_switches({switch: "on"})
 
 
 def test_int8_cross_kv_gives_the_f16_steps_transcripts(

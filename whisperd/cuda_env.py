@@ -35,6 +35,15 @@ the f16 caches, which greedy steps of the CUDA decoder step read instead (half t
 of the step's largest part; ~1e-2 relative error in those keys and values, ~5e-3 in the
 attention's outputs). Without the CUDA decoder step it changes nothing; ``slot_cost``
 counts the copy's memory.
+
+``WHISPERD_CUDA_STEP_FUSION`` (``1``, the default, or ``0``), read by the native library
+when a CUDA decoder step is made: ``0`` runs the step's query, key and value products
+separately and FC1's bias and GELU as their own pass instead of one batched product and
+one product with its epilogue (a diagnostic A/B; the same results up to the last bits).
+``WHISPERD_CUDA_STEP_TUNE`` (``1``, the default, or ``0``): ``1`` times a few of
+cuBLASLt's algorithms and cuBLAS's own choice for each of the step's products once per
+shape (in a run of the step not recorded into a CUDA graph), and the fused products
+against the unfused ones, and keeps the fastest; ``0``, cuBLAS's own choice.
 """
 from __future__ import annotations
 
@@ -116,6 +125,8 @@ _NATIVE_SWITCHES = {
     "WHISPERD_CUDA_DECODER": ("0", "1", "auto"),
     "WHISPERD_CUDA_ATTENTION": ("fused", "cublas", "auto"),
     "WHISPERD_CROSS_KV_INT8": ("0", "1"),
+    "WHISPERD_CUDA_STEP_FUSION": ("0", "1"),
+    "WHISPERD_CUDA_STEP_TUNE": ("0", "1"),
 }
 
 

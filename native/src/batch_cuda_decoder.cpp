@@ -98,6 +98,30 @@ bool cross_kv_int8() {
     throw WhisperError("WHISPERD_CROSS_KV_INT8 must be 0 or 1 (got '" + v + "')");
 }
 
+// WHISPERD_CUDA_STEP_FUSION: 1 (the default) runs the step's Q, K and V as one batched
+// product and FC1 with its bias and GELU in one; 0, as separate products and a bias pass
+// (an A/B of the two in one build).
+bool step_fusion() {
+    const char *raw = std::getenv("WHISPERD_CUDA_STEP_FUSION");
+    const std::string v = raw == nullptr ? "" : raw;
+    if (v.empty() || v == "0" || v == "1") {
+        return v != "0";
+    }
+    throw WhisperError("WHISPERD_CUDA_STEP_FUSION must be 0 or 1 (got '" + v + "')");
+}
+
+// WHISPERD_CUDA_STEP_TUNE: 1 (the default) times a few of cuBLASLt's algorithms and
+// cuBLAS's own choice for each of the step's product shapes once and keeps the fastest; 0
+// takes cuBLAS's choice.
+bool step_tune() {
+    const char *raw = std::getenv("WHISPERD_CUDA_STEP_TUNE");
+    const std::string v = raw == nullptr ? "" : raw;
+    if (v.empty() || v == "0" || v == "1") {
+        return v != "0";
+    }
+    throw WhisperError("WHISPERD_CUDA_STEP_TUNE must be 0 or 1 (got '" + v + "')");
+}
+
 }  // namespace
 #endif
 
@@ -106,6 +130,8 @@ void BatchDecoder::start_cuda_decoder(int gpu_device) {
     const int mode = cuda_decoder_mode();
     cuda_dec_max_w_ = cuda_decoder_max_batch();
     const bool int8 = cross_kv_int8();
+    const bool fusion = step_fusion();
+    const bool tune = step_tune();
     if (mode == 0 || ggml_backend_is_cpu(backend_)) {
         return;
     }
@@ -165,6 +191,8 @@ void BatchDecoder::start_cuda_decoder(int gpu_device) {
     shape.n_audio_ctx = n_audio_ctx_;
     shape.n_slots = n_slots_;
     shape.cross_int8 = int8;
+    shape.fused_products = fusion;
+    shape.tuned_products = tune;
     shape.kq_scale = powf(static_cast<float>(n_state_ / n_head_), -0.25f);
     cuda_dec_ = std::make_unique<CudaDecoder>(gpu_device, shape, std::move(model));
     trace("CUDA decoder ready");

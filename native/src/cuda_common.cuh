@@ -84,11 +84,11 @@ __device__ float block_max(float v, float *red) {
     return t;
 }
 
-// One row per block: x += bias (when given, written back: the residual stream), then
-// y = layer_norm(x) * g + b in f16 for the next products.
-__global__ void add_norm(float *x, const float *bias, const float *g, const float *b, half *y, int C) {
+// One row of a block: t = src + bias (bias optional), written to dst when given (the
+// residual stream), then out = layer_norm(t) * g + b in f16 for the next products.
+__device__ void norm_row(const float *src, float *dst, const float *bias, const float *g, const float *b, half *out,
+                         int C) {
     __shared__ float red[kThreads / 32];
-    float *row = x + static_cast<size_t>(blockIdx.x) * C;
     float v[kMaxPer];
     float s = 0.0f;
 #pragma unroll
@@ -96,10 +96,12 @@ __global__ void add_norm(float *x, const float *bias, const float *g, const floa
         const int c = threadIdx.x + j * kThreads;
         v[j] = 0.0f;
         if (c < C) {
-            float t = row[c];
+            float t = src[c];
             if (bias != nullptr) {
                 t += bias[c];
-                row[c] = t;
+            }
+            if (dst != nullptr) {
+                dst[c] = t;
             }
             v[j] = t;
             s += t;
@@ -116,7 +118,6 @@ __global__ void add_norm(float *x, const float *bias, const float *g, const floa
         }
     }
     const float inv = rsqrtf(block_sum(q, red) / C + kEps);
-    half *out = y + static_cast<size_t>(blockIdx.x) * C;
 #pragma unroll
     for (int j = 0; j < kMaxPer; ++j) {
         const int c = threadIdx.x + j * kThreads;
@@ -124,6 +125,13 @@ __global__ void add_norm(float *x, const float *bias, const float *g, const floa
             out[c] = __float2half((v[j] - mean) * inv * g[c] + b[c]);
         }
     }
+}
+
+// One row per block: x += bias (when given, written back: the residual stream), then
+// y = layer_norm(x) * g + b in f16 for the next products.
+__global__ void add_norm(float *x, const float *bias, const float *g, const float *b, half *y, int C) {
+    float *row = x + static_cast<size_t>(blockIdx.x) * C;
+    norm_row(row, bias != nullptr ? row : nullptr, bias, g, b, y + static_cast<size_t>(blockIdx.x) * C, C);
 }
 
 __device__ float gelu(float x) {  // ggml's (tanh) form, as whisper.cpp's encoder uses
@@ -153,11 +161,12 @@ int grid_for(size_t n) {
 }
 
 // Y[rows][out] = alpha * X[rows][in] W^T + beta * Y, W f16 [out][in] (row-major as ggml
-// stores it; cuBLAS is column-major, so this is Y^T = W^T X^T over the same memory).
+// stores it; cuBLAS is column-major, so this is Y^T = W^T X^T over the same memory). Y's
+// rows are ldy apart (0: out, packed).
 void linear(cublasHandle_t blas, const void *W, const half *X, int rows, int in, int out, void *Y,
-            cudaDataType yt, float alpha = 1.0f, float beta = 0.0f) {
+            cudaDataType yt, float alpha = 1.0f, float beta = 0.0f, int ldy = 0) {
     check(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &alpha, W, CUDA_R_16F, in, X, CUDA_R_16F,
-                       in, &beta, Y, yt, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                       in, &beta, Y, yt, ldy > 0 ? ldy : out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
           "linear");
 }
 

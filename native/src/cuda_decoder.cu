@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -19,121 +20,13 @@
 
 #include "cuda_common.cuh"
 #include "cuda_cross_attention.hpp"
+#include "cuda_decoder_kernels.cuh"
+#include "cuda_lt.hpp"
 #include "errors.hpp"
 
 namespace whisperd {
 
 namespace {
-
-constexpr int kHead = 64;         // head size of every Whisper model
-constexpr int kSelfWarps = 4;     // self-attention: a block per (head, row)
-
-// x[i] = token_embedding[tokens[i]] + positional_embedding[positions[i]]
-__global__ void embed(const int32_t *tokens, const int32_t *positions, const half *te, const float *pe, float *x,
-                      int C) {
-    const size_t i = blockIdx.x;
-    const half *t = te + static_cast<size_t>(tokens[i]) * C;
-    const float *p = pe + static_cast<size_t>(positions[i]) * C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        x[i * C + c] = __half2float(t[c]) + p[c];
-    }
-}
-
-// After the Q/K/V products of row i: q = (q + bq) * scale in place; the row's key (k *
-// scale) and value (v + bv) written into its cell of the self-attention cache.
-__global__ void self_kv(half2 *q, const half2 *k, const half2 *v, const float *bq, const float *bv,
-                        const int64_t *kv_rows, half2 *sk, half2 *sv, int C2, float scale) {
-    const size_t i = blockIdx.x;
-    const size_t cell = static_cast<size_t>(kv_rows[i]);
-    for (int c = threadIdx.x; c < C2; c += blockDim.x) {
-        const size_t at = i * C2 + c;
-        float2 f = __half22float2(q[at]);
-        q[at] = __floats2half2_rn((f.x + bq[2 * c]) * scale, (f.y + bq[2 * c + 1]) * scale);
-        f = __half22float2(k[at]);
-        sk[cell * C2 + c] = __floats2half2_rn(f.x * scale, f.y * scale);
-        f = __half22float2(v[at]);
-        sv[cell * C2 + c] = __floats2half2_rn(f.x + bv[2 * c], f.y + bv[2 * c + 1]);
-    }
-}
-
-// Self-attention of row blockIdx.y, head blockIdx.x, over the cells its mask row shows
-// (f16 0 = visible, -inf = not). A warp scores one cell at a time (a lane: two of the
-// head's 64 values); dynamic shared memory holds the row's n_kv scores.
-__global__ void __launch_bounds__(kSelfWarps * 32)
-    self_attention(const half2 *q, const half2 *sk, const half2 *sv, const uint16_t *mask, half2 *out, int R,
-                   int n_kv, int n_cells, int C2) {
-    extern __shared__ float sc[];
-    __shared__ float red[kSelfWarps];
-    __shared__ float2 acc[kSelfWarps][32];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const size_t i = blockIdx.y;
-    const size_t slot = i / R;
-    const int col = blockIdx.x * (kHead / 2) + lane;  // this lane's pair in a row of C2 pairs
-    const float2 qf = __half22float2(q[i * C2 + col]);
-    const uint16_t *m = mask + i * n_kv;
-    const half2 *kb = sk + slot * n_cells * C2 + col;
-    const half2 *vb = sv + slot * n_cells * C2 + col;
-    for (int c = warp; c < n_kv; c += kSelfWarps) {
-        float s = -INFINITY;
-        if ((m[c] & 0x7fff) == 0) {
-            const float2 kf = __half22float2(kb[static_cast<size_t>(c) * C2]);
-            s = warp_sum(qf.x * kf.x + qf.y * kf.y);
-        }
-        if (lane == 0) {
-            sc[c] = s;
-        }
-    }
-    __syncthreads();
-    float mx = -INFINITY;
-    for (int c = threadIdx.x; c < n_kv; c += blockDim.x) {
-        mx = fmaxf(mx, sc[c]);
-    }
-    mx = warp_max(mx);
-    if (lane == 0) {
-        red[warp] = mx;
-    }
-    __syncthreads();
-    mx = red[0];
-    for (int w = 1; w < kSelfWarps; ++w) {
-        mx = fmaxf(mx, red[w]);
-    }
-    float2 o = make_float2(0.0f, 0.0f);
-    float sum = 0.0f;  // every lane of a warp adds the same p: the warp's share of the sum
-    for (int c = warp; c < n_kv; c += kSelfWarps) {
-        if (sc[c] == -INFINITY) {
-            continue;
-        }
-        const float p = __expf(sc[c] - mx);
-        const float2 vf = __half22float2(vb[static_cast<size_t>(c) * C2]);
-        o.x += p * vf.x;
-        o.y += p * vf.y;
-        sum += p;
-    }
-    acc[warp][lane] = o;
-    __syncthreads();  // every warp has read red[] above
-    if (lane == 0) {
-        red[warp] = sum;
-    }
-    __syncthreads();
-    if (warp == 0) {
-        float total = 0.0f;
-        float2 t = make_float2(0.0f, 0.0f);
-        for (int w = 0; w < kSelfWarps; ++w) {
-            total += red[w];
-            t.x += acc[w][lane].x;
-            t.y += acc[w][lane].y;
-        }
-        out[i * C2 + col] = __floats2half2_rn(t.x / total, t.y / total);
-    }
-}
-
-__global__ void gather_rows(const half *h, const int32_t *rows, half *out, int C) {
-    const size_t j = blockIdx.x;
-    const half *src = h + static_cast<size_t>(rows[j]) * C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        out[j * C + c] = src[c];
-    }
-}
 
 // Device memory that grows to the largest step seen (steps change shape as windows come
 // and go; their buffers are reused, never shrunk).
@@ -172,10 +65,38 @@ struct CudaDecoder::Impl {
     cublasHandle_t blas = nullptr;
     size_t bytes = 0;
     int generation = 0;  // bumped whenever a buffer moves
-    Grown x, h, q, k, v, a, f, part, hout;                  // activations
+    // activations; qkv [row][3 C] (q | k | v), whose first rows * C also hold the
+    // cross-attention's query (packed) once self-attention has read it
+    Grown x, h, qkv, a, f, part, hout;
     float *logits = nullptr;                                // the caller's
-    Grown in_tok, in_pos, in_kv, in_mask, in_out;           // the step's inputs
+    // The step's inputs (tokens, positions, kv_rows, mask, out_rows, each 256-byte
+    // aligned) as one upload from pinned memory: five pageable copies, each staged and
+    // waited for by the host, came before every step's launch.
+    Grown inputs;
+    char *staging = nullptr;
+    size_t staging_cap = 0;
+    const int32_t *tok_d = nullptr, *pos_d = nullptr, *out_d = nullptr;
+    const int64_t *kv_d = nullptr;
+    const uint16_t *mask_d = nullptr;
     void *workspace = nullptr;                              // cuBLAS's, fixed for graph capture
+    static constexpr size_t kWorkspace = 32u << 20;
+    // Q, K and V as one batched product: per layer 9 device pointers (wq, wk, wv; h three
+    // times; qkv, qkv + C, qkv + 2C), rewritten when the buffers move (recorded graphs
+    // hold the array's address, and read what it holds when they run).
+    bool fused_products = true;  // WHISPERD_CUDA_STEP_FUSION
+    void **qkv_ptrs = nullptr;
+    std::vector<void *> qkv_host;
+    int ptr_generation = -1;
+    // FC1's bias and GELU in its product (cuBLASLt's epilogue, cuBLAS's workspace), which
+    // takes f16 biases: b1 copied once, per layer 256-byte aligned.
+    std::unique_ptr<LtMatmul> lt;
+    half *b1_16 = nullptr;
+    // WHISPERD_CUDA_STEP_TUNE: the other products through cuBLASLt too, each shape's
+    // algorithm timed once (LtMatmul::set_tuning) against cuBLAS's own choice: a step
+    // recorded with products not timed yet is run once unrecorded, which times them, and
+    // recorded again.
+    bool tuned_products = true;
+    std::map<int, bool> qkv_batched;  // rows -> the batched Q/K/V product was timed faster
     // The step's ~500 kernels recorded once per shape and replayed (launching them one by
     // one costs more than running them at small batches). Key: W, R, n_kv, r_out.
     bool use_graphs = true;
@@ -200,11 +121,20 @@ struct CudaDecoder::Impl {
                 cudaGraphExecDestroy(g.second.exec);
             }
         }
+        lt.reset();
         if (workspace != nullptr) {
             cudaFree(workspace);
         }
+        for (void *p : {static_cast<void *>(qkv_ptrs), static_cast<void *>(b1_16)}) {
+            if (p != nullptr) {
+                cudaFree(p);
+            }
+        }
         for (void *p : int8_mem) {
             cudaFree(p);
+        }
+        if (staging != nullptr) {
+            cudaFreeHost(staging);
         }
         if (slot_list != nullptr) {
             cudaFree(slot_list);
@@ -222,11 +152,61 @@ struct CudaDecoder::Impl {
         return static_cast<T *>(g.need(count * sizeof(T), bytes, generation));
     }
 
-    template <typename T>
-    T *upload(Grown &g, const T *src, size_t count) {
-        T *d = buf<T>(g, count);
-        check(cudaMemcpyAsync(d, src, count * sizeof(T), cudaMemcpyHostToDevice, stream), "upload a step's inputs");
-        return d;
+    void upload(const CudaStepInputs &in);
+
+    // Y = X W^T + beta Y (Y f16 or f32): the fastest of cuBLASLt's candidates and cuBLAS's
+    // own choice (timed once per shape), else cuBLAS's.
+    // Y's rows are ldy apart (0: packed).
+    void product(const void *W, const half *X, int rows, int in, int out, void *Y, cudaDataType yt,
+                 float beta = 0.0f, int ldy = 0) {
+        if (tuned_products) {
+            LtProduct p{W, X, rows, in, out, Y};
+            p.y_type = yt;
+            p.beta = beta;
+            p.ldy = ldy;
+            if (lt->run(p, [&](void *y) { linear(blas, W, X, rows, in, out, y, yt, 1.0f, beta, ldy); })) {
+                return;
+            }
+        }
+        linear(blas, W, X, rows, in, out, Y, yt, 1.0f, beta, ldy);
+    }
+
+    // Layer l's Q, K and V of h into qkv: one batched cuBLAS product, or three products
+    // (as `product` takes them), whichever was timed faster at this many rows (tuning on;
+    // while recording before that, the batched one, noted for an unrecorded run).
+    void qkv_product(size_t l, const half *hs, int rows, half *out) {
+        const CudaDecoderLayer &L = m.layers[l];
+        const int C = s.n_state;
+        const auto batched = [&] {
+            const float one = 1.0f, zero = 0.0f;
+            void **p = qkv_ptrs + l * 9;
+            check(cublasGemmBatchedEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, C, rows, C, &one, p, CUDA_R_16F, C, p + 3,
+                                      CUDA_R_16F, C, &zero, p + 6, CUDA_R_16F, 3 * C, 3, CUBLAS_COMPUTE_32F,
+                                      CUBLAS_GEMM_DEFAULT),
+                  "the Q/K/V product");
+        };
+        const auto separate = [&] {
+            const void *w[3] = {L.wq, L.wk, L.wv};
+            for (int j = 0; j < 3; ++j) {
+                product(w[j], hs, rows, C, C, out + j * C, CUDA_R_16F, 0.0f, 3 * C);
+            }
+        };
+        if (!fused_products || !tuned_products) {
+            fused_products ? batched() : separate();
+            return;
+        }
+        auto it = qkv_batched.find(rows);
+        if (it == qkv_batched.end()) {
+            if (lt->recording()) {
+                lt->note_untimed();
+                batched();
+                return;
+            }
+            separate();  // the three products' own timing, before theirs against the batched one
+            const float tb = lt->time_ms(batched), ts = lt->time_ms(separate);
+            it = qkv_batched.emplace(rows, tb >= 0.0f && (ts < 0.0f || tb <= ts)).first;
+        }
+        it->second ? batched() : separate();
     }
 
     void norm(float *xs, const float *pending, const float *g, const float *b, half *out, int rows) {
@@ -235,7 +215,12 @@ struct CudaDecoder::Impl {
     }
 
     void kernels(const CudaStepInputs &in);
+    void record(const CudaStepInputs &in, cudaGraphExec_t &exec);
     void alloc_int8();
+    void prepare_fused();
+    void point_qkv();
+
+    size_t b1_stride() const { return (static_cast<size_t>(s.n_ff) + 127) / 128 * 128; }
 
     // Bytes of a slot's int8 rows (K or V) and of its scales, one layer.
     size_t int8_rows() const { return static_cast<size_t>(s.n_audio_ctx) * s.n_state; }
@@ -261,6 +246,45 @@ void CudaDecoder::Impl::alloc_int8() {
     check(cudaStreamSynchronize(stream), "clear the int8 cross K/V");
 }
 
+void CudaDecoder::Impl::prepare_fused() {
+    const size_t n = m.layers.size();
+    check(cudaMalloc(reinterpret_cast<void **>(&qkv_ptrs), n * 9 * sizeof(void *)), "the Q/K/V product's pointers");
+    bytes += n * 9 * sizeof(void *);
+    qkv_host.assign(n * 9, nullptr);
+    check(cudaMalloc(reinterpret_cast<void **>(&b1_16), n * b1_stride() * sizeof(half)), "f16 biases");
+    bytes += n * b1_stride() * sizeof(half);
+    for (size_t l = 0; l < n; ++l) {
+        to_half<<<(s.n_ff + kThreads - 1) / kThreads, kThreads, 0, stream>>>(m.layers[l].b1, b1_16 + l * b1_stride(),
+                                                                            s.n_ff);
+        check(cudaGetLastError(), "f16 biases");
+    }
+    check(cudaStreamSynchronize(stream), "f16 biases");
+}
+
+// The Q/K/V product's pointer arrays for the buffers as they are now (before a step is
+// run or recorded; the previous step has finished: step() waits for it).
+void CudaDecoder::Impl::point_qkv() {
+    if (qkv_ptrs == nullptr || ptr_generation == generation) {
+        return;
+    }
+    const size_t C = s.n_state;
+    half *out = static_cast<half *>(qkv.p);
+    for (size_t l = 0; l < m.layers.size(); ++l) {
+        const CudaDecoderLayer &L = m.layers[l];
+        void **p = qkv_host.data() + l * 9;
+        p[0] = const_cast<void *>(L.wq);
+        p[1] = const_cast<void *>(L.wk);
+        p[2] = const_cast<void *>(L.wv);
+        p[3] = p[4] = p[5] = h.p;
+        p[6] = out;
+        p[7] = out + C;
+        p[8] = out + 2 * C;
+    }
+    check(cudaMemcpyAsync(qkv_ptrs, qkv_host.data(), qkv_host.size() * sizeof(void *), cudaMemcpyHostToDevice, stream),
+          "the Q/K/V product's pointers");
+    ptr_generation = generation;
+}
+
 CudaDecoder::CudaDecoder(int device, const CudaDecoderShape &shape, CudaDecoderModel model)
     : impl_(std::make_unique<Impl>()) {
     Impl &m = *impl_;
@@ -269,7 +293,7 @@ CudaDecoder::CudaDecoder(int device, const CudaDecoderShape &shape, CudaDecoderM
     m.m = std::move(model);
     if (shape.n_state != shape.n_head * kHead || shape.n_state > kThreads * kMaxPer || shape.n_ff % 2 != 0 ||
         shape.n_audio_pad % 128 != 0 || shape.n_audio_ctx < 1 || shape.n_audio_ctx > shape.n_audio_pad ||
-        (shape.cross_int8 && shape.n_slots < 1)) {
+        (shape.cross_int8 && shape.n_slots < 1) || m.m.layers.empty()) {
         throw WhisperError("the CUDA decoder does not support this model's shape");
     }
     check(cudaSetDevice(device), "select the GPU");
@@ -277,12 +301,18 @@ CudaDecoder::CudaDecoder(int device, const CudaDecoderShape &shape, CudaDecoderM
         check(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking), "stream");
         check(cublasCreate(&m.blas), "create");
         check(cublasSetStream(m.blas, m.stream), "set stream");
-        constexpr size_t kWorkspace = 32u << 20;
-        check(cudaMalloc(&m.workspace, kWorkspace), "cuBLAS workspace");
-        m.bytes += kWorkspace;
-        check(cublasSetWorkspace(m.blas, m.workspace, kWorkspace), "set workspace");
+        check(cudaMalloc(&m.workspace, Impl::kWorkspace), "cuBLAS workspace");
+        m.bytes += Impl::kWorkspace;
+        check(cublasSetWorkspace(m.blas, m.workspace, Impl::kWorkspace), "set workspace");
         const char *g = std::getenv("WHISPERD_CUDA_GRAPHS");  // 0: launch one by one (tests, profiling)
         m.use_graphs = g == nullptr || std::string(g) != "0";
+        m.lt = std::make_unique<LtMatmul>(m.stream, Impl::kWorkspace, m.workspace);
+        m.tuned_products = shape.tuned_products;
+        m.lt->set_tuning(m.tuned_products);
+        m.fused_products = shape.fused_products;
+        if (m.fused_products) {
+            m.prepare_fused();
+        }
         if (shape.cross_int8) {
             if (cross_int8_supported(shape.n_state, shape.n_head)) {
                 m.alloc_int8();
@@ -351,6 +381,41 @@ void CudaDecoder::move_cross(int from, int to) {
     check(cudaStreamSynchronize(m.stream), "move a slot's int8 cross K/V");
 }
 
+// The inputs into `inputs` (the previous step has finished with both copies: step()
+// waits for it). Their places depend only on the step's shape, which a recorded step's
+// key holds.
+void CudaDecoder::Impl::upload(const CudaStepInputs &in) {
+    const size_t rows = static_cast<size_t>(in.W) * in.R, n_out = static_cast<size_t>(in.W) * in.r_out;
+    const auto padded = [](size_t n) { return (n + 255) / 256 * 256; };
+    const size_t sizes[5] = {rows * sizeof(int32_t), rows * sizeof(int32_t), rows * sizeof(int64_t),
+                             rows * in.n_kv * sizeof(uint16_t), n_out * sizeof(int32_t)};
+    const void *src[5] = {in.tokens, in.positions, in.kv_rows, in.mask, in.out_rows};
+    size_t at[5], total = 0;
+    for (int i = 0; i < 5; ++i) {
+        at[i] = total;
+        total += padded(sizes[i]);
+    }
+    if (total > staging_cap) {
+        if (staging != nullptr) {
+            check(cudaFreeHost(staging), "free the step's input staging");
+            staging = nullptr;
+            staging_cap = 0;
+        }
+        check(cudaMallocHost(reinterpret_cast<void **>(&staging), total), "the step's input staging");
+        staging_cap = total;
+    }
+    for (int i = 0; i < 5; ++i) {
+        std::memcpy(staging + at[i], src[i], sizes[i]);
+    }
+    char *d = buf<char>(inputs, total);
+    check(cudaMemcpyAsync(d, staging, total, cudaMemcpyHostToDevice, stream), "upload a step's inputs");
+    tok_d = reinterpret_cast<const int32_t *>(d + at[0]);
+    pos_d = reinterpret_cast<const int32_t *>(d + at[1]);
+    kv_d = reinterpret_cast<const int64_t *>(d + at[2]);
+    mask_d = reinterpret_cast<const uint16_t *>(d + at[3]);
+    out_d = reinterpret_cast<const int32_t *>(d + at[4]);
+}
+
 void CudaDecoder::step(const CudaStepInputs &in, float *logits) {
     Impl &m = *impl_;
     check(cudaSetDevice(m.device), "select the GPU");
@@ -359,44 +424,28 @@ void CudaDecoder::step(const CudaStepInputs &in, float *logits) {
         ++m.generation;
     }
     const int rows = in.W * in.R, n_out = in.W * in.r_out;
-    // Every buffer first (a move re-records the graphs), then the inputs into them.
-    m.upload(m.in_tok, in.tokens, rows);
-    m.upload(m.in_pos, in.positions, rows);
-    m.upload(m.in_kv, in.kv_rows, rows);
-    m.upload(m.in_mask, in.mask, static_cast<size_t>(rows) * in.n_kv);
-    m.upload(m.in_out, in.out_rows, n_out);
+    m.upload(in);
     const int C = m.s.n_state;
     m.buf<float>(m.x, static_cast<size_t>(rows) * C);
-    for (Grown *g : {&m.h, &m.q, &m.k, &m.v, &m.a}) {
+    for (Grown *g : {&m.h, &m.a}) {
         m.buf<half>(*g, static_cast<size_t>(rows) * C);
     }
+    m.buf<half>(m.qkv, static_cast<size_t>(rows) * 3 * C);
     m.buf<half>(m.f, static_cast<size_t>(rows) * m.s.n_ff);
     m.buf<float>(m.part, cross_part_floats(rows, m.s.n_head, m.s.n_audio_pad));
     m.buf<half>(m.hout, static_cast<size_t>(n_out) * C);
+    m.point_qkv();
     if (!m.use_graphs) {
         m.kernels(in);
     } else {
         Impl::Recorded &g = m.graphs[std::make_tuple(in.W, in.R, in.n_kv, in.r_out)];
         if (g.exec == nullptr || g.generation != m.generation) {
-            if (g.exec != nullptr) {
-                check(cudaGraphExecDestroy(g.exec), "drop a recorded step");
-                g.exec = nullptr;
+            m.lt->take_untimed();
+            m.record(in, g.exec);
+            if (m.lt->take_untimed()) {
+                m.kernels(in);  // unrecorded: cuBLASLt times the new shapes' candidates
+                m.record(in, g.exec);
             }
-            cudaGraph_t graph = nullptr;
-            check(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeThreadLocal), "record a step");
-            try {
-                m.kernels(in);
-            } catch (...) {
-                cudaStreamEndCapture(m.stream, &graph);
-                if (graph != nullptr) {
-                    cudaGraphDestroy(graph);
-                }
-                throw;
-            }
-            check(cudaStreamEndCapture(m.stream, &graph), "record a step");
-            const cudaError_t e = cudaGraphInstantiate(&g.exec, graph, 0);
-            cudaGraphDestroy(graph);
-            check(e, "instantiate a recorded step");
             g.generation = m.generation;
         }
         check(cudaGraphLaunch(g.exec, m.stream), "replay a step");
@@ -404,60 +453,96 @@ void CudaDecoder::step(const CudaStepInputs &in, float *logits) {
     check(cudaStreamSynchronize(m.stream), "decoder step");
 }
 
+// The step's kernels recorded into a CUDA graph, instantiated into `exec` (replacing what
+// it held).
+void CudaDecoder::Impl::record(const CudaStepInputs &in, cudaGraphExec_t &exec) {
+    if (exec != nullptr) {
+        check(cudaGraphExecDestroy(exec), "drop a recorded step");
+        exec = nullptr;
+    }
+    cudaGraph_t graph = nullptr;
+    check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "record a step");
+    try {
+        kernels(in);
+    } catch (...) {
+        cudaStreamEndCapture(stream, &graph);
+        if (graph != nullptr) {
+            cudaGraphDestroy(graph);
+        }
+        throw;
+    }
+    check(cudaStreamEndCapture(stream, &graph), "record a step");
+    const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    check(e, "instantiate a recorded step");
+}
+
 void CudaDecoder::Impl::kernels(const CudaStepInputs &in) {
     Impl &m = *this;
     const CudaDecoderShape &s = m.s;
     const int rows = in.W * in.R, n_out = in.W * in.r_out, C = s.n_state, C2 = C / 2;
-    const int32_t *tok = static_cast<const int32_t *>(in_tok.p), *pos = static_cast<const int32_t *>(in_pos.p);
-    const int64_t *kvr = static_cast<const int64_t *>(in_kv.p);
-    const uint16_t *mask = static_cast<const uint16_t *>(in_mask.p);
-    const int32_t *outs = static_cast<const int32_t *>(in_out.p);
+    const int32_t *tok = tok_d, *pos = pos_d, *outs = out_d;
+    const int64_t *kvr = kv_d;
+    const uint16_t *mask = mask_d;
     // step() sized every buffer for this shape
     float *x = static_cast<float *>(m.x.p), *part = static_cast<float *>(m.part.p);
-    half *h = static_cast<half *>(m.h.p), *q = static_cast<half *>(m.q.p), *k = static_cast<half *>(m.k.p);
-    half *v = static_cast<half *>(m.v.p), *a = static_cast<half *>(m.a.p), *f = static_cast<half *>(m.f.p);
+    half *h = static_cast<half *>(m.h.p), *qkv = static_cast<half *>(m.qkv.p);
+    half *q = qkv;  // the cross-attention's query, packed [rows][C]
+    half *a = static_cast<half *>(m.a.p), *f = static_cast<half *>(m.f.p);
     half *hout = static_cast<half *>(m.hout.p);
-
-    embed<<<rows, kThreads, 0, m.stream>>>(tok, pos, static_cast<const half *>(m.m.token_embedding),
-                                           m.m.positional_embedding, x, C);
-    check(cudaGetLastError(), "embedding kernel");
-    const size_t self_smem = static_cast<size_t>(in.n_kv) * sizeof(float);
+    const size_t self_smem = static_cast<size_t>(in.n_kv) * (sizeof(float) + sizeof(int));
     const float *pending = nullptr;
-    for (const CudaDecoderLayer &L : m.m.layers) {
-        // self-attention
-        m.norm(x, pending, L.ln1_w, L.ln1_b, h, rows);
-        linear(m.blas, L.wq, h, rows, C, C, q, CUDA_R_16F);
-        linear(m.blas, L.wk, h, rows, C, C, k, CUDA_R_16F);
-        linear(m.blas, L.wv, h, rows, C, C, v, CUDA_R_16F);
-        self_kv<<<rows, kThreads, 0, m.stream>>>(reinterpret_cast<half2 *>(q), reinterpret_cast<const half2 *>(k),
-                                                 reinterpret_cast<const half2 *>(v), L.bq, L.bv, kvr,
-                                                 static_cast<half2 *>(L.sk), static_cast<half2 *>(L.sv), C2,
-                                                 s.kq_scale);
+    for (size_t l = 0; l < m.m.layers.size(); ++l) {
+        const CudaDecoderLayer &L = m.m.layers[l];
+        // self-attention: the first layer's norm is the embedding's kernel's
+        if (l == 0) {
+            embed_norm<<<rows, kThreads, 0, m.stream>>>(tok, pos, static_cast<const half *>(m.m.token_embedding),
+                                                        m.m.positional_embedding, x, L.ln1_w, L.ln1_b, h, C);
+            check(cudaGetLastError(), "embedding kernel");
+        } else {
+            m.norm(x, pending, L.ln1_w, L.ln1_b, h, rows);
+        }
+        m.qkv_product(l, h, rows, qkv);
         self_attention<<<dim3(s.n_head, rows), kSelfWarps * 32, self_smem, m.stream>>>(
-            reinterpret_cast<const half2 *>(q), static_cast<const half2 *>(L.sk), static_cast<const half2 *>(L.sv),
-            mask, reinterpret_cast<half2 *>(a), in.R, in.n_kv, s.n_cells, C2);
-        check(cudaGetLastError(), "self-attention kernels");
-        linear(m.blas, L.wo, a, rows, C, C, x, CUDA_R_32F, 1.0f, 1.0f);
+            reinterpret_cast<const half2 *>(qkv), L.bq, L.bv, kvr, static_cast<half2 *>(L.sk),
+            static_cast<half2 *>(L.sv), mask, reinterpret_cast<half2 *>(a), in.R, in.n_kv, s.n_cells, C2, s.kq_scale);
+        check(cudaGetLastError(), "self-attention kernel");
+        m.product(L.wo, a, rows, C, C, x, CUDA_R_32F, 1.0f);
         // cross-attention (the query's bias is added as the kernel reads it)
         m.norm(x, L.bo, L.ln2_w, L.ln2_b, h, rows);
-        linear(m.blas, L.cwq, h, rows, C, C, q, CUDA_R_16F);
-        const CrossInt8 *q8 = m.int8.empty() ? nullptr : &m.int8[&L - m.m.layers.data()];
+        m.product(L.cwq, h, rows, C, C, q, CUDA_R_16F);
+        const CrossInt8 *q8 = m.int8.empty() ? nullptr : &m.int8[l];
         cross_attention(q, L.cbq, static_cast<const half *>(L.ck), static_cast<const half *>(L.cv), q8, part, a,
                         in.W, in.R, C, s.n_audio_pad, s.n_audio_ctx, s.n_head, s.kq_scale, m.stream);
-        linear(m.blas, L.cwo, a, rows, C, C, x, CUDA_R_32F, 1.0f, 1.0f);
-        // MLP
+        m.product(L.cwo, a, rows, C, C, x, CUDA_R_32F, 1.0f);
+        // MLP: FC1's bias and GELU in its product where cuBLASLt has one for it (the bias
+        // rounded to f16, added to the f32 sums: one rounding of the output, not two)
         m.norm(x, L.cbo, L.ln3_w, L.ln3_b, h, rows);
-        linear(m.blas, L.w1, h, rows, C, s.n_ff, f, CUDA_R_16F);
         const size_t n2 = static_cast<size_t>(rows) * s.n_ff / 2;
-        add_bias<true><<<grid_for(n2), kThreads, 0, m.stream>>>(reinterpret_cast<half2 *>(f), L.b1, n2, s.n_ff / 2);
-        check(cudaGetLastError(), "bias kernel");
-        linear(m.blas, L.w2, f, rows, s.n_ff, C, x, CUDA_R_32F, 1.0f, 1.0f);
+        const auto fc1_bias = [&](void *y) {  // the bias and GELU as their own pass
+            add_bias<true><<<grid_for(n2), kThreads, 0, m.stream>>>(static_cast<half2 *>(y), L.b1, n2, s.n_ff / 2);
+            check(cudaGetLastError(), "bias kernel");
+        };
+        bool fc1_done = false;
+        if (m.fused_products) {
+            LtProduct fc1{L.w1, h, rows, C, s.n_ff, f};
+            fc1.epilogue = LtEpilogue::kGeluBias;
+            fc1.bias = m.b1_16 + l * m.b1_stride();
+            fc1_done = m.lt->run(fc1, [&](void *y) {
+                linear(m.blas, L.w1, h, rows, C, s.n_ff, y, CUDA_R_16F);
+                fc1_bias(y);
+            });
+        }
+        if (!fc1_done) {
+            m.product(L.w1, h, rows, C, s.n_ff, f, CUDA_R_16F);
+            fc1_bias(f);
+        }
+        m.product(L.w2, f, rows, s.n_ff, C, x, CUDA_R_32F, 1.0f);
         pending = L.b2;
     }
-    m.norm(x, pending, m.m.ln_w, m.m.ln_b, h, rows);
-    gather_rows<<<n_out, kThreads, 0, m.stream>>>(h, outs, hout, C);
-    check(cudaGetLastError(), "gather kernel");
-    linear(m.blas, m.m.token_embedding, hout, n_out, C, s.n_vocab, logits, CUDA_R_32F);
+    norm_gather<<<n_out, kThreads, 0, m.stream>>>(x, outs, pending, m.m.ln_w, m.m.ln_b, hout, C);
+    check(cudaGetLastError(), "final norm kernel");
+    m.product(m.m.token_embedding, hout, n_out, C, s.n_vocab, logits, CUDA_R_32F);
 }
 
 }  // namespace whisperd

@@ -2,12 +2,13 @@
 // loaded, beside the ggml graph that does the same on every backend. Why: on an H200 the
 // ggml step ran ~1200 kernels (every bias, residual, scale and K/V copy its own), which
 // made a step at 8 windows 5.9x its memory floor, and its cross-attention split each
-// window's keys over only 4 blocks. Here a step is ~14 kernels a layer: cuBLAS products
-// (f16 in, f32 accumulate) with the biases folded into the next layer norm or into the
-// kernels that read the products, f32 residual stream, one kernel that scales and writes
-// the new self-attention K/V into their cells, self-attention over each row's visible
-// cells, and cross-attention split over the window's positions (flash decoding) with a
-// combining pass. The step reads the same caches (self K/V cells, the encoder's cross K/V)
+// window's keys over only 4 blocks. Here a step is ~12 kernels a layer: cuBLAS products
+// (f16 in, f32 accumulate; Q, K and V as one batched product, FC1 with its bias and GELU
+// in cuBLASLt's epilogue) with the other biases folded into the next layer norm or into
+// the kernels that read the products, f32 residual stream, self-attention over each
+// row's visible cells that also writes the row's new K/V into its cell, and
+// cross-attention split over the window's positions (flash decoding) with a combining
+// pass. The step reads the same caches (self K/V cells, the encoder's cross K/V)
 // and the same inputs as the ggml graph, and writes the logits where the graph's would be.
 // Only CUDA builds compile this (WHISPERD_WITH_CUDA).
 #pragma once
@@ -33,6 +34,15 @@ struct CudaDecoderShape {
     // WHISPERD_CROSS_KV_INT8: keep an int8 copy of the cross K/V (quantize_cross) that
     // greedy steps read instead of the f16 caches: half the bytes of their largest part.
     bool cross_int8;
+    // WHISPERD_CUDA_STEP_FUSION (default on): Q, K and V as one batched product, FC1's
+    // bias and GELU in its product (cuBLASLt), each where it was timed faster than the
+    // unfused way when tuned_products, else always; off: three products, and FC1's bias
+    // and GELU as their own pass (an A/B in one build).
+    bool fused_products = true;
+    // WHISPERD_CUDA_STEP_TUNE (default on): each of the other products' shapes timed once
+    // on the GPU over cuBLASLt's first candidates and cuBLAS's own choice, the fastest
+    // kept; off: cuBLAS's choice.
+    bool tuned_products = true;
 };
 
 // Device pointers: matrices f16 [out][in] as ggml stores them, vectors f32. Caches f16:
