@@ -228,13 +228,15 @@ fi
 if has_stage batch; then
   echo
   echo "== batched engine: large-v3 shape, ${SECS} s of audio, $TOKENS tokens per window"
-  "$PY" bench/batch_bench.py --model "$LARGE" --wav "$RESULTS/speech121.wav" --seconds "$SECS" \
-    --batches "${BATCHES-8,16,32,64,128}" --tokens "$TOKENS" --json "$RESULTS/batch.json"
+  batch_run() {
+    "$PY" bench/batch_bench.py --model "$LARGE" --wav "$RESULTS/speech121.wav" --seconds "$SECS" \
+      --batches "${BATCHES-8,16,32,64,128}" --tokens "$TOKENS" "$@"
+  }
+  batch_run --json "$RESULTS/batch.json"
   # BATCH_ENV: more settings to run the same batches under, e.g. BATCH_ENV="WHISPERD_CROSS_KV_INT8=1"
   for benv in ${BATCH_ENV:-}; do
     echo "-- with $benv"
-    env "$benv" "$PY" bench/batch_bench.py --model "$LARGE" --wav "$RESULTS/speech121.wav" --seconds "$SECS" \
-      --batches "${BATCHES-8,16,32,64,128}" --tokens "$TOKENS" --json "$RESULTS/batch-${benv//[^A-Za-z0-9_-]/-}.json" \
+    (export "$benv"; batch_run --json "$RESULTS/batch-${benv//[^A-Za-z0-9_-]/-}.json") \
       || echo "batch run with $benv failed"
   done
 fi

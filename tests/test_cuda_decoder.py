@@ -79,11 +79,16 @@ def test_steps_switch_between_the_cuda_code_and_the_graph_mid_window(
     assert_same_words(texts)
 
 
+@pytest.mark.parametrize("name, value, message", [
+    ("WHISPERD_CUDA_DECODER", "fast", "WHISPERD_CUDA_DECODER must be 0, 1 or auto"),
+    ("WHISPERD_CROSS_KV_INT8", "yes", "WHISPERD_CROSS_KV_INT8 must be 0 or 1"),
+])
 def test_a_wrong_decoder_setting_names_itself(
-        f16_model: tuple[WhisperModel, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+        f16_model: tuple[WhisperModel, Path], monkeypatch: pytest.MonkeyPatch,
+        name: str, value: str, message: str) -> None:
     model, _ = f16_model
-    monkeypatch.setenv("WHISPERD_CUDA_DECODER", "fast")
-    with pytest.raises(RuntimeError, match="WHISPERD_CUDA_DECODER must be 0, 1 or auto"):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(RuntimeError, match=message):
         BatchDecoder(model, 2, 2).close()
 
 
@@ -172,11 +177,3 @@ def test_int8_cross_kv_moves_with_its_window(
         dec.close()
     assert stats.moves == 1
     assert normalise(texts[3]) == normalise(EXPECTED_JFK)
-
-
-def test_a_wrong_int8_setting_names_itself(
-        f16_model: tuple[WhisperModel, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    model, _ = f16_model
-    monkeypatch.setenv("WHISPERD_CROSS_KV_INT8", "yes")
-    with pytest.raises(RuntimeError, match="WHISPERD_CROSS_KV_INT8 must be 0 or 1"):
-        BatchDecoder(model, 2, 2).close()

@@ -228,7 +228,8 @@ class BatchScheduler:
                     job.wake.wait_for(
                         lambda: job.error is not None or job.changes != seen, timeout=_CANCEL_POLL_SECS
                     )
-                    self.timeline.waited(time.perf_counter() - t0, planning=not job.complete)
+                    if not job.complete:
+                        self.timeline.waited_for_room(time.perf_counter() - t0)
                 seen = job.changes
                 error = job.error
                 complete = job.complete

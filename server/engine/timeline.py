@@ -81,11 +81,11 @@ class Timeline:
         spell.read_secs += read_secs
         spell.plan_secs += plan_secs
 
-    def waited(self, secs: float, *, planning: bool) -> None:
-        """A job's caller waited secs for its windows (planning: before its audio was all
-        read, i.e. held back by the read-ahead)."""
+    def waited_for_room(self, secs: float) -> None:
+        """A job's caller, its audio not all read yet, waited secs: held back by the
+        read-ahead."""
         spell = self.spell
-        if spell is not None and planning:
+        if spell is not None:
             spell.room_secs += secs
 
     def handed_out(self, secs: float) -> None:
