@@ -233,7 +233,7 @@ if has_stage batch; then
       --batches "${BATCHES-8,16,32,64,128}" --tokens "$TOKENS" "$@"
   }
   batch_run --json "$RESULTS/batch.json"
-  # BATCH_ENV: more settings to run the same batches under, e.g. BATCH_ENV="WHISPERD_CROSS_KV_INT8=1"
+  # BATCH_ENV: more settings to run the same batches under, e.g. BATCH_ENV="WHISPERD_CROSS_KV_INT8=0"
   for benv in ${BATCH_ENV:-}; do
     echo "-- with $benv"
     (export "$benv"; batch_run --json "$RESULTS/batch-${benv//[^A-Za-z0-9_-]/-}.json") \

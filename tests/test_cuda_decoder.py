@@ -3,8 +3,8 @@ code instead of a ggml graph (native/src/cuda_decoder.hpp): both must give the s
 transcripts, greedy and with beams, with a prompt (a step of many rows a window: the
 cross-attention kernel takes a window's rows four at a time), with and without recorded
 CUDA graphs. Everywhere else the ggml step stays (checked in test_cuda_encoder.py, beside
-the encoder). With WHISPERD_CROSS_KV_INT8=1 greedy steps read an int8 copy of the cross
-K/V: the same transcripts as the f16 step, a moved window included, and the automatic
+the encoder). With WHISPERD_CROSS_KV_INT8=1 (the default) greedy steps read an int8 copy
+of the cross K/V: the same transcripts as the f16 step, a moved window included, and the automatic
 batch size counts the copy's memory. The step's product choices (Q, K and V as one batched
 product, FC1's bias and GELU in its product, cuBLASLt's algorithms timed per shape) give
 the same words as each undone.
@@ -93,7 +93,10 @@ def test_a_wrong_decoder_setting_names_itself(
 
 
 def test_a_wrong_int8_setting_is_refused_at_start() -> None:
-    """The server checks the switch with its settings, before any model loads."""
+    """The server checks the switch with its settings, before any model loads; unset
+    means on, 0 turns the copy off."""
+    assert cuda_env.cross_kv_int8({}) is True
+    assert cuda_env.cross_kv_int8({"WHISPERD_CROSS_KV_INT8": "0"}) is False
     cuda_env.check_switches({"WHISPERD_CROSS_KV_INT8": "1"})
     with pytest.raises(ValueError, match="WHISPERD_CROSS_KV_INT8 must be 0 or 1, got 'yes'"):
         cuda_env.check_switches({"WHISPERD_CROSS_KV_INT8": "yes"})
@@ -152,6 +155,13 @@ def test_int8_cross_kv_gives_the_f16_steps_transcripts(
     copy = 4 * (per_slot[True] - per_slot[False])
     assert copy > 0
     assert copy <= memory[True] - memory[False] <= copy + 2**20
+    # Unset, the copy is made: it is the default.
+    monkeypatch.delenv("WHISPERD_CROSS_KV_INT8")
+    dec = BatchDecoder(model, 4, 5, encode_batch=4)
+    try:
+        assert dec.memory_bytes == memory[True]
+    finally:
+        dec.close()
 
 
 def test_int8_cross_kv_moves_with_its_window(

@@ -29,7 +29,7 @@ read by the native library when a batched decoder is made (the decoder step and 
 encoder's attention as whisperd's CUDA code, native/src/cuda_decoder.hpp and
 cuda_attention.hpp); ``check_switches`` lets the server refuse a bad value at start.
 
-``WHISPERD_CROSS_KV_INT8`` (``0``, the default, or ``1``), read by the native library
+``WHISPERD_CROSS_KV_INT8`` (``1``, the default, or ``0``), read by the native library
 too: ``1`` keeps an int8 copy of every window's cross-attention keys and values beside
 the f16 caches, which greedy steps of the CUDA decoder step read instead (half the bytes
 of the step's largest part; ~1e-2 relative error in those keys and values, ~5e-3 in the
@@ -131,11 +131,11 @@ _NATIVE_SWITCHES = {
 
 
 def cross_kv_int8(env: Mapping[str, str] | None = None) -> bool:
-    """WHISPERD_CROSS_KV_INT8 (of `env`, else the process's) as True/False; False when unset."""
+    """WHISPERD_CROSS_KV_INT8 (of `env`, else the process's) as True/False; True when unset."""
     raw = (os.environ if env is None else env).get("WHISPERD_CROSS_KV_INT8", "")
     if raw not in ("", "0", "1"):
         raise ValueError(f"WHISPERD_CROSS_KV_INT8 must be 0 or 1, got {raw!r}")
-    return raw == "1"
+    return raw != "0"
 
 
 def check_switches(env: Mapping[str, str]) -> None:

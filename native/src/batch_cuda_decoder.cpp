@@ -86,14 +86,15 @@ int cuda_decoder_max_batch() {
     return static_cast<int>(n);
 }
 
-// WHISPERD_CROSS_KV_INT8: 1 keeps an int8 copy of the cross K/V for greedy CUDA steps
-// (half the bytes of their cross-attention, ~1e-2 error in those K/V); 0 (the default),
-// only the f16 caches. Without the CUDA step it changes nothing.
+// WHISPERD_CROSS_KV_INT8: 1 (the default) keeps an int8 copy of the cross K/V for greedy
+// CUDA steps (half the bytes of their cross-attention, ~1e-2 error in those K/V, the same
+// words in every comparison made); 0, only the f16 caches. Without the CUDA step it
+// changes nothing.
 bool cross_kv_int8() {
     const char *raw = std::getenv("WHISPERD_CROSS_KV_INT8");
     const std::string v = raw == nullptr ? "" : raw;
     if (v.empty() || v == "0" || v == "1") {
-        return v == "1";
+        return v != "0";
     }
     throw WhisperError("WHISPERD_CROSS_KV_INT8 must be 0 or 1 (got '" + v + "')");
 }
