@@ -5,8 +5,8 @@ whisperd.batch_decoder.BatchDecoder with at most B windows in flight, slots refi
 windows end (continuous batching), each window decoding exactly --tokens tokens (random
 weights: speed only; --tokens 0 decodes for real: a real model on real speech). Printed
 per B: wall seconds (encode + decode + sampling), x real time, decoder ms per step, the
-memory floor of a step (decoder weights once + every window's cross-attention K/V and
-its self-attention cells read once) and how far above it the step is, VRAM (NVML, the
+memory floor of a step (decoder weights once + every window's cross-attention K/V, in
+the int8 copy when greedy CUDA steps read it, and its self-attention cells read once) and how far above it the step is, VRAM (NVML, the
 process's device memory), and the batch size that automatic sizing picks for the free
 VRAM (--vram-cap GiB: what is left after a ballast).
 
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from whisperd import cuda_env
 from whisperd.audio import decode_audio
 from whisperd.batch_decoder import BatchDecoder, cells_for, slot_cost
 from whisperd.batching import WindowRequest
@@ -97,7 +98,14 @@ def run(model: WhisperModel, windows: list[np.ndarray], batch: int, tokens: int,
     audio = sum(len(w) for w in windows) / SAMPLE_RATE
     ms_step = (s1.decode_ms - s0.decode_ms) / max(1, steps)
     m = model.native
-    cross = 2 * m.n_text_layer * m.n_text_state * 1536 * 2
+    # The cross K/V as the step reads it: greedy CUDA steps read the int8 copy (the
+    # window's positions, a byte a value, an f16 scale a head and position), else the
+    # padded f16 caches.
+    int8 = dec.cuda_decoder and beam == 1 and cuda_env.cross_kv_int8()
+    if int8:
+        cross = 2 * m.n_text_layer * m.n_audio_ctx * (m.n_text_state + 2 * (m.n_text_state // 64))
+    else:
+        cross = 2 * m.n_text_layer * m.n_text_state * 1536 * 2
     self_kv = 2 * m.n_text_layer * m.n_text_state * 256 * 2
     floor_ms = (decoder_weight_bytes(model) + batch * (cross + self_kv)) / HBM_BYTES_PER_S * 1e3
     cuda_encoder = dec.cuda_encoder
@@ -106,6 +114,7 @@ def run(model: WhisperModel, windows: list[np.ndarray], batch: int, tokens: int,
         "batch": batch, "beam": beam, "windows": len(windows), "audio_s": audio,
         "wall_s": wall, "x_real_time": audio / wall, "steps": steps,
         "ms_per_step": ms_step, "floor_ms_per_step": floor_ms, "over_floor": ms_step / floor_ms,
+        "cross_kv_int8": int8,
         "encode_ms": s1.encode_ms - s0.encode_ms, "decode_ms": s1.decode_ms - s0.decode_ms,
         "sample_ms": s1.sample_ms - s0.sample_ms, "graph_builds": s1.graph_builds,
         "add_wall_s": add_s, "step_wall_s": step_s, "other_wall_s": wall - add_s - step_s,
