@@ -18,6 +18,10 @@
 #            windows), the peer beside it on the same audio, and both under a 7.5 GB
 #            VRAM cap (a ballast process holds the rest of the card)
 #            (BATCH_ENV="WHISPERD_CROSS_KV_INT8=1": the same batches again under that setting)
+#   multigpu bench/multi_gpu_bench.py on a host with two or more GPUs: 16 jobs through one
+#            server on GPU 0 against all GPUs (GPU_DEVICES), tiny.en and the large-v3 shape;
+#            one GPU held by another process (its model waits, the others serve, it
+#            recovers when freed)
 #   cap      only the 7.5 GiB part of "batch" (PEER_CAP_BATCH=16: the peer under the cap too)
 #   check    batched vs sequential transcripts of real speech on the GPU (tiny.en)
 #   service-batch  bench/batch_service_bench.py: 32 jobs of 121 s at once, one 1-hour job,
@@ -127,11 +131,11 @@ if has_stage engine; then
     --json "$RESULTS/gpu_bench.json"
 fi
 
-if has_stage diag || has_stage service || has_stage peer || has_stage batch || has_stage profile || has_stage service-batch || has_stage cap; then
+if has_stage diag || has_stage service || has_stage peer || has_stage batch || has_stage profile || has_stage service-batch || has_stage cap || has_stage multigpu; then
   "$PY" -c "from whisperd.audio import decode_audio, write_wav; import numpy as np; \
 a = decode_audio('third_party/whisper.cpp/samples/jfk.wav'); write_wav('$RESULTS/speech121.wav', np.tile(a, 11))"
 fi
-if (has_stage diag || has_stage service || has_stage batch || has_stage profile || has_stage service-batch || has_stage cap) && [[ ! -f $LARGE ]]; then
+if (has_stage diag || has_stage service || has_stage batch || has_stage profile || has_stage service-batch || has_stage cap || has_stage multigpu) && [[ ! -f $LARGE ]]; then
   mkdir -p build
   t=$(date +%s)
   "$PY" bench/make_random_model.py --shape large-v3 --ftype f16 --out "$LARGE"
@@ -185,6 +189,21 @@ if has_stage service-batch; then
       --json "$RESULTS/batch_service${stag}.json" \
       || echo "service-batch benchmark failed"
   done
+fi
+
+if has_stage multigpu; then
+  echo
+  echo "== every GPU of the host through one server (GPU_DEVICES): 1 GPU against all, one GPU held by another process"
+  ngpu=$("$PY" -c "from whisperd import _native as n; print(sum(1 for d in n.devices() if 'CUDA' in d.name))")
+  if (( ngpu < 2 )); then
+    echo "$ngpu GPU(s) here: the multigpu stage needs two"
+  else
+    gpus=$(seq -s, 0 $((ngpu - 1)))
+    "$PY" bench/multi_gpu_bench.py --model "$MODEL" --wav "$RESULTS/speech121.wav" --jobs "${MULTI_JOBS:-16}" \
+      --devices "$gpus" --oom --json "$RESULTS/multi_gpu_tiny.json" || echo "multigpu (tiny.en) failed"
+    "$PY" bench/multi_gpu_bench.py --model "$LARGE" --wav "$RESULTS/speech121.wav" --jobs "${MULTI_JOBS:-16}" \
+      --devices "$gpus" --tokens "$TOKENS" --json "$RESULTS/multi_gpu_large.json" || echo "multigpu (large-v3 shape) failed"
+  fi
 fi
 
 if has_stage profile; then

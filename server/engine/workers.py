@@ -263,7 +263,10 @@ class WorkerPool:
         threading.Thread(target=reload, name="oom-reload", daemon=True).start()
 
     def _transcribe(self, job: JobRecord, model: WhisperModel, running: _Running) -> None:
-        log.info("job %s: started (attempt %d, %.1f s of audio)", job.id, job.attempts, job.duration_secs)
+        # With several GPUs (GPU_DEVICES) the line says which one took the job.
+        where = f" on gpu {self._host.gpu_device}" if self._host.use_gpu else ""
+        log.info("job %s: started%s (attempt %d, %.1f s of audio)", job.id, where, job.attempts,
+                 job.duration_secs)
         self._hub.publish_threadsafe(ProgressEvent(job.id, 0.0))
         audio = Path(job.audio_path or "")
         opts = job.options
