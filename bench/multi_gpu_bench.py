@@ -4,8 +4,9 @@ What (a real `whisperd serve` and its client; the 121 s speech file):
   a. scaling     --jobs jobs submitted at once to a server on one GPU (GPU_DEVICES=0),
                  then to one on all of --devices: all their audio / wall seconds from the
                  first Submit to the last job done, the ratio, which GPU started each job
-                 (the workers' "started on gpu N" lines), and each GPU's memory in use
-                 once the model is ready (NVML, through ModelControl.Status);
+                 (the workers' "started on gpu N" lines), each GPU's memory in use once
+                 the model is ready (NVML, through ModelControl.Status), and the batch
+                 schedulers' timeline lines (where the wall time went);
   b. --oom       the server loads on every GPU and unloads; another process then holds
                  all but --leave-gib of the last GPU (bench/vram_ballast.py) and the model
                  is loaded again: that GPU's model waits for VRAM while the others serve;
@@ -35,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from batch_service_bench import many_at_once  # noqa: E402
+from batch_service_bench import TIMELINE, many_at_once  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
 
 from whisperd.audio import decode_audio, write_wav  # noqa: E402
@@ -97,14 +98,17 @@ def scaling(tmp: Path, args: argparse.Namespace, env: dict[str, str], devices: l
         many_at_once(client, clip, 4 * len(devices))
         mark = len(server.log_lines)
         wall, accepted, first_done = many_at_once(client, args.wav, args.jobs)
-        time.sleep(0.3)
+        time.sleep(1.0)  # each scheduler logs its timeline once its last job has gone
         per_gpu = started_per_gpu(server, mark)
+        timeline = [ln[ln.index(TIMELINE) + len(TIMELINE):].strip()
+                    for ln in list(server.log_lines)[mark:] if TIMELINE in ln]
     finally:
         server.stop()
     audio = args.jobs * len(decode_audio(args.wav)) / SR
     return {"devices": devices, "jobs": args.jobs, "audio_s": audio, "wall_s": wall,
             "x_real_time": audio / wall, "all_accepted_s": accepted, "first_done_s": first_done,
-            "jobs_started_per_gpu": per_gpu, "ready_after_s": load_s, "memory_used_gib": memory}
+            "jobs_started_per_gpu": per_gpu, "ready_after_s": load_s, "memory_used_gib": memory,
+            "timeline": timeline}
 
 
 def out_of_memory(tmp: Path, args: argparse.Namespace, env: dict[str, str], devices: list[int],
@@ -192,6 +196,10 @@ def main() -> None:
             print(f"{','.join(map(str, r['devices'])):<8} {r['x_real_time']:>11.1f} {r['wall_s']:>7.2f}  "
                   f"{str(r['jobs_started_per_gpu']):<22} {mem}")
         print(f"speed-up, {len(devices)} GPUs against 1: {result['speedup']:.2f}x")
+        # The schedulers' own account (one per GPU): where the wall time went.
+        for r in (one, many):
+            for ln in r["timeline"]:
+                print(f"timeline, GPUs {','.join(map(str, r['devices']))}: {ln}")
         if args.oom:
             try:
                 oom = out_of_memory(tmp, args, env, devices, clip)
