@@ -11,7 +11,7 @@ import asyncio
 import builtins
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -205,11 +205,11 @@ class AsyncWhisperdClient:
     async def model_status(self) -> ModelStatus:
         return ModelStatus.from_pb(await self._unary(self._model.Status, mpb.ModelStatusRequest()))
 
-    async def load_model(self) -> ModelStatus:
-        return ModelStatus.from_pb(await self._unary(self._model.Load, mpb.LoadModelRequest()))
+    async def load_model(self, gpus: Sequence[int] = ()) -> ModelStatus:
+        return ModelStatus.from_pb(await self._unary(self._model.Load, mpb.LoadModelRequest(gpu_indices=gpus)))
 
-    async def unload_model(self) -> ModelStatus:
-        return ModelStatus.from_pb(await self._unary(self._model.Unload, mpb.UnloadModelRequest()))
+    async def unload_model(self, gpus: Sequence[int] = ()) -> ModelStatus:
+        return ModelStatus.from_pb(await self._unary(self._model.Unload, mpb.UnloadModelRequest(gpu_indices=gpus)))
 
     async def watch_model(self) -> AsyncIterator[ModelEvent]:
         async for msg in self._reconnecting(lambda: self._model.WatchEvents(mpb.WatchModelEventsRequest())):

@@ -53,6 +53,7 @@ from whisperd.client.connection import (
     resolve_address,
 )
 from whisperd.client.sync_client import WhisperdClient
+from whisperd.v1 import model_control_pb2 as mpb
 from whisperd.client.types import (
     Done,
     Job,
@@ -132,6 +133,10 @@ def _ctx(ctx: typer.Context, json_output: bool = False) -> Ctx:
 
 # --json is accepted before the command (whisperctl --json list) and after it (list --json).
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+GpuOpt = Annotated[
+    Optional[list[int]],
+    typer.Option("--gpu", help="Only this GPU's model (a server with several, GPU_DEVICES); repeatable. Default: every GPU."),
+]
 
 
 @app.callback()
@@ -606,7 +611,8 @@ def _print_model_state(c: Ctx, status: ModelStatus) -> None:
     if c.json:
         c.emit(status.to_json())
     else:
-        c.say(f"model {status.model}: {status.state.value}")
+        devices = ", ".join(f"gpu {d.gpu_index} {ModelState.from_pb(d.state).value}" for d in status.pb.devices)
+        c.say(f"model {status.model}: {status.state.value}" + (f" ({devices})" if devices else ""))
 
 
 def _event_line(event: ModelEvent) -> str:
@@ -630,13 +636,16 @@ def model_status(ctx: typer.Context, json_output: JsonOpt = False) -> None:
 def model_load(
     ctx: typer.Context,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the model is ready.")] = False,
+    gpu: GpuOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Start loading the model (idempotent)."""
     c = _ctx(ctx, json_output)
     with c.client() as client:
-        status = client.load_model()
-        if wait and status.state != ModelState.READY:
+        status = client.load_model(gpus=gpu or ())
+        if wait and gpu:
+            status = _wait_for_gpus(c, client, status, gpu)
+        elif wait and status.state != ModelState.READY:
             for event in _events(client.watch_model()):
                 if not c.json:
                     c.say(_event_line(event))
@@ -649,12 +658,38 @@ def model_load(
     _print_model_state(c, status)
 
 
+def _wait_for_gpus(c: Ctx, client: WhisperdClient, status: ModelStatus, gpus: list[int]) -> ModelStatus:
+    """Until each of these GPUs' models is ready (load --wait --gpu); exit 3 if one fails."""
+    def states(s: ModelStatus) -> dict[int, mpb.DeviceState]:
+        return {d.gpu_index: d for d in s.pb.devices}
+
+    def settled(s: ModelStatus) -> bool:
+        if not s.pb.devices:  # one GPU: the top level is its state
+            return s.state == ModelState.READY
+        for i in gpus:
+            d = states(s).get(i)
+            if d is not None and ModelState.from_pb(d.state) == ModelState.UNLOADED and d.last_error:
+                c.say(f"the load on gpu {i} failed: {d.last_error}", style="bold red")
+                raise typer.Exit(EXIT_FAILED)
+        return all(i in states(s) and ModelState.from_pb(states(s)[i].state) == ModelState.READY for i in gpus)
+
+    if settled(status):
+        return status
+    for event in _events(client.watch_model()):
+        if not c.json:
+            c.say(_event_line(event))
+        if settled(status := event.status):
+            break
+    return status
+
+
 @model_app.command("unload")
-def model_unload(ctx: typer.Context, json_output: JsonOpt = False) -> None:
-    """Unload the model now and free its memory (a running job goes back to the queue)."""
+def model_unload(ctx: typer.Context, gpu: GpuOpt = None, json_output: JsonOpt = False) -> None:
+    """Unload the model now and free its memory (a running job goes back to the queue;
+    with --gpu, only those GPUs' models: the others keep serving and take it)."""
     c = _ctx(ctx, json_output)
     with c.client() as client:
-        status = client.unload_model()
+        status = client.unload_model(gpus=gpu or ())
     _print_model_state(c, status)
 
 

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any, Union
@@ -370,13 +370,15 @@ class WhisperdClient:
         """The replicas sharing the server's job store (ModelControl.Cluster's answer)."""
         return self._unary(self._model.Cluster, mpb.ClusterRequest())  # type: ignore[no-any-return]
 
-    def load_model(self) -> ModelStatus:
-        """Start loading the model (returns at once; idempotent)."""
-        return ModelStatus.from_pb(self._unary(self._model.Load, mpb.LoadModelRequest()))
+    def load_model(self, gpus: Sequence[int] = ()) -> ModelStatus:
+        """Start loading the model (returns at once; idempotent); `gpus`: only on these
+        GPUs of a server that drives several (default: every GPU)."""
+        return ModelStatus.from_pb(self._unary(self._model.Load, mpb.LoadModelRequest(gpu_indices=gpus)))
 
-    def unload_model(self) -> ModelStatus:
-        """Unload the model now (idempotent; a running job goes back to the queue)."""
-        return ModelStatus.from_pb(self._unary(self._model.Unload, mpb.UnloadModelRequest()))
+    def unload_model(self, gpus: Sequence[int] = ()) -> ModelStatus:
+        """Unload the model now (idempotent; a running job goes back to the queue);
+        `gpus`: only on these GPUs, the others keep serving (default: every GPU)."""
+        return ModelStatus.from_pb(self._unary(self._model.Unload, mpb.UnloadModelRequest(gpu_indices=gpus)))
 
     def watch_model(self) -> Iterator[ModelEvent]:
         """Lifecycle events: the current state first, then every transition, until the

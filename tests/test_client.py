@@ -326,6 +326,11 @@ def test_health_and_model_commands(address: str) -> None:
     loaded = whisperctl(address, "--json", "model", "load", "--wait")
     assert loaded.returncode == 0, loaded.stderr
     assert json.loads(loaded.stdout)["state"] == "MODEL_STATE_READY"
+    # One GPU's model (--gpu) on a server without GPUs: refused, and the model stays.
+    one = whisperctl(address, "model", "unload", "--gpu", "1")
+    assert one.returncode == 67, one.stderr  # INVALID_ARGUMENT (3)
+    assert "cannot unload GPU 1: this server runs on the CPU" in one.stderr
+    assert json.loads(whisperctl(address, "model", "status", "--json").stdout)["state"] == "MODEL_STATE_READY"
 
 
 # --- the library ------------------------------------------------------------------------

@@ -557,6 +557,10 @@ def test_model_routes_and_events(strict: tuple[ServerProcess, GatewayProcess]) -
         r = client.post("/v1/model/load")
         assert r.status_code == 200, why(r, gw, server)
         wait_model(client, "MODEL_STATE_READY", gw, server)
+        # One GPU's model (?gpu_indices=) on a server without GPUs: 400, nothing moves.
+        r = client.post("/v1/model/unload", params={"gpu_indices": 1})
+        body = assert_error(r, 400, "INVALID_ARGUMENT", gw, server)
+        assert "cannot unload GPU 1: this server runs on the CPU" in body["error"], body
         follower = threading.Thread(target=follow, daemon=True)
         follower.start()
         assert opened.wait(30), "no first event on /v1/model/events"

@@ -1,14 +1,17 @@
 """GPU_DEVICES: one model host and its workers per GPU, sharing one queue. Exercised on the
 CPU with two real model hosts (tiny.en) standing in for two GPUs; the out-of-memory
-fault switch makes one of them run out of VRAM."""
+fault switch makes one of them run out of VRAM; ModelControl unloads and loads one
+GPU's model while the other serves."""
 from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
+import grpc
 import pytest
 
 from whisperd.server.api.model_control import ModelControlService, ModelEvents
@@ -18,7 +21,9 @@ from whisperd.server.engine.workers import WorkerPool
 from whisperd.server.jobs.events import EventHub
 from whisperd.server.jobs.model import JobOptions, JobRecord, JobStatus
 from whisperd.server.jobs.store import JobStore
+from whisperd.client import WhisperdClient, WhisperdError
 from whisperd.v1 import model_control_pb2 as mpb
+from whisperd.v1 import model_control_pb2_grpc as mpb_grpc
 
 
 def test_gpu_devices_setting() -> None:
@@ -103,3 +108,88 @@ def test_jobs_go_to_whichever_device_is_free_and_one_out_of_memory_stops_no_othe
     assert not any(r.startswith("gpu 1: ") and s is ModelState.WAITING_FOR_GPU for r, s in transitions)
     assert [d.state for d in host.device_status()] == [ModelState.UNLOADED] * 2
     store.close()
+
+
+def test_one_gpus_model_unloads_and_loads_while_the_other_serves(
+    tmp_path: Path, tiny_en_model: Path, jfk_wav: Path
+) -> None:
+    """ModelControl.Unload/Load with gpu_indices, through a real gRPC server and client:
+    only that GPU's model goes, the other keeps running jobs; an index the server does
+    not drive is INVALID_ARGUMENT naming it."""
+    store = JobStore(tmp_path / "whisperd.db")
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    started: dict[int, list[str]] = defaultdict(list)
+    finished: list[JobRecord] = []
+
+    def make_pool(host: ModelHost) -> WorkerPool:
+        device = host.gpu_device
+        return WorkerPool(
+            store=store, host=host, hub=EventHub(loop), workers=1, threads_per_job=1,
+            on_started=lambda job: started[device].append(job.id), on_finished=finished.append,
+        )
+
+    host, pool = per_device(
+        [0, 1], lambda d: ModelHost(tiny_en_model, use_gpu=False, gpu_poll_interval=1, idle_timeout=0, gpu_device=d),
+        make_pool,
+    )
+    assert isinstance(host, MultiHost)
+    service = ModelControlService(host=host, pool=pool, store=store, events=ModelEvents(loop), gpu=True)  # type: ignore[arg-type]
+
+    async def serve() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server()
+        mpb_grpc.add_ModelControlServicer_to_server(service, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, port
+
+    server, port = asyncio.run_coroutine_threadsafe(serve(), loop).result(10)
+    client = WhisperdClient(f"127.0.0.1:{port}")
+
+    def states() -> dict[int, ModelState]:
+        return {d.gpu_index: d.state for d in host.device_status()}
+
+    def wait_for(want: dict[int, ModelState]) -> None:
+        deadline = time.monotonic() + 60
+        while states() != want:
+            assert time.monotonic() < deadline, f"states {states()}, wanted {want}"
+            time.sleep(0.05)
+
+    pool.start()
+    try:
+        client.load_model()
+        wait_for({0: ModelState.READY, 1: ModelState.READY})
+        loaded_at = host.hosts[0].loaded_at
+        status = client.unload_model(gpus=[1])
+        assert [(d.gpu_index, d.state) for d in status.pb.devices] == [
+            (0, mpb.MODEL_STATE_READY), (1, mpb.MODEL_STATE_UNLOADED)
+        ]
+        ids = []
+        for i in range(2):
+            audio = tmp_path / f"jfk{i}.wav"
+            shutil.copy(jfk_wav, audio)
+            ids.append(store.create(JobOptions(language="en"), str(audio), 11.0).id)
+        pool.wake()
+        deadline = time.monotonic() + 120
+        while len(finished) < 2:
+            assert time.monotonic() < deadline, f"{len(finished)} of 2 jobs finished"
+            time.sleep(0.1)
+        assert sorted(started[0]) == sorted(ids) and not started[1]
+        assert states() == {0: ModelState.READY, 1: ModelState.UNLOADED}
+
+        with pytest.raises(WhisperdError) as refused:
+            client.unload_model(gpus=[5])
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "GPU 5 is not one of this server's GPUs (0, 1" in refused.value.details
+
+        client.load_model(gpus=[1])
+        wait_for({0: ModelState.READY, 1: ModelState.READY})
+        assert host.hosts[0].loaded_at == loaded_at  # GPU 0's model stayed as it was
+    finally:
+        client.close()
+        asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(10)
+        pool.stop(5)
+        host.stop()
+        loop.call_soon_threadsafe(loop.stop)
+        store.close()
+    assert all(j.status is JobStatus.DONE for j in finished)

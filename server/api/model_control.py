@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 
 from whisperd.server.api.convert import timestamp
-from whisperd.server.api.errors import streaming, unary
+from whisperd.server.api.errors import InvalidArgument, streaming, unary
 from whisperd.server.engine import gpu_info
 from whisperd.server.engine.lifecycle import ModelHost, ModelState, Transition
 from whisperd.server.engine.devices import MultiHost
@@ -109,23 +109,45 @@ class ModelControlService(mpb_grpc.ModelControlServicer):
             return mpb.ClusterStatus()
         return await self._cluster()
 
+    def _targets(self, gpu_indices: Sequence[int], what: str) -> list[ModelHost | MultiHost]:
+        """The model hosts a Load or Unload with these gpu_indices acts on (none: all)."""
+        if not gpu_indices:
+            return [self._host]
+        if isinstance(self._host, MultiHost):
+            try:
+                return list(self._host.pick(gpu_indices))
+            except ValueError as exc:
+                raise InvalidArgument(f"cannot {what}: {exc}") from None
+        if not self._host.use_gpu:
+            raise InvalidArgument(f"cannot {what} GPU {gpu_indices[0]}: this server runs on the CPU; "
+                                  "leave gpu_indices empty")
+        if set(gpu_indices) != {self._host.gpu_device}:
+            other = next(i for i in gpu_indices if i != self._host.gpu_device)
+            raise InvalidArgument(f"cannot {what}: GPU {other} is not this server's GPU "
+                                  f"({self._host.gpu_device}; GPU_DEVICES)")
+        return [self._host]
+
     @unary
     async def Load(self, request: mpb.LoadModelRequest, context: grpc.aio.ServicerContext) -> mpb.ModelStatus:
-        self._host.request_load("load requested")
+        for host in self._targets(request.gpu_indices, "load"):
+            host.request_load("load requested")
         self._pool.wake()
         return await self.status()
 
     @unary
     async def Unload(self, request: mpb.UnloadModelRequest, context: grpc.aio.ServicerContext) -> mpb.ModelStatus:
-        if self._host.state == ModelState.LOADING:
-            # A load in flight is abandoned only when its native call and warm-up return
-            # (seconds): answer now; the model is unloaded as soon as the load ends.
-            # (Waiting for the GPU stops at once, so that case answers when done.)
-            task = asyncio.ensure_future(asyncio.to_thread(self._host.unload, "unload requested"))
-            _BACKGROUND.add(task)
-            task.add_done_callback(_BACKGROUND.discard)
-            return await self.status()
-        await asyncio.to_thread(self._host.unload, "unload requested")
+        waits = []
+        for host in self._targets(request.gpu_indices, "unload"):
+            if host.state == ModelState.LOADING:
+                # A load in flight is abandoned only when its native call and warm-up
+                # return (seconds): answer now; the model is unloaded as soon as the load
+                # ends. (Waiting for the GPU stops at once, so that case answers when done.)
+                task = asyncio.ensure_future(asyncio.to_thread(host.unload, "unload requested"))
+                _BACKGROUND.add(task)
+                task.add_done_callback(_BACKGROUND.discard)
+            else:
+                waits.append(asyncio.to_thread(host.unload, "unload requested"))
+        await asyncio.gather(*waits)
         return await self.status()
 
     @streaming

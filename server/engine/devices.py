@@ -106,6 +106,16 @@ class MultiHost:
         for host in self.hosts:
             host.touch()
 
+    def pick(self, gpu_indices: Sequence[int]) -> list[ModelHost]:
+        """The hosts of these GPUs, each once, in the order given; ValueError naming an
+        index this server does not drive."""
+        by_device = dict(zip(self.devices, self.hosts))
+        for index in gpu_indices:
+            if index not in by_device:
+                raise ValueError(f"GPU {index} is not one of this server's GPUs "
+                                 f"({', '.join(map(str, self.devices))}; GPU_DEVICES)")
+        return [by_device[i] for i in dict.fromkeys(gpu_indices)]
+
     def stop(self) -> None:
         for host in self.hosts:
             host.stop()

@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fwhisperd/v1/model_control.proto\x12\x0bwhisperd.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x14\n\x12ModelStatusRequest\"\x12\n\x10LoadModelRequest\"\x14\n\x12UnloadModelRequest\"\x19\n\x17WatchModelEventsRequest\"x\n\x07GpuInfo\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1a\n\x12memory_total_bytes\x18\x03 \x01(\x04\x12\x19\n\x11memory_used_bytes\x18\x04 \x01(\x04\x12\x19\n\x11memory_free_bytes\x18\x05 \x01(\x04\"\xa1\x01\n\x0b\x44\x65viceState\x12\x11\n\tgpu_index\x18\x01 \x01(\r\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.whisperd.v1.ModelState\x12\x14\n\x0crunning_jobs\x18\x03 \x01(\r\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12-\n\tloaded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbd\x02\n\x0bModelStatus\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.whisperd.v1.ModelState\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nmodel_path\x18\x03 \x01(\t\x12-\n\tloaded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x19\n\x11idle_timeout_secs\x18\x06 \x01(\r\x12\"\n\x04gpus\x18\x07 \x03(\x0b\x32\x14.whisperd.v1.GpuInfo\x12\x13\n\x0bqueue_depth\x18\x08 \x01(\r\x12\x14\n\x0crunning_jobs\x18\t \x01(\r\x12\x0b\n\x03gpu\x18\n \x01(\x08\x12)\n\x07\x64\x65vices\x18\x0b \x03(\x0b\x32\x18.whisperd.v1.DeviceState\"\x10\n\x0e\x43lusterRequest\"\xa6\x02\n\rReplicaStatus\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.whisperd.v1.ModelState\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x0c\n\x04gpus\x18\x06 \x03(\t\x12\x15\n\rparallel_jobs\x18\x07 \x01(\r\x12\x17\n\x0frunning_job_ids\x18\x08 \x03(\t\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cheartbeat_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04self\x18\x0b \x01(\x08\"|\n\rClusterStatus\x12\x14\n\x0cshared_store\x18\x01 \x01(\x08\x12,\n\x08replicas\x18\x02 \x03(\x0b\x32\x1a.whisperd.v1.ReplicaStatus\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\r\x12\x12\n\nlease_secs\x18\x04 \x01(\r\"\xc3\x01\n\nModelEvent\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.whisperd.v1.ModelState\x12)\n\x08previous\x18\x02 \x01(\x0e\x32\x17.whisperd.v1.ModelState\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12(\n\x06status\x18\x05 \x01(\x0b\x32\x18.whisperd.v1.ModelStatus*\xaf\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14MODEL_STATE_UNLOADED\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x15\n\x11MODEL_STATE_READY\x10\x03\x12\x1f\n\x1bMODEL_STATE_WAITING_FOR_GPU\x10\x04\x12\x19\n\x15MODEL_STATE_UNLOADING\x10\x05\x32\xe8\x03\n\x0cModelControl\x12]\n\x06Status\x12\x1f.whisperd.v1.ModelStatusRequest\x1a\x18.whisperd.v1.ModelStatus\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/model/status\x12W\n\x04Load\x12\x1d.whisperd.v1.LoadModelRequest\x1a\x18.whisperd.v1.ModelStatus\"\x16\x82\xd3\xe4\x93\x02\x10\"\x0e/v1/model/load\x12]\n\x06Unload\x12\x1f.whisperd.v1.UnloadModelRequest\x1a\x18.whisperd.v1.ModelStatus\"\x18\x82\xd3\xe4\x93\x02\x12\"\x10/v1/model/unload\x12h\n\x0bWatchEvents\x12$.whisperd.v1.WatchModelEventsRequest\x1a\x17.whisperd.v1.ModelEvent\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/model/events0\x01\x12W\n\x07\x43luster\x12\x1b.whisperd.v1.ClusterRequest\x1a\x1a.whisperd.v1.ClusterStatus\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/clusterB,Z*whisperd/gateway/gen/whisperdv1;whisperdv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fwhisperd/v1/model_control.proto\x12\x0bwhisperd.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x14\n\x12ModelStatusRequest\"\'\n\x10LoadModelRequest\x12\x13\n\x0bgpu_indices\x18\x01 \x03(\r\")\n\x12UnloadModelRequest\x12\x13\n\x0bgpu_indices\x18\x01 \x03(\r\"\x19\n\x17WatchModelEventsRequest\"x\n\x07GpuInfo\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1a\n\x12memory_total_bytes\x18\x03 \x01(\x04\x12\x19\n\x11memory_used_bytes\x18\x04 \x01(\x04\x12\x19\n\x11memory_free_bytes\x18\x05 \x01(\x04\"\xa1\x01\n\x0b\x44\x65viceState\x12\x11\n\tgpu_index\x18\x01 \x01(\r\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.whisperd.v1.ModelState\x12\x14\n\x0crunning_jobs\x18\x03 \x01(\r\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12-\n\tloaded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbd\x02\n\x0bModelStatus\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.whisperd.v1.ModelState\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nmodel_path\x18\x03 \x01(\t\x12-\n\tloaded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x19\n\x11idle_timeout_secs\x18\x06 \x01(\r\x12\"\n\x04gpus\x18\x07 \x03(\x0b\x32\x14.whisperd.v1.GpuInfo\x12\x13\n\x0bqueue_depth\x18\x08 \x01(\r\x12\x14\n\x0crunning_jobs\x18\t \x01(\r\x12\x0b\n\x03gpu\x18\n \x01(\x08\x12)\n\x07\x64\x65vices\x18\x0b \x03(\x0b\x32\x18.whisperd.v1.DeviceState\"\x10\n\x0e\x43lusterRequest\"\xa6\x02\n\rReplicaStatus\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.whisperd.v1.ModelState\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x0c\n\x04gpus\x18\x06 \x03(\t\x12\x15\n\rparallel_jobs\x18\x07 \x01(\r\x12\x17\n\x0frunning_job_ids\x18\x08 \x03(\t\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cheartbeat_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04self\x18\x0b \x01(\x08\"|\n\rClusterStatus\x12\x14\n\x0cshared_store\x18\x01 \x01(\x08\x12,\n\x08replicas\x18\x02 \x03(\x0b\x32\x1a.whisperd.v1.ReplicaStatus\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\r\x12\x12\n\nlease_secs\x18\x04 \x01(\r\"\xc3\x01\n\nModelEvent\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.whisperd.v1.ModelState\x12)\n\x08previous\x18\x02 \x01(\x0e\x32\x17.whisperd.v1.ModelState\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12(\n\x06status\x18\x05 \x01(\x0b\x32\x18.whisperd.v1.ModelStatus*\xaf\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14MODEL_STATE_UNLOADED\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x15\n\x11MODEL_STATE_READY\x10\x03\x12\x1f\n\x1bMODEL_STATE_WAITING_FOR_GPU\x10\x04\x12\x19\n\x15MODEL_STATE_UNLOADING\x10\x05\x32\xe8\x03\n\x0cModelControl\x12]\n\x06Status\x12\x1f.whisperd.v1.ModelStatusRequest\x1a\x18.whisperd.v1.ModelStatus\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/model/status\x12W\n\x04Load\x12\x1d.whisperd.v1.LoadModelRequest\x1a\x18.whisperd.v1.ModelStatus\"\x16\x82\xd3\xe4\x93\x02\x10\"\x0e/v1/model/load\x12]\n\x06Unload\x12\x1f.whisperd.v1.UnloadModelRequest\x1a\x18.whisperd.v1.ModelStatus\"\x18\x82\xd3\xe4\x93\x02\x12\"\x10/v1/model/unload\x12h\n\x0bWatchEvents\x12$.whisperd.v1.WatchModelEventsRequest\x1a\x17.whisperd.v1.ModelEvent\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/model/events0\x01\x12W\n\x07\x43luster\x12\x1b.whisperd.v1.ClusterRequest\x1a\x1a.whisperd.v1.ClusterStatus\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/clusterB,Z*whisperd/gateway/gen/whisperdv1;whisperdv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,30 +44,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELCONTROL'].methods_by_name['WatchEvents']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/model/events'
   _globals['_MODELCONTROL'].methods_by_name['Cluster']._loaded_options = None
   _globals['_MODELCONTROL'].methods_by_name['Cluster']._serialized_options = b'\202\323\344\223\002\r\022\013/v1/cluster'
-  _globals['_MODELSTATE']._serialized_start=1448
-  _globals['_MODELSTATE']._serialized_end=1623
+  _globals['_MODELSTATE']._serialized_start=1490
+  _globals['_MODELSTATE']._serialized_end=1665
   _globals['_MODELSTATUSREQUEST']._serialized_start=111
   _globals['_MODELSTATUSREQUEST']._serialized_end=131
   _globals['_LOADMODELREQUEST']._serialized_start=133
-  _globals['_LOADMODELREQUEST']._serialized_end=151
-  _globals['_UNLOADMODELREQUEST']._serialized_start=153
-  _globals['_UNLOADMODELREQUEST']._serialized_end=173
-  _globals['_WATCHMODELEVENTSREQUEST']._serialized_start=175
-  _globals['_WATCHMODELEVENTSREQUEST']._serialized_end=200
-  _globals['_GPUINFO']._serialized_start=202
-  _globals['_GPUINFO']._serialized_end=322
-  _globals['_DEVICESTATE']._serialized_start=325
-  _globals['_DEVICESTATE']._serialized_end=486
-  _globals['_MODELSTATUS']._serialized_start=489
-  _globals['_MODELSTATUS']._serialized_end=806
-  _globals['_CLUSTERREQUEST']._serialized_start=808
-  _globals['_CLUSTERREQUEST']._serialized_end=824
-  _globals['_REPLICASTATUS']._serialized_start=827
-  _globals['_REPLICASTATUS']._serialized_end=1121
-  _globals['_CLUSTERSTATUS']._serialized_start=1123
-  _globals['_CLUSTERSTATUS']._serialized_end=1247
-  _globals['_MODELEVENT']._serialized_start=1250
-  _globals['_MODELEVENT']._serialized_end=1445
-  _globals['_MODELCONTROL']._serialized_start=1626
-  _globals['_MODELCONTROL']._serialized_end=2114
+  _globals['_LOADMODELREQUEST']._serialized_end=172
+  _globals['_UNLOADMODELREQUEST']._serialized_start=174
+  _globals['_UNLOADMODELREQUEST']._serialized_end=215
+  _globals['_WATCHMODELEVENTSREQUEST']._serialized_start=217
+  _globals['_WATCHMODELEVENTSREQUEST']._serialized_end=242
+  _globals['_GPUINFO']._serialized_start=244
+  _globals['_GPUINFO']._serialized_end=364
+  _globals['_DEVICESTATE']._serialized_start=367
+  _globals['_DEVICESTATE']._serialized_end=528
+  _globals['_MODELSTATUS']._serialized_start=531
+  _globals['_MODELSTATUS']._serialized_end=848
+  _globals['_CLUSTERREQUEST']._serialized_start=850
+  _globals['_CLUSTERREQUEST']._serialized_end=866
+  _globals['_REPLICASTATUS']._serialized_start=869
+  _globals['_REPLICASTATUS']._serialized_end=1163
+  _globals['_CLUSTERSTATUS']._serialized_start=1165
+  _globals['_CLUSTERSTATUS']._serialized_end=1289
+  _globals['_MODELEVENT']._serialized_start=1292
+  _globals['_MODELEVENT']._serialized_end=1487
+  _globals['_MODELCONTROL']._serialized_start=1668
+  _globals['_MODELCONTROL']._serialized_end=2156
 # @@protoc_insertion_point(module_scope)

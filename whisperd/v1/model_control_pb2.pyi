@@ -31,12 +31,16 @@ class ModelStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class LoadModelRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("gpu_indices",)
+    GPU_INDICES_FIELD_NUMBER: _ClassVar[int]
+    gpu_indices: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, gpu_indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class UnloadModelRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("gpu_indices",)
+    GPU_INDICES_FIELD_NUMBER: _ClassVar[int]
+    gpu_indices: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, gpu_indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class WatchModelEventsRequest(_message.Message):
     __slots__ = ()

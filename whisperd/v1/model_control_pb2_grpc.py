@@ -75,7 +75,8 @@ class ModelControlServicer:
 
     def Load(self, request, context):
         """Starts loading the model and returns at once; idempotent (a model already loading or
-        ready stays as it is). Follow WatchEvents to see it become ready.
+        ready stays as it is). Follow WatchEvents to see it become ready. With gpu_indices,
+        only on those GPUs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -84,7 +85,8 @@ class ModelControlServicer:
     def Unload(self, request, context):
         """Unloads the model now and frees its GPU memory; idempotent. A running job is
         stopped and put back at the head of the queue (never lost); the model stays
-        unloaded until the next Load or Submit. During a load it answers at once (the state
+        unloaded until the next Load or Submit. With gpu_indices, only those GPUs' models
+        (the others keep serving, and take the jobs put back). During a load it answers at once (the state
         still says loading) and the load is abandoned as soon as it ends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

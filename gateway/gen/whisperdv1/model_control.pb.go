@@ -131,7 +131,11 @@ func (*ModelStatusRequest) Descriptor() ([]byte, []int) {
 
 // Load's request.
 type LoadModelRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The GPUs whose model to load, by device index, on a server that drives several
+	// (GPU_DEVICES; ModelStatus.devices lists them); empty: every GPU. An index the server
+	// does not drive is INVALID_ARGUMENT. REST: ?gpu_indices=1.
+	GpuIndices    []uint32 `protobuf:"varint,1,rep,packed,name=gpu_indices,json=gpuIndices,proto3" json:"gpu_indices,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -166,9 +170,20 @@ func (*LoadModelRequest) Descriptor() ([]byte, []int) {
 	return file_whisperd_v1_model_control_proto_rawDescGZIP(), []int{1}
 }
 
+func (x *LoadModelRequest) GetGpuIndices() []uint32 {
+	if x != nil {
+		return x.GpuIndices
+	}
+	return nil
+}
+
 // Unload's request.
 type UnloadModelRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The GPUs whose model to unload, by device index, on a server that drives several;
+	// the others keep serving. Empty: every GPU. An index the server does not drive is
+	// INVALID_ARGUMENT. REST: ?gpu_indices=1.
+	GpuIndices    []uint32 `protobuf:"varint,1,rep,packed,name=gpu_indices,json=gpuIndices,proto3" json:"gpu_indices,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -201,6 +216,13 @@ func (x *UnloadModelRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use UnloadModelRequest.ProtoReflect.Descriptor instead.
 func (*UnloadModelRequest) Descriptor() ([]byte, []int) {
 	return file_whisperd_v1_model_control_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *UnloadModelRequest) GetGpuIndices() []uint32 {
+	if x != nil {
+		return x.GpuIndices
+	}
+	return nil
 }
 
 // WatchEvents's request.
@@ -874,9 +896,13 @@ var File_whisperd_v1_model_control_proto protoreflect.FileDescriptor
 const file_whisperd_v1_model_control_proto_rawDesc = "" +
 	"\n" +
 	"\x1fwhisperd/v1/model_control.proto\x12\vwhisperd.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x14\n" +
-	"\x12ModelStatusRequest\"\x12\n" +
-	"\x10LoadModelRequest\"\x14\n" +
-	"\x12UnloadModelRequest\"\x19\n" +
+	"\x12ModelStatusRequest\"3\n" +
+	"\x10LoadModelRequest\x12\x1f\n" +
+	"\vgpu_indices\x18\x01 \x03(\rR\n" +
+	"gpuIndices\"5\n" +
+	"\x12UnloadModelRequest\x12\x1f\n" +
+	"\vgpu_indices\x18\x01 \x03(\rR\n" +
+	"gpuIndices\"\x19\n" +
 	"\x17WatchModelEventsRequest\"\xb9\x01\n" +
 	"\aGpuInfo\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +

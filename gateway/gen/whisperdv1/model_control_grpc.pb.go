@@ -39,11 +39,13 @@ type ModelControlClient interface {
 	// The model's state, the GPUs' memory and the queue.
 	Status(ctx context.Context, in *ModelStatusRequest, opts ...grpc.CallOption) (*ModelStatus, error)
 	// Starts loading the model and returns at once; idempotent (a model already loading or
-	// ready stays as it is). Follow WatchEvents to see it become ready.
+	// ready stays as it is). Follow WatchEvents to see it become ready. With gpu_indices,
+	// only on those GPUs.
 	Load(ctx context.Context, in *LoadModelRequest, opts ...grpc.CallOption) (*ModelStatus, error)
 	// Unloads the model now and frees its GPU memory; idempotent. A running job is
 	// stopped and put back at the head of the queue (never lost); the model stays
-	// unloaded until the next Load or Submit. During a load it answers at once (the state
+	// unloaded until the next Load or Submit. With gpu_indices, only those GPUs' models
+	// (the others keep serving, and take the jobs put back). During a load it answers at once (the state
 	// still says loading) and the load is abandoned as soon as it ends.
 	Unload(ctx context.Context, in *UnloadModelRequest, opts ...grpc.CallOption) (*ModelStatus, error)
 	// Lifecycle events: first the current state, then every transition as it happens,
@@ -131,11 +133,13 @@ type ModelControlServer interface {
 	// The model's state, the GPUs' memory and the queue.
 	Status(context.Context, *ModelStatusRequest) (*ModelStatus, error)
 	// Starts loading the model and returns at once; idempotent (a model already loading or
-	// ready stays as it is). Follow WatchEvents to see it become ready.
+	// ready stays as it is). Follow WatchEvents to see it become ready. With gpu_indices,
+	// only on those GPUs.
 	Load(context.Context, *LoadModelRequest) (*ModelStatus, error)
 	// Unloads the model now and frees its GPU memory; idempotent. A running job is
 	// stopped and put back at the head of the queue (never lost); the model stays
-	// unloaded until the next Load or Submit. During a load it answers at once (the state
+	// unloaded until the next Load or Submit. With gpu_indices, only those GPUs' models
+	// (the others keep serving, and take the jobs put back). During a load it answers at once (the state
 	// still says loading) and the load is abandoned as soon as it ends.
 	Unload(context.Context, *UnloadModelRequest) (*ModelStatus, error)
 	// Lifecycle events: first the current state, then every transition as it happens,
