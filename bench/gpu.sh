@@ -21,7 +21,7 @@
 #   multigpu bench/multi_gpu_bench.py on a host with two or more GPUs: 16 jobs through one
 #            server on GPU 0 against all GPUs (GPU_DEVICES), tiny.en and the large-v3 shape;
 #            one GPU held by another process (its model waits, the others serve, it
-#            recovers when freed)
+#            recovers when freed); one GPU's model unloaded while jobs run, then loaded
 #   cap      only the 7.5 GiB part of "batch" (PEER_CAP_BATCH=16: the peer under the cap too)
 #   check    batched vs sequential transcripts of real speech on the GPU (tiny.en)
 #   service-batch  bench/batch_service_bench.py: 32 jobs of 121 s at once, one 1-hour job,
@@ -202,7 +202,8 @@ if has_stage multigpu; then
     "$PY" bench/multi_gpu_bench.py --model "$MODEL" --wav "$RESULTS/speech121.wav" --jobs "${MULTI_JOBS:-16}" \
       --devices "$gpus" --oom --json "$RESULTS/multi_gpu_tiny.json" || echo "multigpu (tiny.en) failed"
     "$PY" bench/multi_gpu_bench.py --model "$LARGE" --wav "$RESULTS/speech121.wav" --jobs "${MULTI_JOBS:-16}" \
-      --devices "$gpus" --tokens "$TOKENS" --json "$RESULTS/multi_gpu_large.json" || echo "multigpu (large-v3 shape) failed"
+      --devices "$gpus" --tokens "$TOKENS" --unload-one --json "$RESULTS/multi_gpu_large.json" \
+      || echo "multigpu (large-v3 shape) failed"
   fi
 fi
 

@@ -11,7 +11,11 @@ What (a real `whisperd serve` and its client; the 121 s speech file):
                  all but --leave-gib of the last GPU (bench/vram_ballast.py) and the model
                  is loaded again: that GPU's model waits for VRAM while the others serve;
                  --jobs jobs must all finish, on the others; the ballast is then killed:
-                 the waiting GPU must load by itself (how long it took) and take jobs again.
+                 the waiting GPU must load by itself (how long it took) and take jobs again;
+  c. --unload-one  the last GPU's model unloaded 1 s after --jobs jobs were submitted
+                 (Unload's gpu_indices; all uploads are in by then, so no Submit loads it
+                 again): the jobs all end done, the other GPUs stay ready; then it is
+                 loaded again. Needs jobs that run longer than 1 s (the large-v3 shape).
 Server settings are the defaults (BATCH_SIZE and PARALLEL_JOBS automatic) unless --env.
 Exits 1 when a job is lost or fails, or a GPU never becomes ready.
 
@@ -28,6 +32,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -160,6 +165,44 @@ def out_of_memory(tmp: Path, args: argparse.Namespace, env: dict[str, str], devi
             "ready_after_freed_s": recovered_s, "jobs_started_per_gpu_after": after}
 
 
+def unload_one(tmp: Path, args: argparse.Namespace, env: dict[str, str], devices: list[int]) -> dict[str, Any]:
+    """Part c: the last GPU's model unloaded (ModelControl.Unload's gpu_indices) while
+    --jobs jobs run, then loaded again; every job must end done."""
+    one = devices[-1]
+    server, client = serve(tmp, "unload-one", args.model, env | {"GPU_DEVICES": ",".join(map(str, devices))})
+    try:
+        client.load_model()
+        wait_states(client, {d: {"ready"} for d in devices}, 300)
+        outcome: list[tuple[float, float, float]] = []
+        errors: list[BaseException] = []
+
+        def jobs() -> None:
+            try:
+                outcome.append(many_at_once(client, args.wav, args.jobs))
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                errors.append(exc)
+
+        runner = threading.Thread(target=jobs)
+        runner.start()
+        time.sleep(1.0)
+        t = time.perf_counter()
+        client.unload_model(gpus=[one])
+        wait_states(client, {one: {"unloaded"}}, 60)
+        unloaded_s = time.perf_counter() - t
+        states_after = device_states(client)
+        runner.join()
+        if errors:
+            raise errors[0]
+        t = time.perf_counter()
+        client.load_model(gpus=[one])
+        wait_states(client, {d: {"ready"} for d in devices}, 120)
+        loaded_s = time.perf_counter() - t
+    finally:
+        server.stop()
+    return {"gpu": one, "unloaded_after_s": unloaded_s, "states_after_unload": states_after,
+            "jobs": args.jobs, "wall_s": outcome[0][0], "loaded_again_after_s": loaded_s}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, required=True)
@@ -169,6 +212,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=0,
                     help="tokens per 30 s window (a random-weights model); 0 decodes for real")
     ap.add_argument("--oom", action="store_true", help="part b: one GPU held by another process")
+    ap.add_argument("--unload-one", action="store_true",
+                    help="part c: one GPU's model unloaded while jobs run, then loaded again")
     ap.add_argument("--leave-gib", type=float, default=0.0625, help="what the ballast leaves free")
     ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server")
     ap.add_argument("--json", type=Path)
@@ -212,6 +257,17 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001 - reported, and the exit status says it
                 result["oom"] = {"error": str(exc)}
                 print(f"out-of-memory part FAILED: {exc}")
+                failed = True
+        if args.unload_one and len(devices) > 1:
+            try:
+                part = unload_one(tmp, args, env, devices)
+                result["unload_one"] = part
+                print(f"gpu {part['gpu']}'s model unloaded while {args.jobs} jobs ran: unloaded in "
+                      f"{part['unloaded_after_s']:.2f} s, states {part['states_after_unload']}; every job done "
+                      f"({part['wall_s']:.2f} s); loaded again in {part['loaded_again_after_s']:.1f} s")
+            except Exception as exc:  # noqa: BLE001 - reported, and the exit status says it
+                result["unload_one"] = {"error": str(exc)}
+                print(f"one-GPU unload part FAILED: {exc}")
                 failed = True
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
