@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -137,7 +137,10 @@ def out_of_memory(tmp: Path, args: argparse.Namespace, env: dict[str, str], devi
             [sys.executable, str(ROOT / "bench" / "vram_ballast.py"), "--leave-gib", str(args.leave_gib)],
             env=os.environ | {"CUDA_VISIBLE_DEVICES": str(held)}, stdout=subprocess.PIPE, text=True)
         assert ballast.stdout is not None
-        print(f"ballast on gpu {held}: {ballast.stdout.readline().strip()}", flush=True)
+        line = ballast.stdout.readline().strip()
+        if not line.startswith("holding"):
+            raise RuntimeError(f"the ballast on gpu {held} did not start (bench/vram_ballast.py needs torch)")
+        print(f"ballast on gpu {held}: {line}", flush=True)
         client.load_model()
         wait_states(client, {d: {"ready"} for d in others} | {held: {"waiting_for_gpu"}}, 300)
         states_held = device_states(client)
@@ -211,9 +214,10 @@ def main() -> None:
     ap.add_argument("--devices", default="0,1", help="the GPUs of the many-GPU server")
     ap.add_argument("--tokens", type=int, default=0,
                     help="tokens per 30 s window (a random-weights model); 0 decodes for real")
-    ap.add_argument("--oom", action="store_true", help="part b: one GPU held by another process")
+    ap.add_argument("--oom", action="store_true",
+                    help="part b: one GPU held by another process (two or more --devices)")
     ap.add_argument("--unload-one", action="store_true",
-                    help="part c: one GPU's model unloaded while jobs run, then loaded again")
+                    help="part c: one GPU's model unloaded while jobs run, then loaded again (two or more --devices)")
     ap.add_argument("--leave-gib", type=float, default=0.0625, help="what the ballast leaves free")
     ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server")
     ap.add_argument("--json", type=Path)
@@ -245,29 +249,25 @@ def main() -> None:
         for r in (one, many):
             for ln in r["timeline"]:
                 print(f"timeline, GPUs {','.join(map(str, r['devices']))}: {ln}")
-        if args.oom:
-            try:
-                oom = out_of_memory(tmp, args, env, devices, clip)
-                result["oom"] = oom
-                print(f"gpu {oom['held_gpu']} held by another process: states {oom['states_while_held']}; "
-                      f"{args.jobs} jobs all done in {oom['wall_s_while_held']:.2f} s, started per GPU "
-                      f"{oom['jobs_started_per_gpu_while_held']}; freed: ready again after "
-                      f"{oom['ready_after_freed_s']:.1f} s, then jobs started per GPU "
-                      f"{oom['jobs_started_per_gpu_after']}")
-            except Exception as exc:  # noqa: BLE001 - reported, and the exit status says it
-                result["oom"] = {"error": str(exc)}
-                print(f"out-of-memory part FAILED: {exc}")
-                failed = True
+        parts: list[tuple[str, str, Callable[[], dict[str, Any]], Callable[[dict[str, Any]], str]]] = []
+        if args.oom and len(devices) > 1:
+            parts.append(("oom", "out-of-memory", lambda: out_of_memory(tmp, args, env, devices, clip), lambda r: (
+                f"gpu {r['held_gpu']} held by another process: states {r['states_while_held']}; "
+                f"{args.jobs} jobs all done in {r['wall_s_while_held']:.2f} s, started per GPU "
+                f"{r['jobs_started_per_gpu_while_held']}; freed: ready again after "
+                f"{r['ready_after_freed_s']:.1f} s, then jobs started per GPU {r['jobs_started_per_gpu_after']}")))
         if args.unload_one and len(devices) > 1:
+            parts.append(("unload_one", "one-GPU unload", lambda: unload_one(tmp, args, env, devices), lambda r: (
+                f"gpu {r['gpu']}'s model unloaded while {args.jobs} jobs ran: unloaded in "
+                f"{r['unloaded_after_s']:.2f} s, states {r['states_after_unload']}; every job done "
+                f"({r['wall_s']:.2f} s); loaded again in {r['loaded_again_after_s']:.1f} s")))
+        for key, label, run, describe in parts:
             try:
-                part = unload_one(tmp, args, env, devices)
-                result["unload_one"] = part
-                print(f"gpu {part['gpu']}'s model unloaded while {args.jobs} jobs ran: unloaded in "
-                      f"{part['unloaded_after_s']:.2f} s, states {part['states_after_unload']}; every job done "
-                      f"({part['wall_s']:.2f} s); loaded again in {part['loaded_again_after_s']:.1f} s")
+                result[key] = run()
+                print(describe(result[key]))
             except Exception as exc:  # noqa: BLE001 - reported, and the exit status says it
-                result["unload_one"] = {"error": str(exc)}
-                print(f"one-GPU unload part FAILED: {exc}")
+                result[key] = {"error": str(exc)}
+                print(f"{label} part FAILED: {exc}")
                 failed = True
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
