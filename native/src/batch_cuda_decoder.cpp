@@ -86,41 +86,23 @@ int cuda_decoder_max_batch() {
     return static_cast<int>(n);
 }
 
-// WHISPERD_CROSS_KV_INT8: 1 (the default) keeps an int8 copy of the cross K/V for greedy
-// CUDA steps (half the bytes of their cross-attention, ~1e-2 error in those K/V, the same
-// words in every comparison made); 0, only the f16 caches. Without the CUDA step it
-// changes nothing.
-bool cross_kv_int8() {
-    const char *raw = std::getenv("WHISPERD_CROSS_KV_INT8");
+// A switch that is on unless set to 0 (unset or empty: on); any other value is refused
+// with its name. The three below are its uses:
+// WHISPERD_CROSS_KV_INT8: 1 keeps an int8 copy of the cross K/V for greedy CUDA steps
+// (half the bytes of their cross-attention, ~1e-2 error in those K/V, the same words in
+// every comparison made); 0, only the f16 caches. Without the CUDA step it changes nothing.
+// WHISPERD_CUDA_STEP_FUSION: 1 runs the step's Q, K and V as one batched product and FC1
+// with its bias and GELU in one; 0, as separate products and a bias pass (an A/B of the
+// two in one build).
+// WHISPERD_CUDA_STEP_TUNE: 1 times a few of cuBLASLt's algorithms and cuBLAS's own choice
+// for each of the step's product shapes once and keeps the fastest; 0 takes cuBLAS's choice.
+bool switch_on(const char *name) {
+    const char *raw = std::getenv(name);
     const std::string v = raw == nullptr ? "" : raw;
     if (v.empty() || v == "0" || v == "1") {
         return v != "0";
     }
-    throw WhisperError("WHISPERD_CROSS_KV_INT8 must be 0 or 1 (got '" + v + "')");
-}
-
-// WHISPERD_CUDA_STEP_FUSION: 1 (the default) runs the step's Q, K and V as one batched
-// product and FC1 with its bias and GELU in one; 0, as separate products and a bias pass
-// (an A/B of the two in one build).
-bool step_fusion() {
-    const char *raw = std::getenv("WHISPERD_CUDA_STEP_FUSION");
-    const std::string v = raw == nullptr ? "" : raw;
-    if (v.empty() || v == "0" || v == "1") {
-        return v != "0";
-    }
-    throw WhisperError("WHISPERD_CUDA_STEP_FUSION must be 0 or 1 (got '" + v + "')");
-}
-
-// WHISPERD_CUDA_STEP_TUNE: 1 (the default) times a few of cuBLASLt's algorithms and
-// cuBLAS's own choice for each of the step's product shapes once and keeps the fastest; 0
-// takes cuBLAS's choice.
-bool step_tune() {
-    const char *raw = std::getenv("WHISPERD_CUDA_STEP_TUNE");
-    const std::string v = raw == nullptr ? "" : raw;
-    if (v.empty() || v == "0" || v == "1") {
-        return v != "0";
-    }
-    throw WhisperError("WHISPERD_CUDA_STEP_TUNE must be 0 or 1 (got '" + v + "')");
+    throw WhisperError(std::string(name) + " must be 0 or 1 (got '" + v + "')");
 }
 
 }  // namespace
@@ -130,9 +112,9 @@ void BatchDecoder::start_cuda_decoder(int gpu_device) {
 #ifdef WHISPERD_WITH_CUDA
     const int mode = cuda_decoder_mode();
     cuda_dec_max_w_ = cuda_decoder_max_batch();
-    const bool int8 = cross_kv_int8();
-    const bool fusion = step_fusion();
-    const bool tune = step_tune();
+    const bool int8 = switch_on("WHISPERD_CROSS_KV_INT8");
+    const bool fusion = switch_on("WHISPERD_CUDA_STEP_FUSION");
+    const bool tune = switch_on("WHISPERD_CUDA_STEP_TUNE");
     if (mode == 0 || ggml_backend_is_cpu(backend_)) {
         return;
     }
