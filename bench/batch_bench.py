@@ -26,7 +26,7 @@ import numpy as np
 
 from whisperd import cuda_env
 from whisperd.audio import decode_audio
-from whisperd.batch_decoder import BatchDecoder, cells_for, slot_cost
+from whisperd.batch_decoder import BatchDecoder, cells_for, cross_kv_int8_bytes, slot_cost
 from whisperd.batching import WindowRequest
 from whisperd.inference import SAMPLE_RATE, TranscribeOptions, WhisperModel
 from whisperd.server.engine import gpu_info
@@ -103,7 +103,7 @@ def run(model: WhisperModel, windows: list[np.ndarray], batch: int, tokens: int,
     # padded f16 caches.
     int8 = dec.cuda_decoder and beam == 1 and cuda_env.cross_kv_int8()
     if int8:
-        cross = 2 * m.n_text_layer * m.n_audio_ctx * (m.n_text_state + 2 * (m.n_text_state // 64))
+        cross = cross_kv_int8_bytes(model)
     else:
         cross = 2 * m.n_text_layer * m.n_text_state * 1536 * 2
     self_kv = 2 * m.n_text_layer * m.n_text_state * 256 * 2

@@ -59,6 +59,13 @@ class SlotCost:
         return max(0, (free_bytes - self.fixed_bytes) // self.per_slot_bytes)
 
 
+def cross_kv_int8_bytes(model: WhisperModel) -> int:
+    """A window's int8 copy of the cross K/V (WHISPERD_CROSS_KV_INT8): its positions (not
+    the padding), one byte a value, an f16 scale of K and of V a head and position."""
+    m = model.native
+    return m.n_text_layer * m.n_audio_ctx * (2 * m.n_text_state + 4 * (m.n_text_state // 64))
+
+
 def slot_cost(model: WhisperModel, *, max_beams: int, encode_batch: int) -> SlotCost:
     """Caches per slot (cross-attention K/V of a 30 s window + self-attention cells), plus
     the encoder's working memory for `encode_batch` windows and a margin."""
@@ -87,9 +94,7 @@ def slot_cost(model: WhisperModel, *, max_beams: int, encode_batch: int) -> Slot
         per_slot += max(1, max_beams) * (per_row + 4 * m.n_vocab)
         encoder += 32 * 2**20
         if cuda_env.cross_kv_int8():
-            # The step's int8 copy of the cross K/V: the window's positions (not the
-            # padding), one byte a value, an f16 scale of K and of V a head.
-            per_slot += m.n_text_layer * ctx * (2 * state + 4 * (state // 64))
+            per_slot += cross_kv_int8_bytes(model)
     logits = 4 * m.n_vocab * 256
     return SlotCost(per_slot_bytes=per_slot, fixed_bytes=encoder + logits + 256 * 2**20)
 

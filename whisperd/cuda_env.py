@@ -133,8 +133,7 @@ _NATIVE_SWITCHES = {
 def cross_kv_int8(env: Mapping[str, str] | None = None) -> bool:
     """WHISPERD_CROSS_KV_INT8 (of `env`, else the process's) as True/False; True when unset."""
     raw = (os.environ if env is None else env).get("WHISPERD_CROSS_KV_INT8", "")
-    if raw not in ("", "0", "1"):
-        raise ValueError(f"WHISPERD_CROSS_KV_INT8 must be 0 or 1, got {raw!r}")
+    check_switches({"WHISPERD_CROSS_KV_INT8": raw})
     return raw != "0"
 
 
