@@ -10,7 +10,6 @@ from rich.table import Table
 from whisperd.client.cli import EXIT_FAILED, EXIT_INTERRUPTED, Ctx, JsonOpt, _ctx, _when, app
 from whisperd.client.sync_client import WhisperdClient
 from whisperd.client.types import ModelEvent, ModelState, ModelStatus, to_json
-from whisperd.v1 import model_control_pb2 as mpb
 
 model_app = typer.Typer(help="The server's model: status, load, unload, watch.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
@@ -93,18 +92,16 @@ def model_load(
 
 def _wait_for_gpus(c: Ctx, client: WhisperdClient, status: ModelStatus, gpus: list[int]) -> ModelStatus:
     """Until each of these GPUs' models is ready (load --wait --gpu); exit 3 if one fails."""
-    def states(s: ModelStatus) -> dict[int, mpb.DeviceState]:
-        return {d.gpu_index: d for d in s.pb.devices}
-
     def settled(s: ModelStatus) -> bool:
         if not s.pb.devices:  # one GPU: the top level is its state
             return s.state == ModelState.READY
+        devices = {d.gpu_index: d for d in s.pb.devices}
         for i in gpus:
-            d = states(s).get(i)
+            d = devices.get(i)
             if d is not None and ModelState.from_pb(d.state) == ModelState.UNLOADED and d.last_error:
                 c.say(f"the load on gpu {i} failed: {d.last_error}", style="bold red")
                 raise typer.Exit(EXIT_FAILED)
-        return all(i in states(s) and ModelState.from_pb(states(s)[i].state) == ModelState.READY for i in gpus)
+        return all(i in devices and ModelState.from_pb(devices[i].state) == ModelState.READY for i in gpus)
 
     if settled(status):
         return status

@@ -9,6 +9,7 @@ import shutil
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -24,6 +25,20 @@ from whisperd.server.jobs.store import JobStore
 from whisperd.client import WhisperdClient, WhisperdError
 from whisperd.v1 import model_control_pb2 as mpb
 from whisperd.v1 import model_control_pb2_grpc as mpb_grpc
+
+
+def pool_maker(
+    store: JobStore, hub: EventHub, started: dict[int, list[str]], finished: list[JobRecord]
+) -> Callable[[ModelHost], WorkerPool]:
+    """One worker per "GPU", recording which device started each job and every job's end."""
+    def make_pool(host: ModelHost) -> WorkerPool:
+        device = host.gpu_device
+        return WorkerPool(
+            store=store, host=host, hub=hub, workers=1, threads_per_job=1,
+            on_started=lambda job: started[device].append(job.id), on_finished=finished.append,
+        )
+
+    return make_pool
 
 
 def test_gpu_devices_setting() -> None:
@@ -54,14 +69,7 @@ def test_jobs_go_to_whichever_device_is_free_and_one_out_of_memory_stops_no_othe
             fault_oom_loads=2 if device == 0 else 0, gpu_device=device,
         )
 
-    def make_pool(host: ModelHost) -> WorkerPool:
-        device = host.gpu_device
-        return WorkerPool(
-            store=store, host=host, hub=hub, workers=1, threads_per_job=1,
-            on_started=lambda job: started[device].append(job.id), on_finished=finished.append,
-        )
-
-    host, pool = per_device([0, 1], make_host, make_pool)
+    host, pool = per_device([0, 1], make_host, pool_maker(store, hub, started, finished))
     assert isinstance(host, MultiHost) and isinstance(pool, MultiPool)
     transitions: list[tuple[str, ModelState]] = []
     host.add_listener(lambda t: transitions.append((t.reason, t.state)))
@@ -122,16 +130,9 @@ def test_one_gpus_model_unloads_and_loads_while_the_other_serves(
     started: dict[int, list[str]] = defaultdict(list)
     finished: list[JobRecord] = []
 
-    def make_pool(host: ModelHost) -> WorkerPool:
-        device = host.gpu_device
-        return WorkerPool(
-            store=store, host=host, hub=EventHub(loop), workers=1, threads_per_job=1,
-            on_started=lambda job: started[device].append(job.id), on_finished=finished.append,
-        )
-
     host, pool = per_device(
         [0, 1], lambda d: ModelHost(tiny_en_model, use_gpu=False, gpu_poll_interval=1, idle_timeout=0, gpu_device=d),
-        make_pool,
+        pool_maker(store, EventHub(loop), started, finished),
     )
     assert isinstance(host, MultiHost)
     service = ModelControlService(host=host, pool=pool, store=store, events=ModelEvents(loop), gpu=True)  # type: ignore[arg-type]
