@@ -109,13 +109,13 @@ class ModelControlService(mpb_grpc.ModelControlServicer):
             return mpb.ClusterStatus()
         return await self._cluster()
 
-    def _targets(self, gpu_indices: Sequence[int], what: str) -> list[ModelHost | MultiHost]:
+    def _targets(self, gpu_indices: Sequence[int], what: str) -> Sequence[ModelHost | MultiHost]:
         """The model hosts a Load or Unload with these gpu_indices acts on (none: all)."""
         if not gpu_indices:
             return [self._host]
         if isinstance(self._host, MultiHost):
             try:
-                return list(self._host.pick(gpu_indices))
+                return self._host.pick(gpu_indices)
             except ValueError as exc:
                 raise InvalidArgument(f"cannot {what}: {exc}") from None
         if not self._host.use_gpu:

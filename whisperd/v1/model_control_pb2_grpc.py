@@ -86,8 +86,8 @@ class ModelControlServicer:
         """Unloads the model now and frees its GPU memory; idempotent. A running job is
         stopped and put back at the head of the queue (never lost); the model stays
         unloaded until the next Load or Submit. With gpu_indices, only those GPUs' models
-        (the others keep serving, and take the jobs put back). During a load it answers at once (the state
-        still says loading) and the load is abandoned as soon as it ends.
+        (the others keep serving, and take the jobs put back). During a load it answers at
+        once (the state still says loading) and the load is abandoned as soon as it ends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,8 +45,8 @@ type ModelControlClient interface {
 	// Unloads the model now and frees its GPU memory; idempotent. A running job is
 	// stopped and put back at the head of the queue (never lost); the model stays
 	// unloaded until the next Load or Submit. With gpu_indices, only those GPUs' models
-	// (the others keep serving, and take the jobs put back). During a load it answers at once (the state
-	// still says loading) and the load is abandoned as soon as it ends.
+	// (the others keep serving, and take the jobs put back). During a load it answers at
+	// once (the state still says loading) and the load is abandoned as soon as it ends.
 	Unload(ctx context.Context, in *UnloadModelRequest, opts ...grpc.CallOption) (*ModelStatus, error)
 	// Lifecycle events: first the current state, then every transition as it happens,
 	// until the client goes away.
@@ -139,8 +139,8 @@ type ModelControlServer interface {
 	// Unloads the model now and frees its GPU memory; idempotent. A running job is
 	// stopped and put back at the head of the queue (never lost); the model stays
 	// unloaded until the next Load or Submit. With gpu_indices, only those GPUs' models
-	// (the others keep serving, and take the jobs put back). During a load it answers at once (the state
-	// still says loading) and the load is abandoned as soon as it ends.
+	// (the others keep serving, and take the jobs put back). During a load it answers at
+	// once (the state still says loading) and the load is abandoned as soon as it ends.
 	Unload(context.Context, *UnloadModelRequest) (*ModelStatus, error)
 	// Lifecycle events: first the current state, then every transition as it happens,
 	// until the client goes away.
